@@ -1,0 +1,71 @@
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Model
+
+from components.image import PIPELINE_IMAGE
+
+
+@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
+def register_model(
+    model: Input[Model],
+    test: Input[Dataset],
+    telemetry: Input[Dataset],
+    plots: Input[Artifact],
+    dataset_hash: str,
+    data_rows: int,
+    source: str,
+    seed: int,
+    model_name: str = "aiops-isolation-forest",
+    experiment: str = "aiops-training",
+    tracking_uri: str = "",
+    primary_metric: str = "event_f1",
+    margin: float = 0.0,
+    kfp_run_id: str = "local",
+    git_commit: str = "unknown",
+    image: str = "local",
+) -> NamedTuple(
+    "Registered", model_name=str, version=str, aliases=str, promoted=bool, run_id=str, reason=str
+):
+    """Track the run in MLflow, register the model as `challenger`, promote it past the gate.
+
+    ``tracking_uri`` empty means ``MLFLOW_TRACKING_URI`` from the environment
+    (on a cluster: injected from a Kubernetes secret).
+    """
+    import os
+    from collections import namedtuple
+
+    from aiops.features import load_features
+    from aiops.publish import Lineage, publish_detector
+    from aiops.telemetry import Telemetry
+
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not uri:
+        raise ValueError("no MLflow tracking URI: pass tracking_uri or set MLFLOW_TRACKING_URI")
+    table, _ = load_features(test.path)
+    lineage = Lineage(
+        dataset_hash=dataset_hash,
+        data_rows=data_rows,
+        source=source,
+        seed=seed,
+        kfp_run_id=kfp_run_id,
+        git_commit=git_commit,
+        image=image,
+    )
+    result = publish_detector(
+        model.path,
+        table,
+        Telemetry.load(telemetry.path).labels,
+        tracking_uri=uri,
+        experiment=experiment,
+        model_name=model_name,
+        lineage=lineage,
+        primary_metric=primary_metric,
+        margin=margin,
+        artifacts_dir=plots.path,
+    )
+    reg = result.registration
+    out = namedtuple("Registered", ["model_name", "version", "aliases", "promoted", "run_id", "reason"])
+    return out(
+        reg.name, reg.version, ",".join(reg.aliases), reg.decision.promote, result.run_id, reg.decision.reason
+    )

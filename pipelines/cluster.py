@@ -1,0 +1,54 @@
+"""Cluster-only task settings, applied through kfp-kubernetes.
+
+The local runner ignores all of these; Data Science Pipelines honours them.
+Names of secrets are the contract with the platform team (see README).
+"""
+
+from kfp import kubernetes
+from kfp.dsl import PipelineTask
+
+#: Secret holding MLFLOW_TRACKING_URI (+ optional MLFLOW_TRACKING_TOKEN) for the tracking server.
+MLFLOW_SECRET = "aiops-mlflow"
+#: Data-connection style secret with the S3 credentials of the MLflow artifact store.
+S3_SECRET = "aiops-s3"
+GPU_RESOURCE = "nvidia.com/gpu"
+
+
+def with_mlflow_credentials(task: PipelineTask) -> PipelineTask:
+    """Inject the MLflow server address and the artifact store's S3 credentials."""
+    kubernetes.use_secret_as_env(
+        task,
+        secret_name=MLFLOW_SECRET,
+        secret_key_to_env={"MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI"},
+    )
+    kubernetes.use_secret_as_env(
+        task,
+        secret_name=MLFLOW_SECRET,
+        secret_key_to_env={"MLFLOW_TRACKING_TOKEN": "MLFLOW_TRACKING_TOKEN"},
+        optional=True,
+    )
+    kubernetes.use_secret_as_env(
+        task,
+        secret_name=S3_SECRET,
+        secret_key_to_env={
+            "AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY",
+            "AWS_S3_ENDPOINT": "MLFLOW_S3_ENDPOINT_URL",
+        },
+    )
+    return task
+
+
+def on_gpu(task: PipelineTask, count: int = 1) -> PipelineTask:
+    """Request GPUs and tolerate the taint OpenShift AI puts on GPU nodes."""
+    task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(count)
+    kubernetes.add_toleration(task, key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")
+    return task
+
+
+def sized(task: PipelineTask, cpu: str, memory: str) -> PipelineTask:
+    """Set CPU and memory requests (limits: twice the CPU, the same memory)."""
+    task.set_cpu_request(cpu).set_cpu_limit(str(2 * float(cpu))).set_memory_request(memory).set_memory_limit(
+        memory
+    )
+    return task

@@ -1,0 +1,1 @@
+"""Self-healing AIOps core: telemetry, features, detectors, evaluation, registry."""

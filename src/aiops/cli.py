@@ -1,0 +1,186 @@
+"""The ``aiops`` command line: run, compile and submit pipelines; simulate telemetry.
+
+Heavy imports (kfp, mlflow) happen inside the commands so ``aiops --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+run_app = typer.Typer(no_args_is_help=True, help="Run a pipeline end to end with the local KFP runner.")
+app.add_typer(run_app, name="run")
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+def _parse_params(params: list[str]) -> dict[str, Any]:
+    """Parse ``key=value`` pairs; values are kept as strings unless they look like numbers."""
+    out: dict[str, Any] = {}
+    for item in params:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            _fail(f"--param expects key=value, got '{item}'")
+        for cast in (int, float):
+            try:
+                out[key] = cast(value)
+                break
+            except ValueError:
+                continue
+        else:
+            out[key] = value
+    return out
+
+
+@run_app.command("training")
+def run_training(
+    source: Annotated[str, typer.Option(help="Telemetry source (explicit, never a fallback): synthetic.")] = (
+        "synthetic"
+    ),
+    seed: Annotated[int, typer.Option(help="Seed of simulation, injection and model.")] = 42,
+    duration: Annotated[str, typer.Option(help="Simulated time span (pandas timedelta).")] = "4D",
+    n_anomalies: Annotated[int, typer.Option(help="Anomalies injected into the simulated cluster.")] = 24,
+    model_name: Annotated[str, typer.Option(help="Registered model name.")] = "aiops-isolation-forest",
+    tracking_uri: Annotated[
+        str, typer.Option(help="MLflow tracking URI; default MLFLOW_TRACKING_URI, else ./mlruns (SQLite).")
+    ] = "",
+    pipeline_root: Annotated[Path, typer.Option(help="Where the local runner keeps task outputs.")] = Path(
+        ".kfp_local"
+    ),
+) -> None:
+    """Train, evaluate and register a detector locally (the same DAG as on the cluster)."""
+    from aiops import registry
+    from aiops.ingest import check_source
+    from pipelines.runner import git_commit, run_local
+
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    try:
+        check_source(source)
+    except ValueError as exc:
+        _fail(str(exc))
+    uri = registry.resolve_tracking_uri(tracking_uri, Path.cwd())
+    typer.secho(f"Training pipeline: source={source}, seed={seed}, duration={duration}", bold=True)
+    typer.echo(f"MLflow tracking: {uri}")
+    started = time.perf_counter()
+    task = run_local(
+        "training",
+        {
+            "source": source,
+            "seed": seed,
+            "duration": duration,
+            "n_anomalies": n_anomalies,
+            "model_name": model_name,
+            "mlflow_tracking_uri": uri,
+            "git_commit": git_commit(Path.cwd()),
+            "image": "local (this virtualenv)",
+        },
+        pipeline_root,
+    )
+    wall = time.perf_counter() - started
+    version = task.output if hasattr(task, "output") else str(task)
+    _print_summary(uri, model_name, str(version), wall)
+
+
+def _print_summary(uri: str, model_name: str, version: str, wall: float) -> None:
+    from aiops.registry import CHAMPION, mlflow_client
+
+    client = mlflow_client(uri)
+    mv = client.get_model_version(model_name, version)
+    if not mv.run_id:
+        _fail(f"{model_name} version {version} records no run id")
+    run = client.get_run(str(mv.run_id))
+    m, tags = run.data.metrics, run.data.tags
+    aliases = sorted((a, str(v)) for a, v in client.get_registered_model(model_name).aliases.items())
+    on_this = [a for a, v in aliases if v == version]
+    champion = dict(aliases).get(CHAMPION)
+
+    def pct(key: str) -> str:
+        return f"{m.get(key, float('nan')):.3f}"
+
+    typer.secho(f"\nTraining pipeline finished in {wall:.1f} s", bold=True, fg=typer.colors.GREEN)
+    typer.echo(
+        f"  data      {int(float(tags.get('lineage.data_rows', 0))):,} rows, "
+        f"hash {tags.get('lineage.dataset_hash', '?')[:12]}, source {tags.get('lineage.source', '?')}"
+    )
+    typer.echo(
+        f"  test      event F1 {pct('test_event_f1')} (precision {pct('test_event_precision')}, "
+        f"recall {pct('test_event_recall')}), point F1 {pct('test_point_f1')}, "
+        f"median delay {m.get('test_median_delay_s', float('nan')) / 60:.1f} min"
+    )
+    typer.echo(f"  model     {model_name} version {version}, aliases: {', '.join(on_this) or '-'}")
+    typer.echo(f"  champion  version {champion} ({tags.get('gate.reason', '')})")
+    typer.echo(f"  run       {mv.run_id}")
+    if uri.startswith("sqlite:///"):
+        typer.echo(
+            f"  MLflow UI .venv/bin/mlflow ui --backend-store-uri {uri} --port 5000  (then open http://127.0.0.1:5000)"
+        )
+    else:
+        typer.echo(f"  MLflow UI {uri}")
+
+
+@app.command("compile")
+def compile_pipelines(
+    output_dir: Annotated[Path, typer.Option(help="Folder for the IR YAML files.")] = Path("build/pipelines"),
+) -> None:
+    """Compile every pipeline to KFP IR YAML for Data Science Pipelines."""
+    from pipelines.runner import PIPELINES, compile_pipeline
+
+    for name in PIPELINES:
+        path = compile_pipeline(name, output_dir)
+        typer.echo(f"compiled {name} -> {path}")
+
+
+@app.command("submit")
+def submit_pipeline(
+    name: Annotated[str, typer.Argument(help="Pipeline to run: training.")],
+    host: Annotated[str, typer.Option(help="Data Science Pipelines API URL (the route of ds-pipeline-...).")],
+    namespace: Annotated[str | None, typer.Option(help="Data science project (namespace).")] = None,
+    experiment: Annotated[str | None, typer.Option(help="KFP experiment; default aiops-<name>.")] = None,
+    ca_bundle: Annotated[str | None, typer.Option(help="CA bundle for the route's TLS certificate.")] = None,
+    param: Annotated[list[str] | None, typer.Option(help="Pipeline parameter key=value; repeatable.")] = None,
+) -> None:
+    """Upload and run a pipeline on a cluster (token from KFP_TOKEN or the kubeconfig)."""
+    from pipelines.runner import get_pipeline, git_commit, submit
+
+    try:
+        get_pipeline(name)
+    except ValueError as exc:
+        _fail(str(exc))
+    arguments = {"git_commit": git_commit(Path.cwd()), **_parse_params(param or [])}
+    run_id = submit(name, host, arguments, experiment=experiment, namespace=namespace, ssl_ca_cert=ca_bundle)
+    typer.echo(f"submitted {name}: run {run_id} on {host}")
+
+
+@app.command("simulate")
+def simulate(
+    output: Annotated[Path, typer.Option(help="Folder for metrics/labels/events/logs Parquet files.")],
+    seed: Annotated[int, typer.Option()] = 42,
+    duration: Annotated[str, typer.Option()] = "4D",
+    n_anomalies: Annotated[int, typer.Option()] = 24,
+) -> None:
+    """Write simulated telemetry with injected, labelled anomalies."""
+    from aiops.ingest import SyntheticSource, synthetic_telemetry
+
+    bundle = synthetic_telemetry(SyntheticSource(seed=seed, duration=duration, n_anomalies=n_anomalies))
+    bundle.validate().save(output)
+    typer.echo(
+        f"wrote {len(bundle.metrics):,} metric rows, {len(bundle.labels)} labels, "
+        f"{len(bundle.events):,} events, {len(bundle.logs):,} log lines to {output}"
+    )
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Anomaly detectors; each scores feature rows, higher meaning more anomalous."""

@@ -1,0 +1,76 @@
+"""Isolation Forest over the shared feature vector."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from sklearn.ensemble import IsolationForest
+from sklearn.impute import SimpleImputer
+from sklearn.pipeline import Pipeline
+
+
+@dataclass(frozen=True)
+class IsolationForestConfig:
+    """Hyper-parameters; defaults suit a few thousand to a million rows.
+
+    Attributes:
+        n_estimators: Trees in the forest.
+        max_samples: Rows drawn per tree (Isolation Forest works best on small samples).
+        max_features: Share of features drawn per tree.
+        seed: Random seed.
+
+    """
+
+    n_estimators: int = 200
+    max_samples: int = 512
+    max_features: float = 1.0
+    seed: int = 0
+
+    def params(self) -> dict[str, Any]:
+        """Return the settings as a flat dict for tracking."""
+        return {f"if_{k}": v for k, v in asdict(self).items()}
+
+
+class IsolationForestDetector:
+    """Unsupervised detector: isolation depth of each feature vector.
+
+    Missing features (warm-up rows, gaps) are imputed with the training median,
+    learnt at fit time so scoring never looks at the rows it scores.
+    """
+
+    kind = "isolation_forest"
+
+    def __init__(self, config: IsolationForestConfig = IsolationForestConfig()) -> None:
+        self.config = config
+        self._pipeline: Pipeline | None = None
+
+    def fit(self, x: np.ndarray) -> IsolationForestDetector:
+        """Fit on training rows only (no labels: the detector is unsupervised)."""
+        if len(x) < 2:
+            raise ValueError(f"need at least 2 training rows, got {len(x)}")
+        cfg = self.config
+        self._pipeline = Pipeline(
+            [
+                ("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
+                (
+                    "forest",
+                    IsolationForest(
+                        n_estimators=cfg.n_estimators,
+                        max_samples=min(cfg.max_samples, len(x)),
+                        max_features=cfg.max_features,
+                        random_state=cfg.seed,
+                        n_jobs=1,
+                    ),
+                ),
+            ]
+        )
+        self._pipeline.fit(x)
+        return self
+
+    def score(self, x: np.ndarray) -> np.ndarray:
+        """Anomaly score per row: higher means more anomalous."""
+        if self._pipeline is None:
+            raise RuntimeError("the detector is not fitted; call fit() first")
+        return -self._pipeline.score_samples(x)

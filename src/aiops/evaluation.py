@@ -1,0 +1,331 @@
+"""Detection quality: point-wise and event-wise scores, detection delay, plots.
+
+Definitions (all on rows of one evaluation frame, e.g. the test split):
+
+* **point-wise**: each row is a sample; a row is positive when it lies inside a
+  labelled window of its entity; precision/recall/F1 over rows.
+* **event-wise recall**: a labelled window counts as detected when at least
+  one alarm is raised on its entity inside the window. Only windows with at
+  least one row in the frame are counted.
+* **event-wise precision**: consecutive alarm rows of one entity (gaps of up
+  to ``merge_gap`` rows allowed) form one alarm event; an alarm event is true
+  when any of its rows is inside a labelled window.
+* **detection delay**: time from a window's start to its first alarm, over
+  detected windows.
+
+Undefined ratios (no alarms, no labels) are reported as 0.0, never NaN, so a
+detector that stays silent cannot look good.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from aiops.schema import ENTITY_KEYS, TIMESTAMP, label_masks, row_labels
+
+
+def _ratio(num: float, den: float) -> float:
+    return float(num / den) if den else 0.0
+
+
+def _f1(precision: float, recall: float) -> float:
+    return _ratio(2 * precision * recall, precision + recall)
+
+
+def point_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    """Row-level precision, recall, F1 and confusion counts."""
+    y_true = np.asarray(y_true, dtype=bool)
+    y_pred = np.asarray(y_pred, dtype=bool)
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"y_true has shape {y_true.shape}, y_pred {y_pred.shape}")
+    tp = int(np.sum(y_true & y_pred))
+    fp = int(np.sum(~y_true & y_pred))
+    fn = int(np.sum(y_true & ~y_pred))
+    precision, recall = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
+    return {
+        "precision": precision,
+        "recall": recall,
+        "f1": _f1(precision, recall),
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+    }
+
+
+def alarm_events(frame: pd.DataFrame, alarms: np.ndarray, merge_gap: int = 0) -> pd.DataFrame:
+    """Group alarm rows into events: runs of alarms per entity.
+
+    Args:
+        frame: Rows with the entity keys and ``timestamp``.
+        alarms: Boolean alarm flag per row of ``frame``.
+        merge_gap: Alarm runs separated by at most this many quiet rows merge.
+
+    Returns:
+        One row per event: entity keys, ``start``, ``end`` (time of the last
+        alarm row) and ``rows`` (indices into ``frame``).
+
+    """
+    alarms = np.asarray(alarms, dtype=bool)
+    records: list[dict[str, Any]] = []
+    order = frame.sort_values([*ENTITY_KEYS, TIMESTAMP], kind="stable")
+    for keys, group in order.groupby(list(ENTITY_KEYS), sort=False):
+        idx = group.index.to_numpy()
+        hits = np.flatnonzero(alarms[idx])
+        if hits.size == 0:
+            continue
+        breaks = np.flatnonzero(np.diff(hits) > merge_gap + 1)
+        for run in np.split(hits, breaks + 1):
+            rows = idx[run[0] : run[-1] + 1]
+            records.append(
+                {
+                    **dict(zip(ENTITY_KEYS, keys, strict=True)),
+                    "start": frame.at[rows[0], TIMESTAMP],
+                    "end": frame.at[rows[-1], TIMESTAMP],
+                    "rows": rows,
+                }
+            )
+    return pd.DataFrame(records, columns=[*ENTITY_KEYS, "start", "end", "rows"])
+
+
+@dataclass
+class Evaluation:
+    """Metrics of one detector on one frame, plus the detail behind them."""
+
+    metrics: dict[str, float]
+    windows: pd.DataFrame = field(repr=False)
+    events: pd.DataFrame = field(repr=False)
+    row_truth: np.ndarray = field(repr=False)
+
+
+def evaluate(
+    frame: pd.DataFrame,
+    alarms: np.ndarray,
+    labels: pd.DataFrame,
+    merge_gap: int = 0,
+) -> Evaluation:
+    """Score a detector's alarms against labelled windows.
+
+    Args:
+        frame: Rows that were scored (entity keys and ``timestamp``).
+        alarms: Alarm flag per row (``score >= threshold``).
+        labels: Label table in the canonical schema.
+        merge_gap: See :func:`alarm_events`.
+
+    Returns:
+        :class:`Evaluation` with ``metrics`` (point_*, event_*, delay, rates),
+        ``windows`` (each labelled window with ``detected`` and ``delay_s``)
+        and ``events`` (alarm events with ``true``).
+
+    """
+    frame = frame.reset_index(drop=True)
+    alarms = np.asarray(alarms, dtype=bool)
+    if len(alarms) != len(frame):
+        raise ValueError(f"{len(alarms)} alarm flags for {len(frame)} rows")
+    truth = row_labels(frame, labels)
+    point = point_metrics(truth, alarms)
+
+    windows = []
+    ts = frame[TIMESTAMP]
+    for label, mask in label_masks(frame, labels):
+        if not mask.any():
+            continue
+        hit = np.flatnonzero(mask & alarms)
+        first = ts.iloc[hit[0]] if hit.size else pd.NaT
+        windows.append(
+            {
+                **label,
+                "detected": bool(hit.size),
+                "delay_s": (first - label["start"]).total_seconds() if hit.size else np.nan,
+            }
+        )
+    windows_df = pd.DataFrame(windows)
+    events = alarm_events(frame, alarms, merge_gap=merge_gap)
+    events["true"] = [bool(truth[rows].any()) for rows in events["rows"]]
+
+    n_windows = len(windows_df)
+    n_detected = int(windows_df["detected"].sum()) if n_windows else 0
+    event_recall = _ratio(n_detected, n_windows)
+    event_precision = _ratio(int(events["true"].sum()), len(events))
+    delays = windows_df.loc[windows_df["detected"], "delay_s"] if n_windows else pd.Series(dtype=float)
+
+    metrics = {
+        **{f"point_{k}": float(v) for k, v in point.items()},
+        "event_precision": event_precision,
+        "event_recall": event_recall,
+        "event_f1": _f1(event_precision, event_recall),
+        "windows": float(n_windows),
+        "windows_detected": float(n_detected),
+        "alarm_events": float(len(events)),
+        "false_alarm_events": float((~events["true"]).sum()),
+        "mean_delay_s": float(delays.mean()) if len(delays) else float("nan"),
+        "median_delay_s": float(delays.median()) if len(delays) else float("nan"),
+        "alarm_rate": float(alarms.mean()) if len(alarms) else 0.0,
+        "rows": float(len(frame)),
+    }
+    return Evaluation(metrics=metrics, windows=windows_df, events=events, row_truth=truth)
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def plot_timelines(
+    frame: pd.DataFrame,
+    scores: np.ndarray,
+    threshold: float,
+    labels: pd.DataFrame,
+    max_entities: int = 4,
+) -> Any:
+    """Score over time for the entities with labelled windows (else the top scorers).
+
+    Labelled windows are shaded, alarms marked, the threshold drawn.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    frame = frame.reset_index(drop=True).assign(_score=np.asarray(scores, dtype=float))
+    t_min, t_max = frame[TIMESTAMP].min(), frame[TIMESTAMP].max()
+    labels = labels[(labels["end"] > t_min) & (labels["start"] <= t_max)] if len(labels) else labels
+    by_entity = frame.groupby(list(ENTITY_KEYS), sort=False)
+    in_frame = {k for k, _ in by_entity}
+    ranked = [
+        tuple(r) for r in labels[list(ENTITY_KEYS)].drop_duplicates().to_numpy() if tuple(r) in in_frame
+    ]
+    ranked += [k for k in by_entity["_score"].max().sort_values(ascending=False).index if k not in ranked]
+    chosen = ranked[:max_entities]
+
+    fig, axes = plt.subplots(len(chosen), 1, figsize=(11, 2.4 * len(chosen)), sharex=True, squeeze=False)
+    for ax, keys in zip(axes[:, 0], chosen, strict=True):
+        part = by_entity.get_group(keys)
+        ax.plot(part[TIMESTAMP], part["_score"], lw=0.8, color="tab:blue", label="anomaly score")
+        ax.axhline(threshold, color="tab:red", ls="--", lw=0.8, label="threshold")
+        alarm = part[part["_score"] >= threshold]
+        ax.scatter(alarm[TIMESTAMP], alarm["_score"], s=8, color="tab:red", zorder=3, label="alarm")
+        entity = dict(zip(ENTITY_KEYS, keys, strict=True))
+        own = labels[(labels["pod"] == entity["pod"]) & (labels["namespace"] == entity["namespace"])]
+        for row in own.itertuples(index=False):
+            ax.axvspan(row.start, row.end, color="tab:orange", alpha=0.25)
+            ax.text(row.start, ax.get_ylim()[1], row.anomaly_type, fontsize=7, va="top")
+        ax.set_title(f"{entity['namespace']}/{entity['pod']}", fontsize=9, loc="left")
+        ax.set_xlim(t_min, t_max)
+    axes[0, 0].legend(loc="upper right", fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_score_distribution(scores: np.ndarray, truth: np.ndarray, threshold: float) -> Any:
+    """Histogram of scores for normal vs. labelled rows, with the threshold."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scores, truth = np.asarray(scores, dtype=float), np.asarray(truth, dtype=bool)
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    bins = np.histogram_bin_edges(scores, bins=60).tolist()
+    ax.hist(scores[~truth], bins=bins, alpha=0.6, density=True, label=f"normal ({(~truth).sum()})")
+    if truth.any():
+        ax.hist(scores[truth], bins=bins, alpha=0.6, density=True, label=f"labelled anomaly ({truth.sum()})")
+    ax.axvline(threshold, color="tab:red", ls="--", label="threshold")
+    ax.set_xlabel("anomaly score")
+    ax.set_ylabel("density")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_recall_by_type(windows: pd.DataFrame) -> Any:
+    """Bar chart: share of labelled windows detected, per anomaly type."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    if len(windows):
+        stats = windows.groupby("anomaly_type")["detected"].agg(["mean", "count"])
+        ax.bar(stats.index, stats["mean"], color="tab:green")
+        for i, (rate, count) in enumerate(zip(stats["mean"], stats["count"], strict=True)):
+            ax.text(i, rate + 0.02, f"n={count}", ha="center", fontsize=8)
+        ax.tick_params(axis="x", labelrotation=30, labelsize=8)
+    else:
+        ax.text(0.5, 0.5, "no labelled windows in this split", ha="center", transform=ax.transAxes)
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel("event recall")
+    fig.tight_layout()
+    return fig
+
+
+def figure_png(fig: Any) -> bytes:
+    """Render a matplotlib figure to PNG bytes and close it."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def html_report(title: str, metrics: dict[str, float], images: dict[str, bytes]) -> str:
+    """Build a self-contained HTML page: a metrics table and the PNG plots inline."""
+    rows = "".join(
+        f"<tr><td>{html.escape(k)}</td><td>{v:.4g}</td></tr>" if isinstance(v, float) else ""
+        for k, v in metrics.items()
+    )
+    figs = "".join(
+        f"<h3>{html.escape(name)}</h3><img src='data:image/png;base64,{base64.b64encode(png).decode()}'/>"
+        for name, png in images.items()
+    )
+    return (
+        f"<html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head>"
+        f"<body style='font-family:sans-serif'><h2>{html.escape(title)}</h2>"
+        f"<table border='1' cellpadding='3' style='border-collapse:collapse'>{rows}</table>"
+        f"{figs}</body></html>"
+    )
+
+
+def write_report(
+    frame: pd.DataFrame,
+    scores: np.ndarray,
+    threshold: float,
+    labels: pd.DataFrame,
+    out_dir: str | Path,
+    title: str = "Detector evaluation",
+) -> tuple[Evaluation, str]:
+    """Evaluate, draw the plots and write them with a metrics table into ``out_dir``.
+
+    Writes ``timelines.png``, ``score_distribution.png``, ``recall_by_type.png``,
+    ``windows.csv`` (every labelled window, detected or not), ``metrics.json``
+    and ``report.html``.
+
+    Returns:
+        The evaluation and the HTML page.
+
+    """
+    frame = frame.reset_index(drop=True)
+    scores = np.asarray(scores, dtype=float)
+    result = evaluate(frame, scores >= threshold, labels)
+    images = {
+        "timelines": figure_png(plot_timelines(frame, scores, threshold, labels)),
+        "score_distribution": figure_png(plot_score_distribution(scores, result.row_truth, threshold)),
+        "recall_by_type": figure_png(plot_recall_by_type(result.windows)),
+    }
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, png in images.items():
+        (out / f"{name}.png").write_bytes(png)
+    result.windows.to_csv(out / "windows.csv", index=False)
+    (out / "metrics.json").write_text(json.dumps({**result.metrics, "threshold": threshold}, indent=2))
+    page = html_report(title, {**result.metrics, "threshold": threshold}, images)
+    (out / "report.html").write_text(page)
+    return result, page

@@ -1,0 +1,261 @@
+"""The one feature transform used by training, the feature store and the predictor.
+
+Every feature at time *t* uses only samples at or before *t* of the same entity
+(causal), so the same code can score a live stream and no future leaks into a
+training row. Windows count rows, which is right because ingest aligns every
+entity to a regular step grid and keeps gaps as explicit ``NaN`` rows.
+
+Per signal ``s`` (each present metric except the limits, plus the derived
+``cpu_utilisation`` and ``memory_utilisation``) the transform emits:
+
+* ``s`` – the value itself;
+* ``s__mean_<w>``, ``s__std_<w>`` – rolling mean and standard deviation over
+  the last ``w`` rows;
+* ``s__z_<w>`` – the value's z-score against the *previous* ``w`` rows, so a
+  spike is not hidden by its own contribution to the window;
+* ``s__lag_<k>`` – the value ``k`` rows earlier;
+* ``s__diff_1`` – change since the previous row;
+* ``s__slope_<w>`` – per-second rate of change over ``w`` rows (what a leak or
+  a filling disk looks like).
+
+Bump :data:`FEATURE_VERSION` whenever the output for the same input changes;
+models record it in their feature contract and the predictor refuses a
+mismatch.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from aiops.schema import ENTITY_KEYS, KEY_COLUMNS, TIMESTAMP, SchemaError, metric_columns
+
+FEATURE_VERSION = "1"
+
+#: Capacities are context, not behaviour: they only enter through utilisation.
+_EXCLUDED_SIGNALS = frozenset({"cpu_limit_cores", "memory_limit_bytes"})
+_DERIVED = {
+    "cpu_utilisation": ("cpu_usage_cores", "cpu_limit_cores"),
+    "memory_utilisation": ("memory_working_set_bytes", "memory_limit_bytes"),
+}
+_EPS = 1e-9
+_Z_CAP = 50.0
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """Settings of the transform; they are part of the feature contract.
+
+    Attributes:
+        windows: Rolling window lengths, in rows (steps).
+        lags: Lags, in rows.
+        step_seconds: Length of one step, used to turn differences into rates.
+
+    """
+
+    windows: tuple[int, ...] = (5, 30)
+    lags: tuple[int, ...] = (1,)
+    step_seconds: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not self.windows or min(self.windows) < 2:
+            raise ValueError(f"windows must be at least 2 rows long, got {self.windows}")
+        if any(k < 1 for k in self.lags):
+            raise ValueError(f"lags must be positive, got {self.lags}")
+        if self.step_seconds <= 0:
+            raise ValueError(f"step_seconds must be positive, got {self.step_seconds}")
+
+
+@dataclass(frozen=True)
+class FeatureContract:
+    """What a model expects as input: ordered names, dtypes, transform version.
+
+    The contract travels with every model; the predictor enforces it.
+    """
+
+    feature_names: tuple[str, ...]
+    signals: tuple[str, ...]
+    config: FeatureConfig = field(default_factory=FeatureConfig)
+    transform_version: str = FEATURE_VERSION
+    dtype: str = "float64"
+
+    def to_json(self) -> str:
+        """Serialise to JSON (stable key order)."""
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> FeatureContract:
+        """Parse :meth:`to_json` output."""
+        raw = json.loads(text)
+        cfg = raw.pop("config")
+        config = FeatureConfig(
+            windows=tuple(cfg["windows"]), lags=tuple(cfg["lags"]), step_seconds=float(cfg["step_seconds"])
+        )
+        return cls(
+            feature_names=tuple(raw["feature_names"]),
+            signals=tuple(raw["signals"]),
+            config=config,
+            transform_version=raw["transform_version"],
+            dtype=raw["dtype"],
+        )
+
+    def matrix(self, features: pd.DataFrame) -> np.ndarray:
+        """Return the model input matrix in contract order.
+
+        Raises:
+            SchemaError: When a feature is missing or the transform version differs.
+
+        """
+        missing = [c for c in self.feature_names if c not in features.columns]
+        if missing:
+            shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+            raise SchemaError(
+                f"{len(missing)} feature(s) of the model's contract missing from the input: {shown}; "
+                f"build features with aiops.features.build_features (transform version "
+                f"{self.transform_version})"
+            )
+        return features.loc[:, list(self.feature_names)].to_numpy(dtype=np.float64)
+
+
+def signals_for(metrics: pd.DataFrame) -> list[str]:
+    """Return the signals the transform derives features from, in stable order."""
+    present = metric_columns(metrics)
+    signals = [c for c in present if c not in _EXCLUDED_SIGNALS]
+    signals += [name for name, (num, den) in _DERIVED.items() if num in present and den in present]
+    return signals
+
+
+def feature_names(signals: Sequence[str], config: FeatureConfig = FeatureConfig()) -> list[str]:
+    """Return the ordered feature names the transform emits for ``signals``."""
+    names: list[str] = []
+    for s in signals:
+        names.append(s)
+        for w in config.windows:
+            names += [f"{s}__mean_{w}", f"{s}__std_{w}", f"{s}__z_{w}"]
+        names += [f"{s}__lag_{k}" for k in config.lags]
+        names.append(f"{s}__diff_1")
+        names += [f"{s}__slope_{w}" for w in config.windows]
+    return names
+
+
+def _entity_features(values: pd.DataFrame, config: FeatureConfig) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for s in values.columns:
+        x = values[s]
+        out[s] = x.to_numpy()
+        previous = x.shift(1)
+        for w in config.windows:
+            roll = x.rolling(w, min_periods=1)
+            out[f"{s}__mean_{w}"] = roll.mean().to_numpy()
+            out[f"{s}__std_{w}"] = x.rolling(w, min_periods=2).std().to_numpy()
+            prev = previous.rolling(w, min_periods=2)
+            z = (x - prev.mean()) / (prev.std() + _EPS)
+            # A flat history (std 0) would turn float noise into 1e9; cap the evidence instead.
+            out[f"{s}__z_{w}"] = np.clip(z.to_numpy(), -_Z_CAP, _Z_CAP)
+        for k in config.lags:
+            out[f"{s}__lag_{k}"] = x.shift(k).to_numpy()
+        out[f"{s}__diff_1"] = (x - previous).to_numpy()
+        for w in config.windows:
+            out[f"{s}__slope_{w}"] = ((x - x.shift(w)) / (w * config.step_seconds)).to_numpy()
+    return out
+
+
+def build_features(metrics: pd.DataFrame, config: FeatureConfig = FeatureConfig()) -> pd.DataFrame:
+    """Compute the feature table for a canonical metrics table.
+
+    Args:
+        metrics: Metrics in the canonical schema (see :mod:`aiops.schema`).
+        config: Transform settings.
+
+    Returns:
+        A frame with the key columns followed by :func:`feature_names` columns
+        (float64), one row per input row, sorted by entity then time.
+
+    Raises:
+        SchemaError: When key columns are missing or no usable signal is present.
+
+    """
+    missing = [c for c in KEY_COLUMNS if c not in metrics.columns]
+    if missing:
+        raise SchemaError(f"features: key column(s) {missing} missing; validate the metrics first")
+    signals = signals_for(metrics)
+    if not signals:
+        raise SchemaError("features: no metric columns to derive features from")
+
+    frame = metrics.sort_values([*ENTITY_KEYS, TIMESTAMP], kind="stable").reset_index(drop=True)
+    base = frame[[c for c in signals if c not in _DERIVED]].astype("float64")
+    for name, (num, den) in _DERIVED.items():
+        if name in signals:
+            # Zero or missing limits mean "unlimited": utilisation is undefined, not infinite.
+            den_values = frame[den].where(frame[den] > 0)
+            base[name] = frame[num] / den_values
+    base = base[signals]
+
+    names = feature_names(signals, config)
+    parts = []
+    for _, idx in frame.groupby(list(ENTITY_KEYS), sort=False).indices.items():
+        cols = _entity_features(base.iloc[idx].reset_index(drop=True), config)
+        parts.append(pd.DataFrame(cols, index=idx))
+    feats = pd.concat(parts).sort_index()[names].astype("float64")
+    return pd.concat([frame[list(KEY_COLUMNS)], feats], axis=1)
+
+
+def contract_for(features: pd.DataFrame, config: FeatureConfig = FeatureConfig()) -> FeatureContract:
+    """Return the contract describing a table produced by :func:`build_features`."""
+    names = tuple(c for c in features.columns if c not in KEY_COLUMNS)
+    signals = tuple(n for n in names if "__" not in n)
+    return FeatureContract(feature_names=names, signals=signals, config=config)
+
+
+def infer_step_seconds(metrics: pd.DataFrame) -> float:
+    """Return the sampling step: the most common gap between an entity's consecutive rows.
+
+    Raises:
+        SchemaError: When no entity has two rows.
+
+    """
+    ordered = metrics.sort_values([*ENTITY_KEYS, TIMESTAMP])
+    gaps = ordered.groupby(list(ENTITY_KEYS), sort=False)[TIMESTAMP].diff().dropna()
+    if gaps.empty:
+        raise SchemaError("features: cannot infer the step; no entity has two samples")
+    return float(gaps.mode().iloc[0].total_seconds())
+
+
+_FEATURES_FILE = "features.parquet"
+_CONFIG_FILE = "feature_config.json"
+
+
+def save_features(features: pd.DataFrame, config: FeatureConfig, folder: str | Path) -> Path:
+    """Write a feature table with the transform settings that produced it."""
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    features.to_parquet(out / _FEATURES_FILE, index=False)
+    (out / _CONFIG_FILE).write_text(json.dumps({**asdict(config), "transform_version": FEATURE_VERSION}))
+    return out
+
+
+def load_features(folder: str | Path) -> tuple[pd.DataFrame, FeatureConfig]:
+    """Read a folder written by :func:`save_features`.
+
+    Raises:
+        SchemaError: When the folder is not a feature table or was built by another transform version.
+
+    """
+    root = Path(folder)
+    if not (root / _FEATURES_FILE).exists() or not (root / _CONFIG_FILE).exists():
+        raise SchemaError(f"{root} holds no feature table ({_FEATURES_FILE} + {_CONFIG_FILE})")
+    raw = json.loads((root / _CONFIG_FILE).read_text())
+    version = raw.pop("transform_version")
+    if version != FEATURE_VERSION:
+        raise SchemaError(
+            f"{root} was built by feature transform v{version}; this code is v{FEATURE_VERSION}"
+        )
+    config = FeatureConfig(
+        windows=tuple(raw["windows"]), lags=tuple(raw["lags"]), step_seconds=float(raw["step_seconds"])
+    )
+    return pd.read_parquet(root / _FEATURES_FILE), config

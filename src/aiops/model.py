@@ -1,0 +1,79 @@
+"""A deployable detector: fitted model + feature contract + threshold, in one folder.
+
+The folder is what the pipeline passes between steps, what MLflow stores and
+what the predictor loads, so all three agree on inputs and alarm policy.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import pandas as pd
+
+from aiops.features import FeatureContract
+
+_DETECTOR_FILE = "detector.joblib"
+_CONTRACT_FILE = "feature_contract.json"
+_META_FILE = "meta.json"
+
+
+@dataclass
+class DetectorBundle:
+    """A fitted detector with the contract of its input and its alarm threshold.
+
+    Attributes:
+        detector: Object with ``score(x: np.ndarray) -> np.ndarray``.
+        contract: The feature contract the detector was trained on.
+        threshold: Alarm when the score is at or above it.
+        meta: Training parameters and statistics (tracked as params/metrics).
+
+    """
+
+    detector: Any
+    contract: FeatureContract
+    threshold: float
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def score(self, features: pd.DataFrame) -> np.ndarray:
+        """Score rows of a feature table (enforces the contract)."""
+        return np.asarray(self.detector.score(self.contract.matrix(features)), dtype=float)
+
+    def predict(self, features: pd.DataFrame) -> pd.DataFrame:
+        """Return ``anomaly_score`` and ``is_anomaly`` per row."""
+        scores = self.score(features)
+        return pd.DataFrame({"anomaly_score": scores, "is_anomaly": scores >= self.threshold})
+
+    def save(self, folder: str | Path) -> Path:
+        """Write the bundle into ``folder`` (created if needed)."""
+        out = Path(folder)
+        out.mkdir(parents=True, exist_ok=True)
+        joblib.dump(self.detector, out / _DETECTOR_FILE)
+        (out / _CONTRACT_FILE).write_text(self.contract.to_json())
+        meta = {**self.meta, "threshold": self.threshold, "detector": getattr(self.detector, "kind", "")}
+        (out / _META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+        return out
+
+    @classmethod
+    def load(cls, folder: str | Path) -> DetectorBundle:
+        """Read a folder written by :meth:`save`.
+
+        Raises:
+            FileNotFoundError: When a part of the bundle is missing.
+
+        """
+        root = Path(folder)
+        for name in (_DETECTOR_FILE, _CONTRACT_FILE, _META_FILE):
+            if not (root / name).exists():
+                raise FileNotFoundError(f"{root} is not a detector bundle: {name} missing")
+        meta = json.loads((root / _META_FILE).read_text())
+        return cls(
+            detector=joblib.load(root / _DETECTOR_FILE),
+            contract=FeatureContract.from_json((root / _CONTRACT_FILE).read_text()),
+            threshold=float(meta.pop("threshold")),
+            meta=meta,
+        )

@@ -1,0 +1,154 @@
+"""Each component's Python function, called directly on small artifacts under tmp_path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from kfp import dsl
+
+from aiops.registry import mlflow_client as registry_client
+from aiops.schema import SchemaError
+from aiops.telemetry import Telemetry
+from components.evaluate import evaluate_detector
+from components.features import build_features
+from components.ingest import ingest_telemetry
+from components.register import register_model
+from components.split import split_by_time
+from components.train_isolation_forest import train_isolation_forest
+from components.validate import validate_telemetry
+
+
+def art(cls, root: Path, name: str):
+    return cls(name=name, uri=str(root / name), metadata={})
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    """Run the training steps in order on one simulated day; return the artifacts."""
+    root = tmp_path_factory.mktemp("chain")
+    a = {
+        "telemetry": art(dsl.Dataset, root, "telemetry"),
+        "report": art(dsl.Markdown, root, "report.md"),
+        "features": art(dsl.Dataset, root, "features"),
+        "train": art(dsl.Dataset, root, "train"),
+        "validation": art(dsl.Dataset, root, "validation"),
+        "test": art(dsl.Dataset, root, "test"),
+        "model": art(dsl.Model, root, "model"),
+        "train_metrics": art(dsl.Metrics, root, "train_metrics"),
+        "metrics": art(dsl.Metrics, root, "metrics"),
+        "html": art(dsl.HTML, root, "report.html"),
+        "plots": art(dsl.Artifact, root, "plots"),
+    }
+    ingest_telemetry.python_func(
+        source="synthetic", telemetry=a["telemetry"], seed=3, duration="1D", n_anomalies=6
+    )
+    summary = validate_telemetry.python_func(telemetry=a["telemetry"], report=a["report"])
+    build_features.python_func(telemetry=a["telemetry"], features=a["features"], windows=[5, 30], lags=[1])
+    split_by_time.python_func(
+        features=a["features"], train=a["train"], validation=a["validation"], test=a["test"]
+    )
+    train_isolation_forest.python_func(
+        train=a["train"],
+        validation=a["validation"],
+        model=a["model"],
+        metrics=a["train_metrics"],
+        n_estimators=50,
+        seed=3,
+    )
+    f1 = evaluate_detector.python_func(
+        model=a["model"],
+        test=a["test"],
+        telemetry=a["telemetry"],
+        metrics=a["metrics"],
+        report=a["html"],
+        plots=a["plots"],
+    )
+    return a, summary, f1, root
+
+
+def test_ingest_writes_canonical_telemetry(chain):
+    a, *_ = chain
+    bundle = Telemetry.load(a["telemetry"].path).validate()
+    assert len(bundle.labels) == 6 and len(bundle.events) > 0 and len(bundle.logs) > 0
+    assert a["telemetry"].metadata["source"] == "synthetic"
+
+
+def test_unknown_source_fails_loudly(tmp_path):
+    with pytest.raises(ValueError, match="unknown telemetry source 'prometheus'"):
+        ingest_telemetry.python_func(source="prometheus", telemetry=art(dsl.Dataset, tmp_path, "t"))
+    assert not (tmp_path / "t").exists()
+
+
+def test_validate_summarises_and_hashes(chain):
+    a, summary, *_ = chain
+    assert summary.rows == len(Telemetry.load(a["telemetry"].path).metrics)
+    assert summary.labelled_windows == 6 and len(summary.dataset_hash) == 64
+    assert "content hash" in Path(a["report"].path).read_text()
+
+
+def test_validate_stops_on_a_broken_dataset(chain, tmp_path):
+    a, *_ = chain
+    bundle = Telemetry.load(a["telemetry"].path)
+    bundle.metrics = bundle.metrics.assign(error_ratio=bundle.metrics["error_ratio"] * 1000)
+    broken = art(dsl.Dataset, tmp_path, "broken")
+    bundle.save(broken.path)
+    with pytest.raises(SchemaError, match="error_ratio"):
+        validate_telemetry.python_func(telemetry=broken, report=art(dsl.Markdown, tmp_path, "r.md"))
+
+
+def test_split_parts_are_ordered(chain):
+    from aiops.features import load_features
+
+    a, *_ = chain
+    tr, va, te = (load_features(a[k].path)[0] for k in ("train", "validation", "test"))
+    assert tr["timestamp"].max() < va["timestamp"].min() <= va["timestamp"].max() < te["timestamp"].min()
+    assert a["test"].metadata["rows"] == len(te)
+
+
+def test_train_and_evaluate_outputs(chain):
+    a, _, f1, _ = chain
+    assert (Path(a["model"].path) / "feature_contract.json").exists()
+    assert a["train_metrics"].metadata["threshold"] == a["model"].metadata["threshold"]
+    assert 0.0 <= f1 <= 1.0 and a["metrics"].metadata["event_f1"] == f1
+    assert "<img" in Path(a["html"].path).read_text()
+    assert json.loads((Path(a["plots"].path) / "metrics.json").read_text())["event_f1"] == f1
+
+
+def test_register_promotes_first_version(chain, tmp_path):
+    a, summary, f1, _ = chain
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    out = register_model.python_func(
+        model=a["model"],
+        test=a["test"],
+        telemetry=a["telemetry"],
+        plots=a["plots"],
+        dataset_hash=summary.dataset_hash,
+        data_rows=summary.rows,
+        source="synthetic",
+        seed=3,
+        model_name="unit-model",
+        experiment="unit",
+        tracking_uri=uri,
+    )
+    assert out.version == "1" and out.promoted and out.aliases == "challenger,champion"
+    run = registry_client(uri).get_run(out.run_id)
+    assert run.data.tags["lineage.dataset_hash"] == summary.dataset_hash
+    assert run.data.metrics["test_event_f1"] == pytest.approx(f1)
+
+
+def test_register_needs_a_tracking_uri(chain, monkeypatch):
+    a, summary, *_ = chain
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(ValueError, match="no MLflow tracking URI"):
+        register_model.python_func(
+            model=a["model"],
+            test=a["test"],
+            telemetry=a["telemetry"],
+            plots=a["plots"],
+            dataset_hash="x",
+            data_rows=1,
+            source="synthetic",
+            seed=0,
+        )

@@ -1,0 +1,75 @@
+"""Shared fixtures: tiny, seeded telemetry built in memory."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+def make_metrics(
+    n_steps: int = 20,
+    pods: tuple[str, ...] = ("api-1", "api-2"),
+    start: str = "2026-01-05T00:00:00Z",
+    step: str = "1min",
+    seed: int = 0,
+) -> pd.DataFrame:
+    """A small, valid metrics table with two metrics per pod."""
+    rng = np.random.default_rng(seed)
+    times = pd.date_range(start, periods=n_steps, freq=step)
+    frames = []
+    for i, pod in enumerate(pods):
+        frames.append(
+            pd.DataFrame(
+                {
+                    "timestamp": times,
+                    "cluster": "c1",
+                    "namespace": "shop",
+                    "pod": pod,
+                    "node": f"node-{i % 2}",
+                    "cpu_usage_cores": 0.5 + 0.05 * rng.standard_normal(n_steps),
+                    "request_rate": 100.0 + 5 * rng.standard_normal(n_steps),
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True).sort_values(["timestamp", "pod"]).reset_index(drop=True)
+
+
+def make_label(pod: str, start: str, end: str, anomaly_type: str = "spike", node: str = "node-0") -> dict:
+    return {
+        "cluster": "c1",
+        "namespace": "shop",
+        "pod": pod,
+        "node": node,
+        "start": pd.Timestamp(start),
+        "end": pd.Timestamp(end),
+        "anomaly_type": anomaly_type,
+        "category": "collective",
+    }
+
+
+def labels_frame(*rows: dict) -> pd.DataFrame:
+    from aiops.schema import empty_labels
+
+    if not rows:
+        return empty_labels()
+    return pd.DataFrame(list(rows))
+
+
+@pytest.fixture
+def metrics() -> pd.DataFrame:
+    return make_metrics()
+
+
+@pytest.fixture(scope="session")
+def small_telemetry():
+    """One simulated day of a small cluster with injected anomalies (session-wide: read only)."""
+    from aiops.ingest import SyntheticSource, synthetic_telemetry
+
+    return synthetic_telemetry(
+        SyntheticSource(seed=7, duration="1D", n_anomalies=6, deployments_per_namespace=1)
+    )

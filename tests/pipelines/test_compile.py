@@ -1,0 +1,70 @@
+"""Every pipeline compiles to IR YAML that parses as a KFP PipelineSpec, with its cluster settings."""
+
+import yaml
+from google.protobuf import json_format
+from kfp import compiler, dsl
+from kfp.pipeline_spec import pipeline_spec_pb2
+
+from components.image import PIPELINE_IMAGE
+from pipelines.cluster import GPU_RESOURCE, MLFLOW_SECRET, S3_SECRET, on_gpu
+from pipelines.runner import PIPELINES, compile_pipeline
+
+
+def _load(path):
+    docs = list(yaml.safe_load_all(path.read_text()))
+    spec = json_format.ParseDict(docs[0], pipeline_spec_pb2.PipelineSpec())
+    platform = docs[1] if len(docs) > 1 else {}
+    return spec, platform
+
+
+def test_every_pipeline_compiles_to_a_pipeline_spec(tmp_path):
+    for name in PIPELINES:
+        spec, _ = _load(compile_pipeline(name, tmp_path))
+        assert spec.pipeline_info.name == f"aiops-{name}"
+        executors = json_format.MessageToDict(spec.deployment_spec)["executors"].values()
+        images = {e["container"]["image"] for e in executors}
+        assert images == {PIPELINE_IMAGE}, "every component runs on the one pipeline image"
+
+
+def test_training_pipeline_cluster_settings(tmp_path):
+    spec, platform = _load(compile_pipeline("training", tmp_path))
+    tasks = set(spec.root.dag.tasks)
+    assert {
+        "ingest-telemetry",
+        "validate-telemetry",
+        "build-features",
+        "split-by-time",
+        "train-isolation-forest",
+        "evaluate-detector",
+        "register-model",
+    } <= tasks
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    secrets = {s["secretName"] for s in executors["exec-register-model"]["secretAsEnv"]}
+    assert secrets == {MLFLOW_SECRET, S3_SECRET}
+    deployment = json_format.MessageToDict(spec.deployment_spec)["executors"]
+    resources = deployment["exec-train-isolation-forest"]["container"]["resources"]
+    assert resources["resourceMemoryRequest"] == "8Gi"
+    # the register step must not be cached: each run registers a new version
+    assert not spec.root.dag.tasks["register-model"].caching_options.enable_cache
+
+
+@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
+def noop() -> int:
+    return 1
+
+
+def test_gpu_helper_requests_gpu_and_tolerates_the_taint(tmp_path):
+    @dsl.pipeline(name="gpu-check")
+    def gpu_pipeline():
+        on_gpu(noop(), count=2)
+
+    path = tmp_path / "gpu.yaml"
+    compiler.Compiler().compile(gpu_pipeline, str(path))
+    spec, platform = _load(path)
+    container = json_format.MessageToDict(spec.deployment_spec)["executors"]["exec-noop"]["container"]
+    assert container["resources"]["accelerator"]["resourceType"] == GPU_RESOURCE
+    assert container["resources"]["accelerator"]["resourceCount"] == "2"
+    [toleration] = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-noop"][
+        "tolerations"
+    ]
+    assert toleration == {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}

@@ -1,0 +1,126 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from aiops.features import (
+    FEATURE_VERSION,
+    FeatureConfig,
+    FeatureContract,
+    build_features,
+    contract_for,
+    feature_names,
+    infer_step_seconds,
+    load_features,
+    save_features,
+    signals_for,
+)
+from aiops.schema import KEY_COLUMNS, SchemaError
+from tests.conftest import make_metrics
+
+CFG = FeatureConfig(windows=(3,), lags=(1, 2), step_seconds=60.0)
+
+
+def one_series(values):
+    df = make_metrics(n_steps=len(values), pods=("p",))
+    df["cpu_usage_cores"] = np.asarray(values, dtype=float)
+    return df.drop(columns=["request_rate"])
+
+
+def test_hand_computed_values():
+    feats = build_features(one_series([1, 2, 4, 8, 16]), CFG)
+    s = "cpu_usage_cores"
+    np.testing.assert_allclose(feats[f"{s}__mean_3"], [1, 1.5, 7 / 3, 14 / 3, 28 / 3])
+    np.testing.assert_allclose(
+        feats[f"{s}__std_3"],
+        [
+            np.nan,
+            np.std([1, 2], ddof=1),
+            np.std([1, 2, 4], ddof=1),
+            np.std([2, 4, 8], ddof=1),
+            np.std([4, 8, 16], ddof=1),
+        ],
+    )
+    np.testing.assert_allclose(feats[f"{s}__lag_2"], [np.nan, np.nan, 1, 2, 4])
+    np.testing.assert_allclose(feats[f"{s}__diff_1"], [np.nan, 1, 2, 4, 8])
+    np.testing.assert_allclose(feats[f"{s}__slope_3"], [np.nan, np.nan, np.nan, 7 / 180, 14 / 180])
+    # z of row 3 (value 8) against the previous 3 rows [1, 2, 4]
+    prev = np.array([1, 2, 4.0])
+    assert feats[f"{s}__z_3"].iloc[3] == pytest.approx((8 - prev.mean()) / prev.std(ddof=1), rel=1e-6)
+
+
+def test_features_are_causal():
+    """Changing the future must not change any feature of the past."""
+    base = one_series(np.arange(30.0))
+    changed = base.copy()
+    changed.loc[20:, "cpu_usage_cores"] = 1000.0
+    a, b = build_features(base, CFG), build_features(changed, CFG)
+    pd.testing.assert_frame_equal(a.iloc[:20], b.iloc[:20])
+    assert not a.iloc[20:].equals(b.iloc[20:])
+
+
+def test_entities_do_not_leak_into_each_other():
+    df = make_metrics(n_steps=10, pods=("a", "b"))
+    alone = build_features(df[df["pod"] == "a"], CFG)
+    together = build_features(df, CFG)
+    pd.testing.assert_frame_equal(
+        together[together["pod"] == "a"].reset_index(drop=True), alone.reset_index(drop=True)
+    )
+
+
+def test_output_layout_and_utilisation():
+    df = make_metrics(n_steps=6)
+    df["cpu_limit_cores"] = 2.0
+    feats = build_features(df, CFG)
+    signals = signals_for(df)
+    assert "cpu_limit_cores" not in signals and "cpu_utilisation" in signals
+    assert list(feats.columns) == [*KEY_COLUMNS, *feature_names(signals, CFG)]
+    np.testing.assert_allclose(feats["cpu_utilisation"], feats["cpu_usage_cores"] / 2.0)
+    assert len(feats) == len(df)
+    assert all(feats[c].dtype == np.float64 for c in feats.columns if c not in KEY_COLUMNS)
+
+
+def test_zero_limit_means_undefined_utilisation():
+    df = make_metrics(n_steps=4, pods=("p",))
+    df["cpu_limit_cores"] = 0.0
+    assert build_features(df, CFG)["cpu_utilisation"].isna().all()
+
+
+def test_flat_history_z_is_capped():
+    feats = build_features(one_series([1, 1, 1, 1, 5]), CFG)
+    assert feats["cpu_usage_cores__z_3"].iloc[-1] == 50.0
+
+
+def test_contract_roundtrip_and_enforcement(tmp_path):
+    feats = build_features(make_metrics(n_steps=8), CFG)
+    contract = contract_for(feats, CFG)
+    assert FeatureContract.from_json(contract.to_json()) == contract
+    assert contract.transform_version == FEATURE_VERSION
+    assert contract.matrix(feats).shape == (len(feats), len(contract.feature_names))
+    with pytest.raises(SchemaError, match="missing from the input"):
+        contract.matrix(feats.drop(columns=["request_rate__mean_3"]))
+    # column order in the input does not matter, the contract's order wins
+    shuffled = feats[list(reversed(feats.columns))]
+    np.testing.assert_array_equal(contract.matrix(shuffled), contract.matrix(feats))
+
+
+def test_save_load_and_step_inference(tmp_path):
+    df = make_metrics(n_steps=8, step="5min")
+    assert infer_step_seconds(df) == 300.0
+    feats = build_features(df, CFG)
+    save_features(feats, CFG, tmp_path / "f")
+    loaded, cfg = load_features(tmp_path / "f")
+    assert cfg == CFG
+    pd.testing.assert_frame_equal(loaded, feats)
+    with pytest.raises(SchemaError, match="holds no feature table"):
+        load_features(tmp_path)
+
+
+@pytest.mark.parametrize("bad", [dict(windows=(1,)), dict(windows=()), dict(lags=(0,)), dict(step_seconds=0)])
+def test_bad_config(bad):
+    with pytest.raises(ValueError):
+        FeatureConfig(**bad)
+
+
+def test_missing_keys_rejected():
+    with pytest.raises(SchemaError, match="key column"):
+        build_features(make_metrics().drop(columns=["node"]))

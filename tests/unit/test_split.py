@@ -1,0 +1,38 @@
+import pytest
+
+from aiops.schema import SchemaError
+from aiops.split import time_split
+from tests.conftest import make_metrics
+
+
+def test_parts_are_consecutive_in_time_and_cover_everything():
+    df = make_metrics(n_steps=100, pods=("a", "b", "c"))
+    parts = time_split(df, 0.2, 0.3)
+    assert parts.train["timestamp"].max() < parts.validation["timestamp"].min()
+    assert parts.validation["timestamp"].max() < parts.test["timestamp"].min()
+    assert len(parts.train) + len(parts.validation) + len(parts.test) == len(df)
+    assert parts.train["timestamp"].nunique() == 50
+    assert parts.validation["timestamp"].nunique() == 20
+    assert parts.test["timestamp"].nunique() == 30
+    # every entity is cut at the same instant
+    assert parts.test.groupby("pod")["timestamp"].min().nunique() == 1
+    assert parts.test_start == parts.test["timestamp"].min()
+
+
+def test_shuffled_input_gives_the_same_split():
+    df = make_metrics(n_steps=50)
+    a = time_split(df)
+    b = time_split(df.sample(frac=1, random_state=3))
+    assert a.test_start == b.test_start
+    assert sorted(a.test.index) != [] and len(a.test) == len(b.test)
+
+
+@pytest.mark.parametrize(("val", "test"), [(0, 0.2), (0.2, 1.0), (0.5, 0.45)])
+def test_bad_fractions(val, test):
+    with pytest.raises(ValueError):
+        time_split(make_metrics(), val, test)
+
+
+def test_too_short_for_min_rows():
+    with pytest.raises(SchemaError, match="fewer than 100"):
+        time_split(make_metrics(n_steps=10), min_rows=100)
