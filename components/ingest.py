@@ -12,16 +12,18 @@ def ingest_telemetry(
     duration: str = "4D",
     step: str = "1min",
     n_anomalies: int = 24,
+    data_path: str = "",
 ):
     """Produce canonical telemetry (metrics, labels, events, logs) from an explicit source.
 
-    ``source='synthetic'`` simulates a cluster and injects labelled anomalies
-    (seeded). Any other source fails here: nothing falls back to synthetic data.
+    ``source='synthetic'`` simulates a cluster and injects labelled anomalies (seeded; the
+    other settings apply to it only). ``source='nezha'`` reads the recorded Nezha fault
+    injections under ``data_path``. An unknown source fails here: nothing falls back to
+    synthetic data.
     """
-    from aiops.ingest import SyntheticSource, check_source, synthetic_telemetry
+    from aiops.ingest import SyntheticSource, load_telemetry
 
-    check_source(source)
     settings = SyntheticSource(seed=seed, duration=duration, step=step, n_anomalies=n_anomalies)
-    bundle = synthetic_telemetry(settings)
+    bundle = load_telemetry(source, data_path, settings)
     bundle.save(telemetry.path)
     telemetry.metadata.update({"source": source, "rows": len(bundle.metrics), "labels": len(bundle.labels)})

@@ -18,6 +18,7 @@ from pipelines.cluster import sized, with_mlflow_credentials
 )
 def training_pipeline(
     source: str = "synthetic",
+    data_path: str = "",
     seed: int = 42,
     duration: str = "4D",
     step: str = "1min",
@@ -40,7 +41,7 @@ def training_pipeline(
     ``image`` is only recorded as lineage; the image that runs is fixed at compile time.
     """
     ingest = ingest_telemetry(
-        source=source, seed=seed, duration=duration, step=step, n_anomalies=n_anomalies
+        source=source, data_path=data_path, seed=seed, duration=duration, step=step, n_anomalies=n_anomalies
     ).set_display_name("ingest")
     validate = validate_telemetry(telemetry=ingest.outputs["telemetry"]).set_display_name("validate")
     features = (

@@ -42,9 +42,12 @@ def _parse_params(params: list[str]) -> dict[str, Any]:
 
 @run_app.command("training")
 def run_training(
-    source: Annotated[str, typer.Option(help="Telemetry source (explicit, never a fallback): synthetic.")] = (
-        "synthetic"
-    ),
+    source: Annotated[
+        str, typer.Option(help="Telemetry source (explicit, never a fallback): synthetic or nezha.")
+    ] = "synthetic",
+    data: Annotated[
+        Path | None, typer.Option(help="Folder of recorded data (nezha: a day folder or a folder of days).")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of simulation, injection and model.")] = 42,
     duration: Annotated[str, typer.Option(help="Simulated time span (pandas timedelta).")] = "4D",
     n_anomalies: Annotated[int, typer.Option(help="Anomalies injected into the simulated cluster.")] = 24,
@@ -63,17 +66,19 @@ def run_training(
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     try:
-        check_source(source)
+        check_source(source, str(data.resolve()) if data else "")
     except ValueError as exc:
         _fail(str(exc))
     uri = registry.resolve_tracking_uri(tracking_uri, Path.cwd())
-    typer.secho(f"Training pipeline: source={source}, seed={seed}, duration={duration}", bold=True)
+    settings = f"data={data}" if data else f"seed={seed}, duration={duration}, anomalies={n_anomalies}"
+    typer.secho(f"Training pipeline: source={source}, {settings}", bold=True)
     typer.echo(f"MLflow tracking: {uri}")
     started = time.perf_counter()
     task = run_local(
         "training",
         {
             "source": source,
+            "data_path": str(data.resolve()) if data else "",
             "seed": seed,
             "duration": duration,
             "n_anomalies": n_anomalies,

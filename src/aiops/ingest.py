@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 from aiops.telemetry import Telemetry
 
-SOURCES = ("synthetic",)
+SOURCES = ("synthetic", "nezha")
+#: Sources that read recorded data and need a data path.
+_FILE_SOURCES = frozenset({"nezha"})
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,29 @@ def synthetic_telemetry(settings: SyntheticSource = SyntheticSource()) -> Teleme
     return inject_anomalies(clean, InjectionSpec(n_anomalies=settings.n_anomalies, seed=settings.seed + 1))
 
 
-def check_source(source: str) -> None:
-    """Raise ``ValueError`` naming the supported sources when ``source`` is not one."""
+def check_source(source: str, data_path: str = "") -> None:
+    """Raise ``ValueError`` when ``source`` is unknown or lacks the data path it needs."""
     if source not in SOURCES:
         raise ValueError(f"unknown telemetry source '{source}'; supported: {', '.join(SOURCES)}")
+    if source in _FILE_SOURCES and not data_path:
+        raise ValueError(f"source '{source}' reads recorded data: pass its folder as data_path (--data)")
+    if source not in _FILE_SOURCES and data_path:
+        raise ValueError(f"source '{source}' takes no data_path (got '{data_path}')")
+
+
+def load_telemetry(
+    source: str, data_path: str = "", synthetic: SyntheticSource = SyntheticSource()
+) -> Telemetry:
+    """Load telemetry from the named source; there is no default and no fallback.
+
+    Args:
+        source: One of :data:`SOURCES`.
+        data_path: Folder of recorded data (``nezha``).
+        synthetic: Settings of the ``synthetic`` source.
+    """
+    check_source(source, data_path)
+    if source == "nezha":
+        from aiops.nezha import load_nezha
+
+        return load_nezha(data_path)
+    return synthetic_telemetry(synthetic)

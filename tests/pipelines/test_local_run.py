@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from aiops.registry import mlflow_client as registry_client
@@ -39,3 +41,18 @@ def test_unknown_source_stops_the_pipeline_before_training(tmp_path):
     with pytest.raises(RuntimeError, match="ingest-telemetry"):
         run_local("training", {**TINY, "source": "prometheus", "mlflow_tracking_uri": uri}, tmp_path / "kfp")
     assert not (tmp_path / "mlflow.db").exists(), "nothing may be registered"
+
+
+NEZHA = Path(__file__).resolve().parents[2].parent / "shared" / "benchmarks" / "nezha"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not NEZHA.exists(), reason="shared Nezha data not found beside the repository")
+def test_training_pipeline_runs_on_recorded_nezha_data(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    args = {"source": "nezha", "data_path": str(NEZHA), "n_estimators": 30, "mlflow_tracking_uri": uri}
+    task = run_local("training", {**args, "model_name": "nezha"}, tmp_path / "kfp")
+    assert task.output == "1"
+    run = registry_client(uri).get_run(registry_client(uri).get_model_version("nezha", "1").run_id)
+    assert run.data.tags["lineage.source"] == "nezha"
+    assert int(run.data.tags["lineage.data_rows"]) == 12090

@@ -1,0 +1,234 @@
+"""Read the Nezha fault-injection recordings into the canonical telemetry schema.
+
+Nezha (FSE 2023) ran the OnlineBoutique demo on Kubernetes and injected faults into one
+pod at a time. Layout of one recorded day::
+
+    <day>/metric/<pod>_metric.csv   one row per minute per pod
+    <day>/fault_list.json           {"<hour>": [{"inject_time", "inject_timestamp",
+                                                 "inject_pod", "inject_type"}, ...]}
+
+A data folder is either one day (it holds ``fault_list.json``) or a folder of days.
+
+Time alignment: on some days ``inject_timestamp`` (and the metrics' ``TimeStamp``) is off by
+whole hours or corrupt, while the UTC wall-clock strings ``inject_time`` and ``Time`` agree.
+So rows are timed by ``Time`` and faults by ``inject_time``, and the loader checks that every
+fault falls inside the recorded range of its pod.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from aiops.schema import ENTITY_KEYS, TIMESTAMP, SchemaError, empty_labels
+from aiops.telemetry import Telemetry
+
+log = logging.getLogger(__name__)
+
+CLUSTER = "nezha"
+NAMESPACE = "online-boutique"
+#: Nezha's fault types, grouped by what an SRE would call them.
+FAULT_KINDS = {
+    "cpu_contention": "resource",
+    "cpu_consumed": "resource",
+    "network_delay": "network",
+    "exception": "application",
+    "return": "application",
+}
+
+_MIB = 2.0**20
+_REQUIRED = ("Time", "PodName", "CpuUsage(m)", "MemoryUsage(Mi)")
+#: canonical column <- (Nezha column, scale). PodSuccessRate(%) is left out: it reads 0 on every
+#: row of the recordings, which would claim a 100% error ratio.
+_MAPPING = {
+    "cpu_usage_cores": ("CpuUsage(m)", 1e-3),
+    "memory_working_set_bytes": ("MemoryUsage(Mi)", _MIB),
+    "network_rx_bytes_per_s": ("NetworkReceiveBytes", 1.0),
+    "network_tx_bytes_per_s": ("NetworkTransmitBytes", 1.0),
+    "request_rate": ("PodWorkload(Ops)", 1.0),
+    "latency_p95_seconds": ("PodServerLatencyP95(s)", 1.0),
+    "node_cpu_utilisation": ("NodeCpuUsageRate(%)", 0.01),
+    "node_memory_utilisation": ("NodeMemoryUsageRate(%)", 0.01),
+}
+#: limit <- (usage column, usage-as-percent-of-limit column)
+_LIMITS = {
+    "cpu_limit_cores": ("cpu_usage_cores", "CpuUsageRate(%)"),
+    "memory_limit_bytes": ("memory_working_set_bytes", "MemoryUsageRate(%)"),
+}
+
+
+@dataclass(frozen=True)
+class NezhaOptions:
+    """How faults become labels and how rows align.
+
+    Attributes:
+        fault_duration: Length of each labelled window from the injection time (faults last about 3 min).
+        step: Grid the rows are floored to.
+    """
+
+    fault_duration: str = "3min"
+    step: str = "1min"
+
+
+def day_folders(data_dir: str | Path) -> list[Path]:
+    """Return the recorded days under ``data_dir`` (itself, or its sub-folders).
+
+    Raises:
+        SchemaError: When no folder holds ``fault_list.json`` and ``metric/``.
+    """
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise SchemaError(f"nezha: {root} is not a folder")
+    candidates = (
+        [root] if (root / "fault_list.json").exists() else sorted(p for p in root.iterdir() if p.is_dir())
+    )
+    days = [p for p in candidates if (p / "fault_list.json").exists() and (p / "metric").is_dir()]
+    if not days:
+        raise SchemaError(
+            f"nezha: no recorded day under {root}; "
+            "expected <day>/fault_list.json and <day>/metric/*_metric.csv"
+        )
+    return days
+
+
+def _parse_time(values: pd.Series) -> pd.Series:
+    """Parse Nezha's Go-style ``2022-08-22 03:51:19.607158889 +0000 UTC m=+0.11`` strings as UTC."""
+    text = values.astype(str).str.split(" +", n=1, regex=False).str[0]
+    parsed = pd.to_datetime(text, utc=True, errors="coerce", format="ISO8601")
+    if parsed.isna().any():
+        bad = values[parsed.isna()].iloc[0]
+        raise SchemaError(f"nezha: cannot parse Time value {bad!r}")
+    return parsed
+
+
+def _numeric(raw: pd.DataFrame, name: str) -> pd.Series:
+    return pd.to_numeric(raw[name], errors="coerce").astype("float64")
+
+
+def _pod_metrics(path: Path, options: NezhaOptions) -> pd.DataFrame:
+    raw = pd.read_csv(path)
+    missing = [c for c in _REQUIRED if c not in raw.columns]
+    if missing:
+        raise SchemaError(f"nezha: {path.name} lacks column(s) {missing}; is it a Nezha *_metric.csv?")
+    if raw.empty:
+        raise SchemaError(f"nezha: {path.name} holds no rows")
+    frame = pd.DataFrame(
+        {
+            TIMESTAMP: _parse_time(raw["Time"]).dt.floor(options.step),
+            "cluster": CLUSTER,
+            "namespace": NAMESPACE,
+            "pod": raw["PodName"].astype(str),
+            "node": "",
+        }
+    )
+    for column, (source, scale) in _MAPPING.items():
+        if source in raw.columns:
+            frame[column] = _numeric(raw, source) * scale
+    for limit, (usage, percent) in _LIMITS.items():
+        if percent in raw.columns:
+            # Usage and usage-as-%-of-limit are both recorded: their ratio is the (constant) limit.
+            value = float(np.nanmedian(frame[usage] / (_numeric(raw, percent) / 100.0)))
+            frame[limit] = value if np.isfinite(value) and value > 0 else np.nan
+    for ratio in ("node_cpu_utilisation", "node_memory_utilisation"):
+        if ratio in frame:
+            frame[ratio] = frame[ratio].clip(0.0, 1.0)
+    frame = frame.drop_duplicates(subset=[TIMESTAMP], keep="last")
+    # Explicit NaN rows for missed minutes keep row-count windows honest.
+    grid = pd.date_range(frame[TIMESTAMP].min(), frame[TIMESTAMP].max(), freq=options.step)
+    frame = frame.set_index(TIMESTAMP).reindex(grid)
+    frame.index.name = TIMESTAMP
+    for key in ENTITY_KEYS:
+        frame[key] = frame[key].ffill()
+    for limit in _LIMITS:
+        if limit in frame:
+            frame[limit] = frame[limit].ffill()
+    return frame.reset_index()
+
+
+def _faults(day: Path) -> list[dict[str, str]]:
+    try:
+        raw = json.loads((day / "fault_list.json").read_text())
+    except json.JSONDecodeError as exc:
+        raise SchemaError(f"nezha: {day / 'fault_list.json'} is not valid JSON: {exc}") from exc
+    faults = [fault for hour in sorted(raw) for fault in raw[hour]]
+    for fault in faults:
+        missing = {"inject_time", "inject_pod", "inject_type"} - set(fault)
+        if missing:
+            raise SchemaError(
+                f"nezha: a fault in {day.name}/fault_list.json lacks {sorted(missing)}: {fault}"
+            )
+    return faults
+
+
+def _labels(day: Path, metrics: pd.DataFrame, options: NezhaOptions) -> pd.DataFrame:
+    duration = pd.Timedelta(options.fault_duration)
+    span = metrics.groupby("pod")[TIMESTAMP].agg(["min", "max"])
+    rows = []
+    for fault in _faults(day):
+        start = pd.Timestamp(fault["inject_time"], tz="UTC")
+        pod = fault["inject_pod"]
+        if pod not in span.index:
+            raise SchemaError(f"nezha: {day.name}: fault on pod '{pod}' which has no metric file")
+        if not span.at[pod, "min"] <= start <= span.at[pod, "max"]:
+            raise SchemaError(
+                f"nezha: {day.name}: fault at {start} on '{pod}' lies outside its metrics "
+                f"({span.at[pod, 'min']} .. {span.at[pod, 'max']}); time zones misaligned?"
+            )
+        offset = _timestamp_offset_hours(fault, start)
+        if offset:
+            log.info(
+                "nezha %s: inject_timestamp is %+d h off inject_time; using inject_time", day.name, offset
+            )
+        kind = fault["inject_type"]
+        rows.append(
+            {
+                "cluster": CLUSTER,
+                "namespace": NAMESPACE,
+                "pod": pod,
+                "node": "",
+                "start": start,
+                "end": start + duration,
+                "anomaly_type": kind,
+                "category": "collective",
+            }
+        )
+    return pd.DataFrame(rows) if rows else empty_labels()
+
+
+def _timestamp_offset_hours(fault: dict[str, str], start: pd.Timestamp) -> int:
+    try:
+        recorded = pd.Timestamp(int(float(fault["inject_timestamp"])), unit="s", tz="UTC")
+    except (KeyError, ValueError):
+        return 0
+    return int(round((recorded - start).total_seconds() / 3600))
+
+
+def load_nezha(data_dir: str | Path, options: NezhaOptions = NezhaOptions()) -> Telemetry:
+    """Load every recorded day under ``data_dir`` as canonical metrics plus fault labels.
+
+    Args:
+        data_dir: One day folder, or a folder of day folders.
+        options: Label window length and row grid.
+
+    Returns:
+        Telemetry with metrics (one row per pod per minute, gaps as NaN) and one label per fault.
+
+    Raises:
+        SchemaError: On a missing or malformed file, or a fault outside its pod's recording.
+    """
+    metrics, labels = [], []
+    for day in day_folders(data_dir):
+        files = sorted((day / "metric").glob("*_metric.csv"))
+        if not files:
+            raise SchemaError(f"nezha: {day / 'metric'} holds no *_metric.csv files")
+        day_metrics = pd.concat([_pod_metrics(f, options) for f in files], ignore_index=True)
+        metrics.append(day_metrics)
+        labels.append(_labels(day, day_metrics, options))
+    table = pd.concat(metrics, ignore_index=True).sort_values([TIMESTAMP, "pod"], kind="stable")
+    table = table.drop_duplicates(subset=[TIMESTAMP, *ENTITY_KEYS], keep="last").reset_index(drop=True)
+    return Telemetry(metrics=table, labels=pd.concat(labels, ignore_index=True)).validate()

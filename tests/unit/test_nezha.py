@@ -1,0 +1,109 @@
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from aiops.ingest import check_source, load_telemetry
+from aiops.nezha import load_nezha
+from aiops.schema import SchemaError, row_labels
+
+NEZHA = Path(__file__).resolve().parents[2].parent / "shared" / "benchmarks" / "nezha"
+COLUMNS = (
+    "Time,TimeStamp,PodName,CpuUsage(m),CpuUsageRate(%),MemoryUsage(Mi),MemoryUsageRate(%),PodWorkload(Ops)"
+)
+
+
+def write_day(root: Path, faults: dict, pods=("web-1", "db-1"), minutes=30, timestamp_offset_s=0) -> Path:
+    day = root / "2022-01-01"
+    (day / "metric").mkdir(parents=True)
+    for pod in pods:
+        lines = [COLUMNS]
+        for m in range(minutes):
+            t = pd.Timestamp("2022-01-01T10:00:19.5Z") + pd.Timedelta(minutes=m)
+            ts = int(t.timestamp()) + timestamp_offset_s
+            lines.append(
+                f"{t.strftime('%Y-%m-%d %H:%M:%S.%f')}000 +0000 UTC m=+{m * 60}.1,{ts},{pod},"
+                f"{5 + m % 3},{(5 + m % 3) / 50 * 100},100,50,{10 + m}"
+            )
+        (day / "metric" / f"{pod}_metric.csv").write_text("\n".join(lines) + "\n")
+    (day / "fault_list.json").write_text(json.dumps(faults))
+    return day
+
+
+def fault(time, pod="web-1", kind="cpu_contention", timestamp=None):
+    ts = timestamp if timestamp is not None else int(pd.Timestamp(time, tz="UTC").timestamp())
+    return {"inject_time": time, "inject_timestamp": str(ts), "inject_pod": pod, "inject_type": kind}
+
+
+def test_small_day_maps_to_the_canonical_schema(tmp_path):
+    write_day(tmp_path, {"10": [fault("2022-01-01 10:05:40")]})
+    tel = load_nezha(tmp_path)
+    m = tel.metrics
+    assert set(m["pod"]) == {"web-1", "db-1"} and (m["timestamp"].dt.second == 0).all()
+    assert m["cpu_usage_cores"].iloc[0] == pytest.approx(0.005)
+    assert m["cpu_limit_cores"].iloc[0] == pytest.approx(0.05)  # usage / usage-rate
+    assert m["memory_working_set_bytes"].iloc[0] == 100 * 2**20
+    [label] = tel.labels.to_dict("records")
+    assert label["start"] == pd.Timestamp("2022-01-01T10:05:40Z") and label["end"] - label[
+        "start"
+    ] == pd.Timedelta("3min")
+    # the window covers the rows measured at 10:06, 10:07 and 10:08 on the faulty pod only
+    flagged = m[row_labels(m, tel.labels)]
+    assert list(flagged["timestamp"].dt.minute) == [6, 7, 8] and set(flagged["pod"]) == {"web-1"}
+
+
+def test_faults_align_on_wall_clock_strings_when_unix_times_are_off(tmp_path):
+    # metrics' TimeStamp and inject_timestamp both 2 h off: the strings still agree
+    write_day(
+        tmp_path, {"10": [fault("2022-01-01 10:05:40", timestamp=1641031540 + 7200)]}, timestamp_offset_s=7200
+    )
+    assert load_nezha(tmp_path).labels["start"].iloc[0] == pd.Timestamp("2022-01-01T10:05:40Z")
+
+
+def test_fault_outside_the_recording_is_an_error(tmp_path):
+    write_day(tmp_path, {"18": [fault("2022-01-01 18:00:00")]})
+    with pytest.raises(SchemaError, match="outside its metrics"):
+        load_nezha(tmp_path)
+
+
+def test_fault_on_unknown_pod_and_broken_files(tmp_path):
+    write_day(tmp_path, {"10": [fault("2022-01-01 10:05:00", pod="ghost")]})
+    with pytest.raises(SchemaError, match="'ghost' which has no metric file"):
+        load_nezha(tmp_path)
+    with pytest.raises(SchemaError, match="no recorded day"):
+        load_nezha(tmp_path / "2022-01-01" / "metric")
+    (tmp_path / "2022-01-01" / "fault_list.json").write_text("{not json")
+    with pytest.raises(SchemaError, match="not valid JSON"):
+        load_nezha(tmp_path)
+
+
+def test_gaps_become_nan_rows(tmp_path):
+    day = write_day(tmp_path, {})
+    path = day / "metric" / "web-1_metric.csv"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:10] + lines[12:]) + "\n")  # drop two minutes
+    m = load_nezha(tmp_path).metrics
+    web = m[m["pod"] == "web-1"]
+    assert len(web) == 30 and web["cpu_usage_cores"].isna().sum() == 2
+
+
+def test_source_selection_is_explicit():
+    with pytest.raises(ValueError, match="pass its folder as data_path"):
+        check_source("nezha")
+    with pytest.raises(ValueError, match="takes no data_path"):
+        check_source("synthetic", "/data")
+    with pytest.raises(ValueError, match="unknown telemetry source"):
+        load_telemetry("prometheus-typo")
+
+
+@pytest.mark.skipif(not NEZHA.exists(), reason="shared Nezha data not found beside the repository")
+def test_real_nezha_day_loads_with_every_fault_inside_its_pod():
+    tel = load_nezha(NEZHA)
+    faults = json.loads((NEZHA / "2022-08-22" / "fault_list.json").read_text())
+    assert len(tel.labels) == sum(len(v) for v in faults.values())
+    assert tel.metrics["pod"].nunique() == 10
+    # the adservice file's TimeStamp column is corrupt; rows are timed by the Time strings instead
+    ad = tel.metrics[tel.metrics["pod"].str.startswith("adservice")]
+    assert ad["timestamp"].min() == pd.Timestamp("2022-08-22T03:51:00Z")
+    assert row_labels(tel.metrics, tel.labels).sum() >= 3 * len(tel.labels) - 3
