@@ -12,9 +12,12 @@ from typing import Annotated, Any
 
 import typer
 
+from aiops.benchmark_cli import benchmark_app
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 run_app = typer.Typer(no_args_is_help=True, help="Run a pipeline end to end with the local KFP runner.")
 app.add_typer(run_app, name="run")
+app.add_typer(benchmark_app, name="benchmark")
 
 
 def _fail(message: str) -> None:

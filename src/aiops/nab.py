@@ -746,7 +746,8 @@ def run_nab(
         threshold: Alarm threshold for every file and profile; the detector's own ``threshold``
             when None.
         detector_name: Name in the report and in results file names.
-        results_dir: When given, writes NAB's results layout under ``<results_dir>/<detector_name>``.
+        results_dir: When given, writes NAB's results layout into it:
+            ``<results_dir>/<category>/<detector_name>_<name>.csv``.
         files: Restrict to these ``<category>/<name>.csv``; all files when None.
 
     Returns:
@@ -767,7 +768,7 @@ def run_nab(
         thresholds.add(float(detector.threshold if threshold is None else threshold))
         scores[nab_file.name] = detect_file(nab_file, detector)
         if results_dir is not None:
-            write_results(Path(results_dir) / detector_name, detector_name, nab_file, scores[nab_file.name])
+            write_results(Path(results_dir), detector_name, nab_file, scores[nab_file.name])
     elapsed = time.perf_counter() - started
     if len(thresholds) != 1:
         raise NabError(
@@ -793,7 +794,8 @@ def score_results(
         results_dir: The detector's folder (NAB's ``results/<detector>``) holding
             ``<category>/<detector>_<name>.csv``.
         threshold: One threshold, or one per profile (NAB optimises one per profile).
-        detector: File-name prefix; the folder's name when None.
+        detector: File-name prefix; when None, read off the files present
+            (``<prefix>_<name>.csv``), else the folder's name.
         files: Data files to score; all files that have a results file when None.
 
     Returns:
@@ -805,8 +807,8 @@ def score_results(
 
     """
     results_dir = Path(results_dir)
-    detector = detector or results_dir.name
     corpus = load_corpus(data_dir, files)
+    detector = detector or _infer_prefix(results_dir, corpus) or results_dir.name
     scores: dict[str, np.ndarray] = {}
     missing = []
     for nab_file in corpus.files:
@@ -821,6 +823,15 @@ def score_results(
         raise NabError(f"no results files '<category>/{detector}_<name>.csv' under {results_dir}")
     scored = NabCorpus(corpus.root, tuple(f for f in corpus.files if f.name in scores), corpus.profiles)
     return {**score_corpus(scored, scores, threshold), "detector": detector, "missing": missing}
+
+
+def _infer_prefix(results_dir: Path, corpus: NabCorpus) -> str | None:
+    """Return the ``<prefix>`` of the first ``<category>/<prefix>_<name>.csv`` found for the corpus."""
+    for nab_file in corpus.files:
+        category, _, file_name = nab_file.name.rpartition("/")
+        for path in sorted((results_dir / category).glob(f"*_{file_name}")):
+            return path.name[: -len(file_name) - 1]
+    return None
 
 
 def score_corpus(

@@ -287,9 +287,9 @@ def test_results_layout_round_trip(tiny: Path, tmp_path: Path) -> None:
 
 def test_run_then_score_results_agree(tiny: Path, tmp_path: Path) -> None:
     report = nab.run_nab(tiny, RobustChangeDetector, detector_name="robust", results_dir=tmp_path / "res")
-    rescored = nab.score_results(
-        tiny, tmp_path / "res" / "robust", report["profiles"]["standard"]["threshold"]
-    )
+    assert (tmp_path / "res" / "catA" / "robust_spiky.csv").is_file()
+    rescored = nab.score_results(tiny, tmp_path / "res", report["profiles"]["standard"]["threshold"])
+    assert rescored["detector"] == "robust"  # the prefix is read off the files
     assert rescored["profiles"] == report["profiles"]
     assert rescored["files"] == report["files"]
     assert rescored["missing"] == []
@@ -448,3 +448,82 @@ def test_run_nab_refuses_per_file_thresholds(tiny: Path) -> None:
 
     with pytest.raises(nab.NabError, match="one threshold for every file"):
         nab.run_nab(tiny, factory)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def test_cli_benchmark_nab_runs_writes_and_rescores(tiny: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from aiops.cli import app
+
+    runner = CliRunner()
+    out, res = tmp_path / "report.json", tmp_path / "res"
+    result = runner.invoke(
+        app,
+        [
+            "benchmark",
+            "nab",
+            "--data",
+            str(tiny),
+            "--output",
+            str(out),
+            "--results-out",
+            str(res),
+            "--detector",
+            "robust_change",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert set(report["profiles"]) == set(PROFILES) and "standard" in result.output
+    threshold = report["profiles"]["standard"]["threshold"]
+    again = tmp_path / "again.json"
+    result = runner.invoke(
+        app,
+        [
+            "benchmark",
+            "nab",
+            "--data",
+            str(tiny),
+            "--output",
+            str(again),
+            "--scores-from",
+            str(res),
+            "--threshold",
+            str(threshold),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(again.read_text())["profiles"] == report["profiles"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--detector", "nope"], "unknown detector 'nope'"),
+        (["--scores-from", "x"], "needs --threshold"),
+        (["--threshold", "0.5"], "applies to --scores-from only"),
+    ],
+)
+def test_cli_benchmark_nab_rejects_bad_options(tiny: Path, tmp_path: Path, extra: list, message: str) -> None:
+    from typer.testing import CliRunner
+
+    from aiops.cli import app
+
+    result = CliRunner().invoke(
+        app, ["benchmark", "nab", "--data", str(tiny), "--output", str(tmp_path / "o.json"), *extra]
+    )
+    assert result.exit_code == 2 and message in result.output
+
+
+def test_cli_benchmark_nab_broken_folder(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from aiops.cli import app
+
+    result = CliRunner().invoke(
+        app, ["benchmark", "nab", "--data", str(tmp_path), "--output", str(tmp_path / "o.json")]
+    )
+    assert result.exit_code == 2 and "a NAB folder holds data/<category>/<name>.csv" in result.output

@@ -155,3 +155,11 @@ class RobustChangeDetector:
     def score(self, values: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
         """Score every row from the rows before it, then suppress repeated alarms."""
         return suppress_repeats(self.raw_score(values), self.threshold, self.refractory)
+
+
+#: Streaming detectors by name, for ``aiops benchmark nab --detector NAME``.
+STREAMING_DETECTORS: dict[str, type] = {
+    "robust_change": RobustChangeDetector,
+    "windowed_gaussian": WindowedGaussianDetector,
+}
+DEFAULT_STREAMING_DETECTOR = "robust_change"
