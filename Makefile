@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export MLFLOW_DISABLE_TELEMETRY := true
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test test-fast lint format typecheck compile clean lock
+.PHONY: help venv run test test-fast lint format compile clean lock demo-prometheus
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -26,6 +26,9 @@ venv: $(STAMP) ## Create .venv and install the locked dependencies and the proje
 
 run: $(STAMP) ## Run the training pipeline end to end locally (KFP local runner, MLflow in ./mlruns)
 	$(BIN)/aiops run training
+
+demo-prometheus: $(STAMP) ## Run the training pipeline against a local Prometheus backfilled with simulated data
+	$(BIN)/aiops demo-prometheus
 
 test: $(STAMP) ## Run the test suite
 	$(BIN)/python -m pytest

@@ -13,17 +13,29 @@ def ingest_telemetry(
     step: str = "1min",
     n_anomalies: int = 24,
     data_path: str = "",
+    prometheus_url: str = "",
+    end: str = "",
+    catalog: str = "",
 ):
     """Produce canonical telemetry (metrics, labels, events, logs) from an explicit source.
 
-    ``source='synthetic'`` simulates a cluster and injects labelled anomalies (seeded; the
-    other settings apply to it only). ``source='nezha'`` reads the recorded Nezha fault
-    injections under ``data_path``. An unknown source fails here: nothing falls back to
-    synthetic data.
+    - ``synthetic``: simulates a cluster and injects ``n_anomalies`` labelled anomalies (seeded).
+    - ``nezha``: reads the recorded Nezha fault injections under ``data_path`` (real labels).
+    - ``prometheus``: reads ``duration`` up to ``end`` (default now) from ``prometheus_url``
+      with the query catalog (plus ``catalog``, an extra YAML); the bearer token comes from
+      ``PROMETHEUS_TOKEN``. ``n_anomalies > 0`` injects labelled anomalies into the real data
+      so the run can be evaluated.
+
+    An unknown source, or one that cannot be read, fails here: nothing falls back to synthetic data.
     """
-    from aiops.ingest import SyntheticSource, load_telemetry
+    from aiops.ingest import PrometheusRange, SyntheticSource, load_telemetry
 
     settings = SyntheticSource(seed=seed, duration=duration, step=step, n_anomalies=n_anomalies)
-    bundle = load_telemetry(source, data_path, settings)
+    prometheus = (
+        PrometheusRange(url=prometheus_url, end=end, duration=duration, step=step, catalog=catalog)
+        if prometheus_url
+        else None
+    )
+    bundle = load_telemetry(source, data_path, settings, prometheus)
     bundle.save(telemetry.path)
     telemetry.metadata.update({"source": source, "rows": len(bundle.metrics), "labels": len(bundle.labels)})

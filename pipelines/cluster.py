@@ -11,6 +11,11 @@ from kfp.dsl import PipelineTask
 MLFLOW_SECRET = "aiops-mlflow"
 #: Data-connection style secret with the S3 credentials of the MLflow artifact store.
 S3_SECRET = "aiops-s3"
+#: Secret holding a bearer token (key ``token``) for thanos-querier / Prometheus.
+PROMETHEUS_SECRET = "aiops-prometheus"
+#: ConfigMap OpenShift injects in every namespace with the service CA (signs thanos-querier's cert).
+SERVICE_CA_CONFIGMAP = "openshift-service-ca.crt"
+SERVICE_CA_DIR = "/etc/pki/aiops-service-ca"
 GPU_RESOURCE = "nvidia.com/gpu"
 
 
@@ -36,6 +41,21 @@ def with_mlflow_credentials(task: PipelineTask) -> PipelineTask:
             "AWS_S3_ENDPOINT": "MLFLOW_S3_ENDPOINT_URL",
         },
     )
+    return task
+
+
+def with_prometheus_credentials(task: PipelineTask) -> PipelineTask:
+    """Give the ingest step a bearer token and the cluster's service CA for thanos-querier.
+
+    Both are optional: a synthetic or recorded-data run needs neither.
+    """
+    kubernetes.use_secret_as_env(
+        task, secret_name=PROMETHEUS_SECRET, secret_key_to_env={"token": "PROMETHEUS_TOKEN"}, optional=True
+    )
+    kubernetes.use_config_map_as_volume(
+        task, config_map_name=SERVICE_CA_CONFIGMAP, mount_path=SERVICE_CA_DIR, optional=True
+    )
+    task.set_env_variable("PROMETHEUS_CA_BUNDLE", f"{SERVICE_CA_DIR}/service-ca.crt")
     return task
 
 

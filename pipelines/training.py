@@ -8,7 +8,7 @@ from components.register import register_model
 from components.split import split_by_time
 from components.train_isolation_forest import train_isolation_forest
 from components.validate import validate_telemetry
-from pipelines.cluster import sized, with_mlflow_credentials
+from pipelines.cluster import sized, with_mlflow_credentials, with_prometheus_credentials
 
 
 @dsl.pipeline(
@@ -19,6 +19,8 @@ from pipelines.cluster import sized, with_mlflow_credentials
 def training_pipeline(
     source: str = "synthetic",
     data_path: str = "",
+    prometheus_url: str = "",
+    end: str = "",
     seed: int = 42,
     duration: str = "4D",
     step: str = "1min",
@@ -41,8 +43,16 @@ def training_pipeline(
     ``image`` is only recorded as lineage; the image that runs is fixed at compile time.
     """
     ingest = ingest_telemetry(
-        source=source, data_path=data_path, seed=seed, duration=duration, step=step, n_anomalies=n_anomalies
+        source=source,
+        data_path=data_path,
+        prometheus_url=prometheus_url,
+        end=end,
+        seed=seed,
+        duration=duration,
+        step=step,
+        n_anomalies=n_anomalies,
     ).set_display_name("ingest")
+    with_prometheus_credentials(ingest)
     validate = validate_telemetry(telemetry=ingest.outputs["telemetry"]).set_display_name("validate")
     features = (
         build_features(telemetry=ingest.outputs["telemetry"]).after(validate).set_display_name("features")

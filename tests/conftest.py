@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+def need_binary(name: str, package: str) -> str:
+    """Path of a server binary; skip when absent on a laptop, fail when absent in CI (AIOPS_CI=1)."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} not installed (Debian package '{package}')"
+        if os.environ.get("AIOPS_CI"):
+            pytest.fail(f"{message}; .ci/run must install it")
+        pytest.skip(f"{message}; CI installs it")
+    return path
 
 
 def make_metrics(

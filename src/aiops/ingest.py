@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+
+import pandas as pd
 
 from aiops.telemetry import Telemetry
 
-SOURCES = ("synthetic", "nezha")
+SOURCES = ("synthetic", "nezha", "prometheus")
 #: Sources that read recorded data and need a data path.
 _FILE_SOURCES = frozenset({"nezha"})
+PROMETHEUS_TOKEN_ENV = "PROMETHEUS_TOKEN"
+PROMETHEUS_CA_BUNDLE_ENV = "PROMETHEUS_CA_BUNDLE"
 
 
 @dataclass(frozen=True)
@@ -23,7 +28,6 @@ class SyntheticSource:
         deployments_per_namespace: Deployments in each of the two namespaces.
         replicas: Pods per deployment.
         n_anomalies: Anomalies to inject.
-
     """
 
     seed: int = 42
@@ -35,10 +39,36 @@ class SyntheticSource:
     n_anomalies: int = 24
 
 
+@dataclass(frozen=True)
+class PrometheusRange:
+    """Where and what to read from Prometheus (the bearer token comes from the environment).
+
+    Attributes:
+        url: Prometheus or thanos-querier URL.
+        end: End of the range (ISO 8601, UTC); empty means now.
+        duration: Length of the range before ``end``.
+        step: Grid step.
+        catalog: Extra query catalog YAML (extends/overrides the built-in one); empty for none.
+        cluster: Value of the ``cluster`` key on every row.
+    """
+
+    url: str
+    end: str = ""
+    duration: str = "4D"
+    step: str = "1min"
+    catalog: str = ""
+    cluster: str = ""
+
+    def bounds(self) -> tuple[pd.Timestamp, pd.Timestamp]:
+        """Return ``(start, end)`` as UTC timestamps on the step grid."""
+        end = pd.Timestamp(self.end) if self.end else pd.Timestamp.now(tz="UTC")
+        end = (end.tz_localize("UTC") if end.tzinfo is None else end.tz_convert("UTC")).floor(self.step)
+        return end - pd.Timedelta(self.duration), end
+
+
 def synthetic_telemetry(settings: SyntheticSource = SyntheticSource()) -> Telemetry:
     """Simulate a cluster and inject labelled anomalies into it."""
     from aiops.simulate import ClusterSpec, simulate_cluster
-    from aiops.synth import InjectionSpec, inject_anomalies
 
     spec = ClusterSpec(
         n_nodes=settings.n_nodes,
@@ -48,33 +78,75 @@ def synthetic_telemetry(settings: SyntheticSource = SyntheticSource()) -> Teleme
         step=settings.step,
         seed=settings.seed,
     )
-    clean = simulate_cluster(spec)
-    return inject_anomalies(clean, InjectionSpec(n_anomalies=settings.n_anomalies, seed=settings.seed + 1))
+    return _inject(simulate_cluster(spec), settings.n_anomalies, settings.seed + 1)
 
 
-def check_source(source: str, data_path: str = "") -> None:
-    """Raise ``ValueError`` when ``source`` is unknown or lacks the data path it needs."""
+def _inject(telemetry: Telemetry, n_anomalies: int, seed: int) -> Telemetry:
+    from aiops.synth import InjectionSpec, inject_anomalies
+
+    if n_anomalies <= 0:
+        return telemetry
+    return inject_anomalies(telemetry, InjectionSpec(n_anomalies=n_anomalies, seed=seed))
+
+
+def prometheus_telemetry(settings: PrometheusRange, n_anomalies: int = 0, seed: int = 42) -> Telemetry:
+    """Read a time range from Prometheus; optionally inject labelled synthetic anomalies into it.
+
+    Real metrics carry no labels. Injected anomalies (``n_anomalies > 0``, an explicit choice)
+    give the evaluation and the promotion gate something to measure on this cluster's data.
+    The bearer token and CA bundle come from ``PROMETHEUS_TOKEN`` and ``PROMETHEUS_CA_BUNDLE``.
+    """
+    from aiops.prometheus import ingest_prometheus
+
+    start, end = settings.bounds()
+    telemetry = ingest_prometheus(
+        settings.url,
+        start,
+        end,
+        step=settings.step,
+        catalog=settings.catalog or None,
+        cluster=settings.cluster,
+        token=os.environ.get(PROMETHEUS_TOKEN_ENV) or None,
+        ca_bundle=os.environ.get(PROMETHEUS_CA_BUNDLE_ENV) or None,
+    )
+    return _inject(telemetry, n_anomalies, seed)
+
+
+def check_source(source: str, data_path: str = "", prometheus_url: str = "") -> None:
+    """Raise ``ValueError`` when ``source`` is unknown or lacks what it needs."""
     if source not in SOURCES:
         raise ValueError(f"unknown telemetry source '{source}'; supported: {', '.join(SOURCES)}")
     if source in _FILE_SOURCES and not data_path:
         raise ValueError(f"source '{source}' reads recorded data: pass its folder as data_path (--data)")
     if source not in _FILE_SOURCES and data_path:
         raise ValueError(f"source '{source}' takes no data_path (got '{data_path}')")
+    if source == "prometheus" and not prometheus_url:
+        raise ValueError("source 'prometheus' needs prometheus_url (--prometheus-url)")
+    if source != "prometheus" and prometheus_url:
+        raise ValueError(f"source '{source}' takes no prometheus_url (got '{prometheus_url}')")
 
 
 def load_telemetry(
-    source: str, data_path: str = "", synthetic: SyntheticSource = SyntheticSource()
+    source: str,
+    data_path: str = "",
+    synthetic: SyntheticSource = SyntheticSource(),
+    prometheus: PrometheusRange | None = None,
 ) -> Telemetry:
     """Load telemetry from the named source; there is no default and no fallback.
 
     Args:
         source: One of :data:`SOURCES`.
         data_path: Folder of recorded data (``nezha``).
-        synthetic: Settings of the ``synthetic`` source.
+        synthetic: Settings of the ``synthetic`` source; its ``n_anomalies`` and ``seed`` also
+            drive injection into ``prometheus`` data.
+        prometheus: Range of the ``prometheus`` source.
     """
-    check_source(source, data_path)
+    check_source(source, data_path, prometheus.url if prometheus else "")
     if source == "nezha":
         from aiops.nezha import load_nezha
 
         return load_nezha(data_path)
+    if source == "prometheus":
+        assert prometheus is not None  # checked above
+        return prometheus_telemetry(prometheus, synthetic.n_anomalies, synthetic.seed + 1)
     return synthetic_telemetry(synthetic)

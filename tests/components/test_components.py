@@ -76,8 +76,8 @@ def test_ingest_writes_canonical_telemetry(chain):
 
 
 def test_unknown_source_fails_loudly(tmp_path):
-    with pytest.raises(ValueError, match="unknown telemetry source 'prometheus'"):
-        ingest_telemetry.python_func(source="prometheus", telemetry=art(dsl.Dataset, tmp_path, "t"))
+    with pytest.raises(ValueError, match="unknown telemetry source 'influxdb'"):
+        ingest_telemetry.python_func(source="influxdb", telemetry=art(dsl.Dataset, tmp_path, "t"))
     assert not (tmp_path / "t").exists()
 
 

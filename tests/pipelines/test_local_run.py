@@ -39,7 +39,7 @@ def test_training_pipeline_runs_end_to_end(tmp_path):
 def test_unknown_source_stops_the_pipeline_before_training(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     with pytest.raises(RuntimeError, match="ingest-telemetry"):
-        run_local("training", {**TINY, "source": "prometheus", "mlflow_tracking_uri": uri}, tmp_path / "kfp")
+        run_local("training", {**TINY, "source": "influxdb", "mlflow_tracking_uri": uri}, tmp_path / "kfp")
     assert not (tmp_path / "mlflow.db").exists(), "nothing may be registered"
 
 

@@ -1,0 +1,486 @@
+"""Prometheus ingest against a real Prometheus, fed by promtool backfill from simulated telemetry.
+
+The module simulates three hours of a small cluster (with a crash loop, a CPU saturation and a
+ten-minute scrape gap), exports it with ``aiops.openmetrics``, backfills it with ``promtool tsdb
+create-blocks-from openmetrics``, starts Debian's ``prometheus`` on 127.0.0.1 and reads it back
+with ``aiops.prometheus``. Auth, TLS and retries are checked through a small local proxy in front
+of that Prometheus.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import http.server
+import ipaddress
+import json
+import ssl
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from aiops.localprom import free_port, local_prometheus
+from aiops.prometheus import PrometheusError, PrometheusSource, ingest_prometheus, load_catalog
+from aiops.schema import ENTITY_KEYS, KEY_COLUMNS, METRIC_COLUMNS, SchemaError, validate_metrics
+from aiops.simulate import ClusterSpec, simulate_cluster
+from aiops.synth import inject
+from aiops.telemetry import Telemetry
+from tests.conftest import need_binary
+
+pytestmark = pytest.mark.integration
+
+SPEC = ClusterSpec(duration="3h", step="1min", rollouts_per_day=8.0, seed=3)
+TOKEN = "t0k3n"
+FAST = {"attempts": 2, "backoff_s": 0.01}  # keep failure tests quick
+POD_COLUMNS = [c for c in METRIC_COLUMNS if not c.startswith("node_")]
+NODE_COLUMNS = [c for c in METRIC_COLUMNS if c.startswith("node_")]
+
+
+@dataclass(frozen=True)
+class Backfilled:
+    """A running Prometheus holding ``expected`` (the canonical metrics it was fed)."""
+
+    url: str
+    expected: pd.DataFrame
+    gap_pod: str
+    gap_times: pd.DatetimeIndex
+
+    @property
+    def start(self) -> pd.Timestamp:
+        return self.expected["timestamp"].min()
+
+    @property
+    def end(self) -> pd.Timestamp:
+        return self.expected["timestamp"].max()
+
+
+def _pod_covering(metrics: pd.DataFrame, start: pd.Timestamp, end: pd.Timestamp, taken: set) -> tuple:
+    """Entity keys of a pod alive over the whole of ``[start, end]`` and not already taken."""
+    span = metrics.groupby(list(ENTITY_KEYS))["timestamp"].agg(["min", "max"])
+    alive = span[(span["min"] <= start) & (span["max"] >= end)].index.difference(pd.Index(list(taken)))
+    assert len(alive), f"no free pod alive from {start} to {end}; change SPEC"
+    taken.add(alive[0])
+    return alive[0]
+
+
+def _telemetry() -> tuple[Telemetry, str, pd.DatetimeIndex]:
+    """Simulated cluster with a crash loop, a CPU saturation and one pod missing ten scrapes."""
+    telemetry = simulate_cluster(SPEC)
+    t0 = telemetry.metrics["timestamp"].min()
+    rng = np.random.default_rng(1)
+    taken: set = set()
+    for anomaly, (start, end) in (("crash_loop", ("5min", "45min")), ("cpu_saturation", ("90min", "130min"))):
+        window = {"start": t0 + pd.Timedelta(start), "end": t0 + pd.Timedelta(end)}
+        keys = _pod_covering(telemetry.metrics, window["start"], window["end"], taken)
+        telemetry = inject(telemetry, anomaly, **dict(zip(ENTITY_KEYS, keys, strict=True)), **window, rng=rng)
+    gap_times = pd.date_range(t0 + pd.Timedelta("140min"), periods=10, freq="1min")
+    gap_pod = _pod_covering(telemetry.metrics, gap_times[0] - pd.Timedelta("5min"), gap_times[-1], taken)[2]
+    metrics = telemetry.metrics
+    dropped = (metrics["pod"] == gap_pod) & metrics["timestamp"].isin(gap_times)
+    return Telemetry(metrics=metrics[~dropped].reset_index(drop=True)), gap_pod, gap_times
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backfilled]:
+    need_binary("prometheus", "prometheus")
+    need_binary("promtool", "prometheus")
+    telemetry, gap_pod, gap_times = _telemetry()
+    with local_prometheus(telemetry, tmp_path_factory.mktemp("prometheus")) as url:
+        yield Backfilled(url, telemetry.metrics, gap_pod, gap_times)
+
+
+@pytest.fixture(scope="module")
+def ingested(server: Backfilled) -> pd.DataFrame:
+    return ingest_prometheus(server.url, server.start, server.end, cluster=SPEC.cluster).metrics
+
+
+# --------------------------------------------------------------------------- round trip
+
+
+def test_output_follows_the_canonical_schema(ingested: pd.DataFrame) -> None:
+    validate_metrics(ingested)
+    assert list(ingested.columns) == [*KEY_COLUMNS, *METRIC_COLUMNS]
+    assert str(ingested["timestamp"].dtype) == "datetime64[ns, UTC]"
+    assert all(ingested[c].dtype == np.float64 for c in METRIC_COLUMNS)
+    assert ingested.duplicated(list(KEY_COLUMNS)).sum() == 0
+
+
+@pytest.mark.parametrize("column", METRIC_COLUMNS)
+def test_values_round_trip(server: Backfilled, ingested: pd.DataFrame, column: str) -> None:
+    """Counters went in cumulative and come back as the simulated rates; gauges unchanged."""
+    merged = server.expected.merge(ingested, on=list(KEY_COLUMNS), how="left", suffixes=("", "_got"))
+    np.testing.assert_allclose(merged[f"{column}_got"], merged[column], rtol=1e-9, atol=1e-12)
+
+
+def test_anomalies_survive_the_round_trip(ingested: pd.DataFrame) -> None:
+    # The injected crash loop and CPU saturation: increase() and the CFS ratio must see them.
+    assert ingested["restarts"].sum() >= 3
+    assert set(ingested["restarts"].dropna().unique()) <= {0.0, 1.0, 2.0, 3.0, 4.0, 5.0}
+    assert ingested["cpu_throttled_ratio"].max() > 0.5
+
+
+def test_every_simulated_row_and_only_gap_rows_are_added(server: Backfilled, ingested: pd.DataFrame) -> None:
+    keys = list(KEY_COLUMNS)
+    got = ingested[keys].merge(server.expected[keys], how="left", indicator=True)
+    extra = got[got["_merge"] == "left_only"]
+    assert len(ingested) == len(server.expected) + len(server.gap_times)
+    assert set(extra["pod"]) == {server.gap_pod}
+    assert pd.DatetimeIndex(extra["timestamp"]).equals(server.gap_times)
+
+
+def test_pods_keep_their_observed_lifetimes(server: Backfilled, ingested: pd.DataFrame) -> None:
+    """No rows before a pod's first sample or after its last, rollouts included."""
+    span = ["namespace", "pod"]
+    want = server.expected.groupby(span)["timestamp"].agg(["min", "max"])
+    got = ingested.groupby(span)["timestamp"].agg(["min", "max"])
+    assert len(want) > 8, "the spec should roll out pods within the range"
+    pd.testing.assert_frame_equal(got, want)
+
+
+def test_gaps_are_explicit_nan_rows(server: Backfilled, ingested: pd.DataFrame) -> None:
+    rows = ingested[(ingested["pod"] == server.gap_pod) & ingested["timestamp"].isin(server.gap_times)]
+    assert len(rows) == len(server.gap_times)
+    assert rows[POD_COLUMNS].isna().all().all()
+    # The node was scraped meanwhile, so the pod's node columns are still known.
+    assert rows[NODE_COLUMNS].notna().all().all()
+    assert rows["node"].nunique() == 1 and rows["node"].iloc[0] != ""
+
+
+def test_chunked_queries_equal_one_query(
+    server: Backfilled, ingested: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prometheus_api_client import PrometheusConnect
+
+    calls: list[tuple[dt.datetime, dt.datetime]] = []
+    original = PrometheusConnect.custom_query_range
+
+    def spy(self: PrometheusConnect, query: str, start_time: dt.datetime, end_time: dt.datetime, **kw):
+        calls.append((start_time, end_time))
+        return original(self, query, start_time, end_time, **kw)
+
+    monkeypatch.setattr(PrometheusConnect, "custom_query_range", spy)
+    chunked = ingest_prometheus(server.url, server.start, server.end, cluster=SPEC.cluster, max_points=50)
+    pd.testing.assert_frame_equal(chunked.metrics, ingested)
+    n_queries = len(load_catalog().queries) + 1  # + pod_info
+    n_points = (server.end - server.start) // pd.Timedelta("1min") + 1
+    assert len(calls) == n_queries * -(-n_points // 50)
+    assert max(int((e - s).total_seconds()) // 60 + 1 for s, e in calls) == 50
+
+
+def test_source_settings_object_reads_the_same(server: Backfilled, ingested: pd.DataFrame) -> None:
+    source = PrometheusSource(url=server.url, cluster=SPEC.cluster, token="secret")
+    assert "secret" not in repr(source)
+    pd.testing.assert_frame_equal(source.ingest(server.start, server.end).metrics, ingested)
+
+
+# --------------------------------------------------------------------------- catalog
+
+
+def test_extra_catalog_overrides_and_disables_entries(server: Backfilled, tmp_path: Path) -> None:
+    extra = tmp_path / "queries.yaml"
+    extra.write_text(
+        "queries:\n"
+        "  latency_p95_seconds: {enabled: false}\n"
+        "  error_ratio: {enabled: false}\n"
+        "  request_rate:\n"
+        "    required: true\n"
+        "    query: >-\n"
+        "      sum by (namespace, pod) (rate(istio_requests_total{response_code='200'{selector}}[{rate}]))\n"
+    )
+    metrics = ingest_prometheus(server.url, server.start, server.end, catalog=extra).metrics
+    assert "latency_p95_seconds" not in metrics.columns and "error_ratio" not in metrics.columns
+    assert metrics["request_rate"].notna().mean() > 0.9
+
+
+def test_selector_narrows_pod_queries(server: Backfilled) -> None:
+    metrics = ingest_prometheus(server.url, server.start, server.end, selector='namespace="shop"').metrics
+    assert set(metrics["namespace"]) == {"shop"}
+    assert metrics["node_cpu_utilisation"].notna().all()
+
+
+def test_unknown_metric_in_extra_catalog_is_rejected(tmp_path: Path) -> None:
+    extra = tmp_path / "queries.yaml"
+    extra.write_text("queries:\n  foo:\n    metric: bar\n    query: up\n")
+    with pytest.raises(SchemaError, match="query 'foo' maps to unknown metric 'bar'; expected one of"):
+        load_catalog(extra)
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "message"),
+    [
+        ("queries:\n  foo: {metric: cpu_usage_cores, query: up}\n", "both fill metric 'cpu_usage_cores'"),
+        ("queries:\n  restarts: {qurey: up}\n", "unknown field"),
+        ("queries:\n  restarts: {query: 'increase(x[{window}])'}\n", "unknown placeholder"),
+        ("queries: [\n", "not valid YAML"),
+    ],
+)
+def test_malformed_extra_catalog_is_rejected(tmp_path: Path, yaml_text: str, message: str) -> None:
+    extra = tmp_path / "queries.yaml"
+    extra.write_text(yaml_text)
+    with pytest.raises(SchemaError, match=message):
+        load_catalog(extra)
+
+
+# --------------------------------------------------------------------------- failures
+
+
+def test_unreachable_prometheus_names_the_url() -> None:
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there any more
+    with pytest.raises(
+        PrometheusError, match=f"cannot get an answer from Prometheus at {url}.*query 'pod_info'"
+    ):
+        ingest_prometheus(url, "2026-01-05T00:00Z", "2026-01-05T01:00Z", **FAST)
+
+
+def test_required_query_without_data_names_the_query(server: Backfilled, tmp_path: Path) -> None:
+    extra = tmp_path / "queries.yaml"
+    extra.write_text(
+        "queries:\n"
+        "  cpu_usage_cores:\n"
+        "    query: sum by (namespace, pod) (rate(no_such_counter_total{pod!=''{selector}}[{rate}]))\n"
+    )
+    with pytest.raises(
+        PrometheusError, match=r"required query 'cpu_usage_cores': .*no_such_counter_total"
+    ) as err:
+        ingest_prometheus(server.url, server.start, server.end, catalog=extra)
+    assert server.url in str(err.value)
+
+
+def test_range_without_data_is_an_error(server: Backfilled) -> None:
+    start = server.start - pd.Timedelta("7D")
+    with pytest.raises(PrometheusError, match=f"Prometheus at {server.url} has no data in"):
+        ingest_prometheus(server.url, start, start + pd.Timedelta("1h"))
+
+
+def test_bad_promql_is_reported_not_retried(server: Backfilled, tmp_path: Path) -> None:
+    extra = tmp_path / "queries.yaml"
+    extra.write_text("queries:\n  restarts: {query: 'sum by (pod) (rate(x[{rate}]'}\n")
+    with pytest.raises(PrometheusError, match=r"query 'restarts'.*rejected the query \(HTTP 400\)"):
+        ingest_prometheus(server.url, server.start, server.end, catalog=extra, **FAST)
+
+
+# --------------------------------------------------------------------------- auth, TLS, retries
+
+
+class _Proxy(http.server.ThreadingHTTPServer):
+    """Forwards GETs to Prometheus when they carry the bearer token; can fail on purpose."""
+
+    def __init__(self, upstream: str) -> None:
+        super().__init__(("127.0.0.1", 0), _ProxyHandler)
+        self.upstream = upstream
+        self.fail_next = 0  # answer this many requests with 503 first
+        self.failures = 0
+        self.slow_next = 0  # answer this many requests only after a second
+        self.authorizations: list[str | None] = []
+        self.daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # the client hung up on a slow answer, or rejected our certificate: expected here
+
+
+class _ProxyHandler(http.server.BaseHTTPRequestHandler):
+    server: _Proxy
+
+    def log_message(self, format: str, *args: object) -> None:  # quiet test output
+        pass
+
+    def _send(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        authorization = self.headers.get("Authorization")
+        self.server.authorizations.append(authorization)
+        if authorization != f"Bearer {TOKEN}":
+            return self._send(401, json.dumps({"status": "error", "error": "missing or bad token"}).encode())
+        if self.server.slow_next > 0:
+            self.server.slow_next -= 1
+            time.sleep(1.0)
+        if self.server.fail_next > 0:
+            self.server.fail_next -= 1
+            self.server.failures += 1
+            return self._send(503, b"service unavailable")
+        try:
+            with urllib.request.urlopen(self.server.upstream + self.path, timeout=30) as upstream:
+                return self._send(upstream.status, upstream.read())
+        except urllib.error.HTTPError as exc:
+            return self._send(exc.code, exc.read())
+
+
+@contextlib.contextmanager
+def _running_proxy(upstream: str, tls: ssl.SSLContext | None = None) -> Iterator[_Proxy]:
+    proxy = _Proxy(upstream)
+    if tls is not None:
+        proxy.socket = tls.wrap_socket(proxy.socket, server_side=True)
+    thread = threading.Thread(target=proxy.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield proxy
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.fixture
+def proxy(server: Backfilled) -> Iterator[_Proxy]:
+    with _running_proxy(server.url) as running:
+        yield running
+
+
+def _proxy_url(proxy: _Proxy, scheme: str = "http") -> str:
+    return f"{scheme}://127.0.0.1:{proxy.server_address[1]}"
+
+
+def test_bearer_token_is_sent(server: Backfilled, ingested: pd.DataFrame, proxy: _Proxy) -> None:
+    metrics = ingest_prometheus(
+        _proxy_url(proxy), server.start, server.end, cluster=SPEC.cluster, token=TOKEN
+    )
+    pd.testing.assert_frame_equal(metrics.metrics, ingested)
+    assert set(proxy.authorizations) == {f"Bearer {TOKEN}"}
+
+
+@pytest.mark.parametrize("token", [None, "wrong"])
+def test_rejected_token_is_an_auth_error(server: Backfilled, proxy: _Proxy, token: str | None) -> None:
+    url = _proxy_url(proxy)
+    with pytest.raises(PrometheusError, match=f"Prometheus at {url} .*refused the credentials \\(HTTP 401"):
+        ingest_prometheus(url, server.start, server.end, token=token, **FAST)
+    assert len(proxy.authorizations) == 1, "an auth failure must not be retried"
+
+
+def test_server_errors_are_retried_with_backoff(
+    server: Backfilled, ingested: pd.DataFrame, proxy: _Proxy
+) -> None:
+    proxy.fail_next = 3
+    started = time.monotonic()
+    metrics = ingest_prometheus(
+        _proxy_url(proxy),
+        server.start,
+        server.end,
+        cluster=SPEC.cluster,
+        token=TOKEN,
+        attempts=4,
+        backoff_s=0.05,
+    )
+    assert proxy.failures == 3
+    assert time.monotonic() - started >= 0.05 + 0.1 + 0.2  # three waits, doubling
+    pd.testing.assert_frame_equal(metrics.metrics, ingested)
+
+
+def test_timeouts_are_retried(server: Backfilled, ingested: pd.DataFrame, proxy: _Proxy) -> None:
+    proxy.slow_next = 1
+    metrics = ingest_prometheus(
+        _proxy_url(proxy), server.start, server.end, cluster=SPEC.cluster, token=TOKEN, timeout=0.3, **FAST
+    )
+    pd.testing.assert_frame_equal(metrics.metrics, ingested)
+    assert proxy.slow_next == 0
+
+
+def test_persistent_server_errors_give_up(server: Backfilled, proxy: _Proxy) -> None:
+    proxy.fail_next = 100
+    with pytest.raises(PrometheusError, match="after 3 attempts: HTTP 503"):
+        ingest_prometheus(
+            _proxy_url(proxy), server.start, server.end, token=TOKEN, attempts=3, backoff_s=0.01
+        )
+    assert proxy.failures == 3
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    """A CA-flagged self-signed certificate for 127.0.0.1 and its key."""
+    x509 = pytest.importorskip("cryptography.x509")
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "aiops-test")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "ca.crt", folder / "tls.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path
+
+
+def test_ca_bundle_verifies_tls(server: Backfilled, ingested: pd.DataFrame, tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    with _running_proxy(server.url, tls=context) as proxy:
+        url = _proxy_url(proxy, "https")
+        with pytest.raises(PrometheusError, match=f"TLS verification failed for Prometheus at {url}"):
+            ingest_prometheus(url, server.start, server.end, token=TOKEN, **FAST)
+        metrics = ingest_prometheus(
+            url, server.start, server.end, cluster=SPEC.cluster, token=TOKEN, ca_bundle=cert
+        )
+    pd.testing.assert_frame_equal(metrics.metrics, ingested)
+
+
+# --------------------------------------------------------------------------- the pipeline on Prometheus
+
+
+@pytest.mark.slow
+def test_training_pipeline_trains_on_prometheus(server: Backfilled, tmp_path: Path) -> None:
+    """`aiops run training --source prometheus` end to end, anomalies injected after reading."""
+    from aiops.registry import mlflow_client
+    from pipelines.runner import run_local
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    args = {
+        "source": "prometheus",
+        "prometheus_url": server.url,
+        "end": server.end.isoformat(),
+        "duration": "3h",
+        "n_anomalies": 3,
+        "n_estimators": 20,
+        "validation_fraction": 0.25,
+        "test_fraction": 0.3,
+        "mlflow_tracking_uri": uri,
+        "model_name": "prom",
+    }
+    task = run_local("training", args, tmp_path / "kfp")
+    client = mlflow_client(uri)
+    run = client.get_run(client.get_model_version("prom", task.output).run_id)
+    assert run.data.tags["lineage.source"] == "prometheus"
+    # every sample read back, plus the scrape gap kept as explicit NaN rows
+    assert int(run.data.tags["lineage.data_rows"]) == len(server.expected) + len(server.gap_times)
+
+
+def test_ingest_component_stops_on_unreachable_prometheus(tmp_path: Path) -> None:
+    from kfp import dsl
+
+    from components.ingest import ingest_telemetry
+
+    url = f"http://127.0.0.1:{free_port()}"
+    out = dsl.Dataset(name="t", uri=str(tmp_path / "t"), metadata={})
+    with pytest.raises(PrometheusError, match=url.replace(".", r"\.")):
+        ingest_telemetry.python_func(source="prometheus", telemetry=out, prometheus_url=url, duration="1h")
+    assert not (tmp_path / "t").exists(), "nothing may be written, least of all synthetic data"
