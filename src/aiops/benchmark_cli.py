@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -17,7 +17,7 @@ def _write(payload: dict[str, Any], output: Path) -> None:
     typer.echo(f"wrote {output}")
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)
 
@@ -74,3 +74,74 @@ def benchmark_nab(
         _fail(str(exc))
     _print_nab(report)
     _write(report, output)
+
+
+def _fmt(value: Any, pattern: str = "{:.3f}") -> str:
+    return "n/a" if value is None else pattern.format(value)
+
+
+def _print_nezha(report: dict[str, Any]) -> None:
+    from aiops.nezha_bench import TARGETS
+
+    typer.echo(
+        f"{'day':<11} {'injected':<9} {'pod':<30} {'fault':<15} {'det':>3} {'delay':>6} {'rank':>5} "
+        f"{'top pod':<30} {'kind':<12}"
+    )
+    for f in report["faults"]:
+        kind = f["predicted_kind"] or "-"
+        mark = "" if f["kind_correct"] is None else (" ok" if f["kind_correct"] else " x")
+        typer.echo(
+            f"{f['day']:<11} {f['inject_time'][11:19]:<9} {f['pod'][:30]:<30} {f['fault_type']:<15} "
+            f"{'yes' if f['detected'] else 'no':>3} {_fmt(f['delay_s'], '{:.0f}s'):>6} "
+            f"{_fmt(f['rank'], '{:d}'):>5} {(f['top_pod'] or '-')[:30]:<30} {kind + mark:<12}"
+        )
+    summary = report["summary"]
+    values = {**summary, **{f"recall_{k}": v for k, v in summary["recall_by_kind"].items()}}
+    typer.echo(f"\n{'metric':<24} {'value':>8}  target")
+    for name in (
+        "detection_recall",
+        "recall_resource",
+        "recall_network",
+        "recall_application",
+        "false_alarms_per_hour",
+        "alarm_minutes_share",
+        "median_delay_s",
+        "localization_top1",
+        "localization_top3",
+        "kind_accuracy",
+    ):
+        target = TARGETS.get(name)
+        verdict = ""
+        if target is not None and values[name] is not None:
+            sign, bound = target
+            met = values[name] >= bound if sign == ">=" else values[name] <= bound
+            verdict = f"{sign} {bound:g} {'met' if met else 'MISSED'}"
+        typer.echo(f"{name:<24} {_fmt(values[name]):>8}  {verdict}")
+    typer.echo(
+        f"{summary['n_detected']}/{summary['n_faults']} faults detected; "
+        f"{summary['n_false_alarms']} false alarms in {summary['hours']:.1f} h"
+    )
+
+
+@benchmark_app.command("nezha")
+def benchmark_nezha(
+    data: Annotated[Path, typer.Option(help="A Nezha day folder, or a folder of day folders.")],
+    output: Annotated[Path, typer.Option(help="JSON report to write.")],
+    alarms_out: Annotated[
+        Path | None,
+        typer.Option(help="Also write every alarm (day, pod, start, end, peak score, kind) as CSV."),
+    ] = None,
+) -> None:
+    """Detect, localise and classify the injected faults of Nezha days online; score against the labels."""
+    from aiops.nezha_bench import NezhaBenchError, run_nezha_benchmark
+
+    try:
+        report = run_nezha_benchmark(data)
+    except NezhaBenchError as exc:
+        _fail(str(exc))
+    payload = report.to_json()
+    _print_nezha(payload)
+    _write(payload, output)
+    if alarms_out is not None:
+        report.write_alarms(alarms_out)
+        typer.echo(f"wrote {alarms_out} ({len(report.alarms)} alarms)")

@@ -232,3 +232,120 @@ def load_nezha(data_dir: str | Path, options: NezhaOptions = NezhaOptions()) -> 
     table = pd.concat(metrics, ignore_index=True).sort_values([TIMESTAMP, "pod"], kind="stable")
     table = table.drop_duplicates(subset=[TIMESTAMP, *ENTITY_KEYS], keep="last").reset_index(drop=True)
     return Telemetry(metrics=table, labels=pd.concat(labels, ignore_index=True)).validate()
+
+
+# --------------------------------------------------------------------------- raw tables of one day
+# The canonical schema keeps one latency percentile per pod and no call graph. The Nezha benchmark
+# (aiops.nezha_bench) also reads the raw per-pod columns, the call graph and the per-edge latencies.
+
+
+@dataclass(frozen=True)
+class NezhaDayExtras:
+    """The call-graph tables of one recorded day, on the minute grid (index: UTC ``timestamp``).
+
+    Attributes:
+        dependencies: Call-graph edges ``(caller, callee)`` between services, from
+            ``metric/dependency.csv``; targets that are IP addresses (node endpoints) are dropped.
+        edge_source: Per-edge median latency (s) measured at the caller's side, one column per edge
+            named ``<caller>_<callee>`` (``metric/source_50.csv``); ``None`` when absent.
+        edge_destination: The same edges measured at the callee's side (``destination_50.csv``).
+        front_service: The entry service's success rate and latency percentiles
+            (``front_service.csv``); ``None`` when absent.
+    """
+
+    dependencies: tuple[tuple[str, str], ...]
+    edge_source: pd.DataFrame | None
+    edge_destination: pd.DataFrame | None
+    front_service: pd.DataFrame | None
+
+
+def read_minutely_csv(path: Path, step: str = "1min") -> pd.DataFrame:
+    """Read one Nezha CSV timed by a Go-style ``Time``/``time`` column onto its minute grid.
+
+    Rows are floored to ``step`` (later duplicates win); the other columns are returned as they
+    are (numeric columns as floats, text as objects), indexed by the UTC ``timestamp``.
+
+    Raises:
+        SchemaError: When the file has no rows or no ``Time`` column, or a time does not parse.
+    """
+    raw = pd.read_csv(path)
+    column = next((c for c in ("Time", "time") if c in raw.columns), None)
+    if column is None:
+        raise SchemaError(f"nezha: {path.name} has no 'Time' column; got {list(raw.columns)[:6]} ...")
+    if raw.empty:
+        raise SchemaError(f"nezha: {path.name} holds no rows")
+    index = pd.DatetimeIndex(_parse_time(raw[column]).dt.floor(step), name=TIMESTAMP)
+    table = raw.drop(columns=[column]).set_index(index)
+    return table[~table.index.duplicated(keep="last")].sort_index()
+
+
+def _is_address(name: str) -> bool:
+    return all(part.isdigit() for part in name.split(".")) and name.count(".") == 3
+
+
+def load_nezha_day_extras(day: str | Path, step: str = "1min") -> NezhaDayExtras:
+    """Read the call graph and per-edge latencies of one day folder (each file is optional).
+
+    Args:
+        day: A day folder (holds ``metric/``).
+        step: Grid the rows are floored to.
+
+    Returns:
+        The tables that exist; missing files give an empty graph or ``None``.
+
+    Raises:
+        SchemaError: On a malformed file (missing columns, unparseable times).
+    """
+    metric = Path(day) / "metric"
+    dependencies: list[tuple[str, str]] = []
+    graph_file = metric / "dependency.csv"
+    if graph_file.exists():
+        graph = pd.read_csv(graph_file)
+        missing = [c for c in ("Source", "Target") if c not in graph.columns]
+        if missing:
+            raise SchemaError(f"nezha: {graph_file} lacks column(s) {missing}; expected Source,Target,Weight")
+        for caller, callee in zip(graph["Source"].astype(str), graph["Target"].astype(str), strict=True):
+            if not _is_address(callee) and (caller, callee) not in dependencies:
+                dependencies.append((caller, callee))
+
+    def optional(name: str) -> pd.DataFrame | None:
+        path = metric / name
+        if not path.exists():
+            return None
+        table = read_minutely_csv(path, step)
+        return table.drop(columns=[c for c in ("timestamp", "TimeStamp") if c in table.columns])
+
+    return NezhaDayExtras(
+        dependencies=tuple(dependencies),
+        edge_source=optional("source_50.csv"),
+        edge_destination=optional("destination_50.csv"),
+        front_service=optional("front_service.csv"),
+    )
+
+
+def read_fault_list(day: str | Path) -> pd.DataFrame:
+    """The injected faults of one day folder, timed by ``inject_time`` (UTC wall clock).
+
+    Returns:
+        One row per fault: ``pod``, ``start`` (UTC timestamp), ``fault_type``; sorted by ``start``.
+
+    Raises:
+        SchemaError: When ``fault_list.json`` is missing, not JSON, lacks a field or has a bad time.
+    """
+    folder = Path(day)
+    if not (folder / "fault_list.json").exists():
+        raise SchemaError(f"nezha: {folder} has no fault_list.json")
+    rows = []
+    for fault in _faults(folder):
+        try:
+            start = pd.Timestamp(fault["inject_time"], tz="UTC")
+        except ValueError as exc:
+            raise SchemaError(
+                f"nezha: {folder.name}: cannot parse inject_time {fault['inject_time']!r}"
+            ) from exc
+        rows.append(
+            {"pod": str(fault["inject_pod"]), "start": start, "fault_type": str(fault["inject_type"])}
+        )
+    table = pd.DataFrame(rows, columns=["pod", "start", "fault_type"])
+    table["start"] = pd.to_datetime(table["start"], utc=True)
+    return table.sort_values("start", kind="stable").reset_index(drop=True)
