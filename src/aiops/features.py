@@ -104,13 +104,8 @@ class FeatureContract:
             dtype=raw["dtype"],
         )
 
-    def matrix(self, features: pd.DataFrame) -> np.ndarray:
-        """Return the model input matrix in contract order.
-
-        Raises:
-            SchemaError: When a feature is missing or the transform version differs.
-
-        """
+    def check(self, features: pd.DataFrame) -> None:
+        """Raise :class:`SchemaError` when a feature of the contract is missing from ``features``."""
         missing = [c for c in self.feature_names if c not in features.columns]
         if missing:
             shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
@@ -119,6 +114,15 @@ class FeatureContract:
                 f"build features with aiops.features.build_features (transform version "
                 f"{self.transform_version})"
             )
+
+    def matrix(self, features: pd.DataFrame) -> np.ndarray:
+        """Return the model input matrix in contract order.
+
+        Raises:
+            SchemaError: When a feature is missing.
+
+        """
+        self.check(features)
         return features.loc[:, list(self.feature_names)].to_numpy(dtype=np.float64)
 
 

@@ -27,7 +27,7 @@ class DetectorBundle:
     """A fitted detector with the contract of its input and its alarm threshold.
 
     Attributes:
-        detector: Object with ``score(x: np.ndarray) -> np.ndarray``.
+        detector: Fitted object with ``score(features: pd.DataFrame) -> np.ndarray``.
         contract: The feature contract the detector was trained on.
         threshold: Alarm when the score is at or above it.
         meta: Training parameters and statistics (tracked as params/metrics).
@@ -41,7 +41,8 @@ class DetectorBundle:
 
     def score(self, features: pd.DataFrame) -> np.ndarray:
         """Score rows of a feature table (enforces the contract)."""
-        return np.asarray(self.detector.score(self.contract.matrix(features)), dtype=float)
+        self.contract.check(features)
+        return np.asarray(self.detector.score(features), dtype=float)
 
     def predict(self, features: pd.DataFrame) -> pd.DataFrame:
         """Return ``anomaly_score`` and ``is_anomaly`` per row."""

@@ -6,9 +6,12 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from sklearn.ensemble import IsolationForest
 from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
+
+from aiops.features import FeatureContract
 
 
 @dataclass(frozen=True)
@@ -44,10 +47,13 @@ class IsolationForestDetector:
 
     def __init__(self, config: IsolationForestConfig = IsolationForestConfig()) -> None:
         self.config = config
+        self.contract: FeatureContract | None = None
         self._pipeline: Pipeline | None = None
 
-    def fit(self, x: np.ndarray) -> IsolationForestDetector:
+    def fit(self, train: pd.DataFrame, contract: FeatureContract) -> IsolationForestDetector:
         """Fit on training rows only (no labels: the detector is unsupervised)."""
+        self.contract = contract
+        x = contract.matrix(train)
         if len(x) < 2:
             raise ValueError(f"need at least 2 training rows, got {len(x)}")
         cfg = self.config
@@ -69,8 +75,8 @@ class IsolationForestDetector:
         self._pipeline.fit(x)
         return self
 
-    def score(self, x: np.ndarray) -> np.ndarray:
-        """Anomaly score per row: higher means more anomalous."""
-        if self._pipeline is None:
+    def score(self, frame: pd.DataFrame) -> np.ndarray:
+        """Anomaly score per row of a feature table: higher means more anomalous."""
+        if self._pipeline is None or self.contract is None:
             raise RuntimeError("the detector is not fitted; call fit() first")
-        return -self._pipeline.score_samples(x)
+        return -self._pipeline.score_samples(self.contract.matrix(frame))
