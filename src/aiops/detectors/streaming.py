@@ -10,6 +10,10 @@ fixed threshold. All defaults were chosen a priori, not tuned on NAB's labels:
   runs two tests (Bonferroni) on heavy-tailed operations data.
 * ``refractory = 200`` rows: once an anomaly is reported, the same episode is not reported again
   for a while (operators want one page per incident, not one per sample).
+
+These two are baselines. The default, :class:`~aiops.detectors.nab_detectors.NoveltyDetector`
+(``novelty``), scores multi-scale novelty calibrated against each file's own history instead of a
+Gaussian; see :mod:`aiops.detectors.nab_detectors`.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import math
 
 import numpy as np
 import pandas as pd
+
+from aiops.detectors.nab_detectors import NoveltyDetector
 
 # Robust z-scores: an IQR of 1.349 sigma for a Gaussian.
 _IQR_TO_SIGMA = 1.349
@@ -159,7 +165,8 @@ class RobustChangeDetector:
 
 #: Streaming detectors by name, for ``aiops benchmark nab --detector NAME``.
 STREAMING_DETECTORS: dict[str, type] = {
+    "novelty": NoveltyDetector,
     "robust_change": RobustChangeDetector,
     "windowed_gaussian": WindowedGaussianDetector,
 }
-DEFAULT_STREAMING_DETECTOR = "robust_change"
+DEFAULT_STREAMING_DETECTOR = "novelty"
