@@ -16,7 +16,7 @@ def register_model(
     data_rows: int,
     source: str,
     seed: int,
-    model_name: str = "aiops-isolation-forest",
+    model_name: str = "aiops-anomaly-detector",
     experiment: str = "aiops-training",
     tracking_uri: str = "",
     primary_metric: str = "event_f1",

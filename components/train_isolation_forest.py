@@ -15,25 +15,16 @@ def train_isolation_forest(
     seed: int = 42,
     alarm_quantile: float = 0.99,
 ):
-    """Fit an Isolation Forest on the training period; set the threshold on validation.
+    """Fit an Isolation Forest on the training period; its threshold is a validation quantile.
 
     No labels reach this step: the detector is unsupervised.
     """
     from aiops.detectors.isolation_forest import IsolationForestConfig
-    from aiops.features import load_features
-    from aiops.training import train_isolation_forest
+    from aiops.training import step_metrics, train_from_folders
 
-    train_table, config = load_features(train.path)
-    validation_table, _ = load_features(validation.path)
-    bundle = train_isolation_forest(
-        train_table,
-        validation_table,
-        IsolationForestConfig(n_estimators=n_estimators, max_samples=max_samples, seed=seed),
-        feature_config=config,
-        alarm_quantile=alarm_quantile,
-    )
+    config = IsolationForestConfig(n_estimators=n_estimators, max_samples=max_samples, seed=seed)
+    bundle = train_from_folders("isolation_forest", config, train.path, validation.path, alarm_quantile)
     bundle.save(model.path)
     model.metadata.update({"detector": "isolation_forest", "threshold": bundle.threshold})
-    metrics.log_metric("threshold", bundle.threshold)
-    metrics.log_metric("fit_seconds", bundle.meta["fit_seconds"])
-    metrics.log_metric("train_rows", bundle.meta["train_rows"])
+    for name, value in step_metrics(bundle).items():
+        metrics.log_metric(name, value)

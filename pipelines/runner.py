@@ -51,8 +51,12 @@ def run_local(name: str, arguments: dict[str, Any], pipeline_root: str | Path) -
     the code the cluster runs in the pipeline image; resource requests and
     kfp-kubernetes settings are ignored locally.
     """
+    import warnings
+
     from kfp import local
 
+    # Locally the components run in this virtualenv, which *is* the pipeline image's content.
+    warnings.filterwarnings("ignore", message="You may be attemping to run a task that uses custom")
     local.init(
         runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(Path(pipeline_root).resolve())
     )

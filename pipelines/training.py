@@ -6,15 +6,19 @@ from components.image import PIPELINE_IMAGE
 from components.ingest import ingest_telemetry
 from components.register import register_model
 from components.split import split_by_time
+from components.train_ensemble import train_ensemble
+from components.train_forecast import train_forecast
 from components.train_isolation_forest import train_isolation_forest
+from components.train_lstm_autoencoder import train_lstm_autoencoder
 from components.validate import validate_telemetry
-from pipelines.cluster import sized, with_mlflow_credentials, with_prometheus_credentials
+from pipelines.cluster import on_gpu, sized, with_mlflow_credentials, with_prometheus_credentials
 
 
 @dsl.pipeline(
     name="aiops-training",
-    description="Ingest telemetry, validate, build features, split by time, train an Isolation Forest, "
-    "evaluate on the latest period and register it in MLflow behind a champion/challenger gate.",
+    description="Ingest telemetry, validate, build features, split by time, train Isolation Forest, "
+    "forecasting and LSTM-autoencoder detectors in parallel, combine them into a calibrated ensemble, "
+    "evaluate on the latest period and register the ensemble in MLflow behind a champion/challenger gate.",
 )
 def training_pipeline(
     source: str = "synthetic",
@@ -29,8 +33,13 @@ def training_pipeline(
     test_fraction: float = 0.25,
     n_estimators: int = 200,
     max_samples: int = 512,
+    forecaster: str = "prophet",
+    lstm_window: int = 30,
+    lstm_epochs: int = 5,
+    lstm_device: str = "auto",
     alarm_quantile: float = 0.99,
-    model_name: str = "aiops-isolation-forest",
+    threshold_policy: str = "event_f1",
+    model_name: str = "aiops-anomaly-detector",
     experiment: str = "aiops-training",
     mlflow_tracking_uri: str = "",
     primary_metric: str = "event_f1",
@@ -38,7 +47,7 @@ def training_pipeline(
     git_commit: str = "unknown",
     image: str = PIPELINE_IMAGE,
 ) -> str:
-    """Training pipeline v1; returns the registered model version.
+    """Training pipeline; returns the registered model version.
 
     ``image`` is only recorded as lineage; the image that runs is fixed at compile time.
     """
@@ -53,31 +62,56 @@ def training_pipeline(
         n_anomalies=n_anomalies,
     ).set_display_name("ingest")
     with_prometheus_credentials(ingest)
-    validate = validate_telemetry(telemetry=ingest.outputs["telemetry"]).set_display_name("validate")
-    features = (
-        build_features(telemetry=ingest.outputs["telemetry"]).after(validate).set_display_name("features")
-    )
+    telemetry = ingest.outputs["telemetry"]
+    validate = validate_telemetry(telemetry=telemetry).set_display_name("validate")
+    features = build_features(telemetry=telemetry).after(validate).set_display_name("features")
     split = split_by_time(
         features=features.outputs["features"],
         validation_fraction=validation_fraction,
         test_fraction=test_fraction,
     ).set_display_name("time split")
-    train = train_isolation_forest(
-        train=split.outputs["train"],
-        validation=split.outputs["validation"],
+    periods = {"train": split.outputs["train"], "validation": split.outputs["validation"]}
+
+    # The three detectors share no inputs but the split: the DAG trains them in parallel.
+    forest = train_isolation_forest(
+        **periods,
         n_estimators=n_estimators,
         max_samples=max_samples,
         seed=seed,
         alarm_quantile=alarm_quantile,
     ).set_display_name("train isolation forest")
-    sized(train, cpu="2", memory="8Gi")
+    sized(forest, cpu="2", memory="8Gi")
+    forecast = train_forecast(
+        **periods, forecaster=forecaster, seed=seed, alarm_quantile=alarm_quantile
+    ).set_display_name("train forecast")
+    sized(forecast, cpu="2", memory="8Gi")
+    lstm = train_lstm_autoencoder(
+        **periods,
+        window=lstm_window,
+        epochs=lstm_epochs,
+        seed=seed,
+        device=lstm_device,
+        alarm_quantile=alarm_quantile,
+    ).set_display_name("train LSTM autoencoder")
+    sized(lstm, cpu="4", memory="16Gi")
+    on_gpu(lstm)
+
+    ensemble = train_ensemble(
+        isolation_forest=forest.outputs["model"],
+        forecast=forecast.outputs["model"],
+        lstm_autoencoder=lstm.outputs["model"],
+        validation=split.outputs["validation"],
+        telemetry=telemetry,
+        threshold_policy=threshold_policy,
+        alarm_quantile=alarm_quantile,
+    ).set_display_name("ensemble")
     evaluate = evaluate_detector(
-        model=train.outputs["model"], test=split.outputs["test"], telemetry=ingest.outputs["telemetry"]
+        model=ensemble.outputs["model"], test=split.outputs["test"], telemetry=telemetry
     ).set_display_name("evaluate")
     register = register_model(
-        model=train.outputs["model"],
+        model=ensemble.outputs["model"],
         test=split.outputs["test"],
-        telemetry=ingest.outputs["telemetry"],
+        telemetry=telemetry,
         plots=evaluate.outputs["plots"],
         dataset_hash=validate.outputs["dataset_hash"],
         data_rows=validate.outputs["rows"],

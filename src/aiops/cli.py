@@ -65,13 +65,24 @@ def run_training(
         int | None,
         typer.Option(help="Labelled anomalies to inject (synthetic: default 24; prometheus: default 0)."),
     ] = None,
-    model_name: Annotated[str, typer.Option(help="Registered model name.")] = "aiops-isolation-forest",
+    model_name: Annotated[str, typer.Option(help="Registered model name.")] = "aiops-anomaly-detector",
     tracking_uri: Annotated[
         str, typer.Option(help="MLflow tracking URI; default MLFLOW_TRACKING_URI, else ./mlruns (SQLite).")
     ] = "",
+    threshold_policy: Annotated[
+        str | None,
+        typer.Option(
+            help="event_f1 (validation labels only) or quantile (no labels: an alarm budget). Default: "
+            "event_f1 for synthetic and for prometheus with injected anomalies; quantile for nezha, whose "
+            "faults all fall in the first hours of a recording (the training period)."
+        ),
+    ] = None,
     pipeline_root: Annotated[Path, typer.Option(help="Where the local runner keeps task outputs.")] = Path(
         ".kfp_local"
     ),
+    param: Annotated[
+        list[str] | None, typer.Option(help="Any other pipeline parameter as key=value; repeatable.")
+    ] = None,
 ) -> None:
     """Train, evaluate and register a detector locally (the same DAG as on the cluster)."""
     from aiops import registry
@@ -86,6 +97,13 @@ def run_training(
     if source == "nezha" and n_anomalies:
         _fail("nezha carries its own fault labels; --n-anomalies does not apply")
     injected = n_anomalies if n_anomalies is not None else (24 if source == "synthetic" else 0)
+    if threshold_policy is None:
+        threshold_policy = "event_f1" if injected else "quantile"
+    if source == "prometheus" and not injected and threshold_policy == "event_f1":
+        _fail(
+            "Prometheus data carries no labels: inject some (--n-anomalies N) or pick the threshold "
+            "without labels (--threshold-policy quantile)"
+        )
     uri = registry.resolve_tracking_uri(tracking_uri, Path.cwd())
     settings = {
         "synthetic": f"seed={seed}, duration={duration}, anomalies={injected}",
@@ -110,6 +128,8 @@ def run_training(
                 "mlflow_tracking_uri": uri,
                 "git_commit": git_commit(Path.cwd()),
                 "image": "local (this virtualenv)",
+                "threshold_policy": threshold_policy,
+                **_parse_params(param or []),
             },
             pipeline_root,
         )

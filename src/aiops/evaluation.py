@@ -266,6 +266,38 @@ def plot_recall_by_type(windows: pd.DataFrame) -> Any:
     return fig
 
 
+def compare_detectors(
+    frame: pd.DataFrame, labels: pd.DataFrame, outputs: dict[str, tuple[np.ndarray, float]]
+) -> pd.DataFrame:
+    """Evaluate several detectors on the same rows: one row of metrics per detector."""
+    rows = []
+    for name, (scores, threshold) in outputs.items():
+        metrics = evaluate(frame, np.asarray(scores, dtype=float) >= threshold, labels).metrics
+        rows.append({"detector": name, "threshold": float(threshold), **metrics})
+    return pd.DataFrame(rows).set_index("detector")
+
+
+def plot_detector_comparison(table: pd.DataFrame) -> Any:
+    """Grouped bars: point F1, event precision, recall and F1 per detector."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = ["point_f1", "event_precision", "event_recall", "event_f1"]
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    width = 0.8 / len(columns)
+    x = np.arange(len(table))
+    for i, column in enumerate(columns):
+        ax.bar(x + i * width, table[column], width, label=column)
+    ax.set_xticks(x + width * (len(columns) - 1) / 2, table.index, fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=7, ncol=4, loc="upper center")
+    ax.set_title("detectors on the test period", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def figure_png(fig: Any) -> bytes:
     """Render a matplotlib figure to PNG bytes and close it."""
     import matplotlib.pyplot as plt
@@ -301,12 +333,16 @@ def write_report(
     labels: pd.DataFrame,
     out_dir: str | Path,
     title: str = "Detector evaluation",
+    members: dict[str, tuple[np.ndarray, float]] | None = None,
+    extra_metrics: dict[str, float] | None = None,
 ) -> tuple[Evaluation, str]:
     """Evaluate, draw the plots and write them with a metrics table into ``out_dir``.
 
     Writes ``timelines.png``, ``score_distribution.png``, ``recall_by_type.png``,
     ``windows.csv`` (every labelled window, detected or not), ``metrics.json``
-    and ``report.html``.
+    and ``report.html``; with ``members`` (name -> scores, threshold) also
+    ``detectors.csv`` and ``detector_comparison.png``. ``extra_metrics`` (e.g.
+    forecast MAPE) are added to ``metrics.json`` and the page.
 
     Returns:
         The evaluation and the HTML page.
@@ -322,10 +358,19 @@ def write_report(
     }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    summary = {**result.metrics, "threshold": threshold, **(extra_metrics or {})}
+    if members:
+        table = compare_detectors(frame, labels, {**members, "ensemble": (scores, threshold)})
+        table.to_csv(out / "detectors.csv")
+        images["detector_comparison"] = figure_png(plot_detector_comparison(table))
+        for name, row in table.drop(index="ensemble").iterrows():
+            summary.update(
+                {f"{name}.{k}": float(row[k]) for k in ("point_precision", "point_f1", "event_f1")}
+            )
     for name, png in images.items():
         (out / f"{name}.png").write_bytes(png)
     result.windows.to_csv(out / "windows.csv", index=False)
-    (out / "metrics.json").write_text(json.dumps({**result.metrics, "threshold": threshold}, indent=2))
-    page = html_report(title, {**result.metrics, "threshold": threshold}, images)
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+    page = html_report(title, summary, images)
     (out / "report.html").write_text(page)
     return result, page

@@ -106,7 +106,8 @@ class FeatureContract:
 
     def check(self, features: pd.DataFrame) -> None:
         """Raise :class:`SchemaError` when a feature of the contract is missing from ``features``."""
-        missing = [c for c in self.feature_names if c not in features.columns]
+        # Keys travel with the features: sequence and forecasting detectors need the entity and time.
+        missing = [c for c in (*KEY_COLUMNS, *self.feature_names) if c not in features.columns]
         if missing:
             shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
             raise SchemaError(

@@ -14,7 +14,8 @@ import pandas as pd
 from aiops import registry
 from aiops.evaluation import evaluate
 from aiops.model import DetectorBundle
-from aiops.schema import KEY_COLUMNS
+from aiops.pyfunc import to_model_input
+from aiops.training import MEASURED_META
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ def score_model_uri(model_uri: str, test: pd.DataFrame, labels: pd.DataFrame) ->
     import mlflow.pyfunc
 
     model = mlflow.pyfunc.load_model(model_uri)
-    output = model.predict(test.drop(columns=list(KEY_COLUMNS)))
+    output = model.predict(to_model_input(test))
     return evaluate(test, output["is_anomaly"].to_numpy(dtype=bool), labels).metrics
 
 
@@ -100,14 +101,14 @@ def publish_detector(
     registry.configure(tracking_uri)
     experiment_id = registry.ensure_experiment(experiment, tracking_uri)
     bundle = DetectorBundle.load(bundle_dir)
-    numeric = {k: v for k, v in bundle.meta.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    trained = {k: float(v) for k, v in bundle.meta.items() if k.rsplit(".", 1)[-1] in MEASURED_META}
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
         mlflow.set_tags({**lineage.tags(), "detector": str(bundle.meta.get("detector", ""))})
-        mlflow.log_params({k: v for k, v in bundle.meta.items() if k not in numeric or k.startswith("if_")})
+        mlflow.log_params({k: v for k, v in bundle.meta.items() if k not in trained})
         mlflow.log_params(
             {"threshold": bundle.threshold, "primary_metric": primary_metric, "gate_margin": margin}
         )
-        mlflow.log_metrics({f"train_{k}": float(v) for k, v in numeric.items() if not k.startswith("if_")})
+        mlflow.log_metrics({f"train_{k}": v for k, v in trained.items()})
         mlflow.log_text(bundle.contract.to_json(), "feature_contract.json")
         if artifacts_dir is not None and Path(artifacts_dir).exists():
             mlflow.log_artifacts(str(artifacts_dir), artifact_path="evaluation")
@@ -128,8 +129,13 @@ def publish_detector(
             version_tags={**lineage.tags(), "run_id": run.info.run_id},
             tracking_uri=tracking_uri,
         )
-        finite = {f"test_{k}": v for k, v in registration.challenger_metrics.items() if np.isfinite(v)}
-        mlflow.log_metrics(finite)
+        measured = dict(registration.challenger_metrics)
+        report_metrics = Path(artifacts_dir or "", "metrics.json")
+        if artifacts_dir is not None and report_metrics.exists():
+            # Per-member and forecast numbers from the evaluation step; the gate's own numbers win.
+            for key, value in json.loads(report_metrics.read_text()).items():
+                measured.setdefault(key, value)
+        mlflow.log_metrics({f"test_{k}": float(v) for k, v in measured.items() if np.isfinite(v)})
         with tempfile.TemporaryDirectory() as tmp:
             gate_file = Path(tmp) / "gate_decision.json"
             gate_file.write_text(json.dumps(registration.decision.as_dict(), indent=2))

@@ -10,10 +10,29 @@ from mlflow.pyfunc import PythonModel
 BUNDLE_ARTIFACT = "bundle"
 
 
+def to_model_input(features: pd.DataFrame) -> pd.DataFrame:
+    """Prepare feature rows for the MLflow model: timestamps as naive UTC.
+
+    MLflow's schema enforcement only accepts timezone-naive datetimes, so the UTC instants
+    cross the model boundary without their zone and get it back inside :meth:`predict`.
+    """
+    out = features.copy()
+    if "timestamp" in out and getattr(out["timestamp"].dt, "tz", None) is not None:
+        out["timestamp"] = out["timestamp"].dt.tz_convert("UTC").dt.tz_localize(None)
+    return out
+
+
+def _from_model_input(frame: pd.DataFrame) -> pd.DataFrame:
+    if "timestamp" in frame and getattr(frame["timestamp"].dt, "tz", None) is None:
+        frame = frame.assign(timestamp=pd.to_datetime(frame["timestamp"]).dt.tz_localize("UTC"))
+    return frame
+
+
 class DetectorPyfunc(PythonModel):
     """Loads the bundle from the model's artifacts; predicts on feature rows.
 
-    Input: a frame holding (at least) the contract's feature columns.
+    Input: feature-table rows: the key columns (timestamp as naive UTC, see
+    :func:`to_model_input`; cluster, namespace, pod, node) and the contract's feature columns.
     Output: ``anomaly_score`` (float) and ``is_anomaly`` (bool) per row.
     """
 
@@ -27,4 +46,4 @@ class DetectorPyfunc(PythonModel):
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> pd.DataFrame:
         """Score feature rows; raises SchemaError on a contract violation."""
-        return self.bundle.predict(model_input)
+        return self.bundle.predict(_from_model_input(model_input))

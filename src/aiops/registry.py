@@ -23,6 +23,8 @@ from urllib.parse import urlparse
 
 import pandas as pd
 
+from aiops.schema import KEY_COLUMNS
+
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
 LOCAL_STORE_DIR = "mlruns"
 #: What a served detector needs at run time; versions are read from this environment.
@@ -101,11 +103,12 @@ def log_detector(bundle_dir: str | Path, sample: pd.DataFrame) -> Any:
 
     import aiops
     from aiops.model import DetectorBundle
-    from aiops.pyfunc import BUNDLE_ARTIFACT, DetectorPyfunc
+    from aiops.pyfunc import BUNDLE_ARTIFACT, DetectorPyfunc, to_model_input
 
     bundle = DetectorBundle.load(bundle_dir)
-    example = sample.loc[:, list(bundle.contract.feature_names)].head(5)
-    signature = infer_signature(example, bundle.predict(example))
+    rows = sample.loc[:, [*KEY_COLUMNS, *bundle.contract.feature_names]].head(5)
+    example = to_model_input(rows)
+    signature = infer_signature(example, bundle.predict(rows))
     return mlflow.pyfunc.log_model(
         name="model",
         python_model=DetectorPyfunc(),

@@ -65,7 +65,6 @@ DEPLOYMENT_NAMES: tuple[str, ...] = (
 # Kubernetes draws pod-name suffixes from an alphabet without vowels and
 # look-alike digits (k8s.io/apimachinery/pkg/util/rand).
 _POD_SUFFIX_ALPHABET = np.array(list("bcdfghjklmnpqrstvwxz2456789"))
-_HEX = np.array(list("0123456789abcdef"))
 
 _PEAK_HOUR_UTC = 14.0
 _SUMMARY_INTERVAL = pd.Timedelta("15min")
@@ -269,7 +268,7 @@ def _draw_pods(
         surges = rng.integers(1, 4, len(starts))
         for g, first in enumerate(starts):
             end = starts[g + 1] + int(surges[g + 1]) if g + 1 < len(starts) else n_steps
-            rs = f"{dep_name}-{_random_string(rng, _HEX, 10)}"
+            rs = f"{dep_name}-{_random_string(rng, _POD_SUFFIX_ALPHABET, 10)}"
             rollouts.append(_Rollout(d, g, first, rs))
             # Spread replicas over nodes the way the default scheduler's
             # topology spreading would, wrapping round when replicas > nodes.

@@ -28,6 +28,18 @@ from aiops.model import DetectorBundle
 from aiops.schema import label_masks
 
 THRESHOLD_POLICIES = ("quantile", "event_f1")
+#: Training metadata that is measured (tracked as metrics); every other entry is a setting (a param).
+MEASURED_META = frozenset(
+    {
+        "fit_seconds",
+        "train_rows",
+        "validation_rows",
+        "validation_score_median",
+        "validation_event_f1",
+        "calibration_seconds",
+        "n_features",
+    }
+)
 DetectorConfig = IsolationForestConfig | ForecastConfig | LstmConfig
 _DETECTORS: dict[str, tuple[type, type]] = {
     "isolation_forest": (IsolationForestDetector, IsolationForestConfig),
@@ -168,7 +180,9 @@ def train_ensemble(
         raise ValueError("ensemble members were trained on different feature contracts")
     started = time.perf_counter()
     ensemble = EnsembleDetector(
-        members={name: bundle.detector for name, bundle in members.items()}, weights=dict(weights or {})
+        members={name: bundle.detector for name, bundle in members.items()},
+        weights=dict(weights or {}),
+        member_thresholds={name: bundle.threshold for name, bundle in members.items()},
     ).calibrate(validation)
     scores = ensemble.score(validation)
     threshold, basis = choose_threshold(scores, validation, labels, threshold_policy, alarm_quantile)
@@ -185,3 +199,29 @@ def train_ensemble(
     for name, bundle in members.items():
         meta.update({f"{name}.{k}": v for k, v in bundle.meta.items()})
     return DetectorBundle(detector=ensemble, contract=contract, threshold=threshold, meta=meta)
+
+
+def train_from_folders(
+    kind: str,
+    config: DetectorConfig,
+    train_dir: str,
+    validation_dir: str,
+    alarm_quantile: float = 0.99,
+) -> DetectorBundle:
+    """Load the split feature tables written by the pipeline and train one detector on them."""
+    from aiops.features import load_features
+
+    train, feature_config = load_features(train_dir)
+    validation, _ = load_features(validation_dir)
+    return train_detector(kind, train, validation, config, feature_config, alarm_quantile)
+
+
+def step_metrics(bundle: DetectorBundle) -> dict[str, float]:
+    """The numbers a training step shows on the dashboard (KFP Metrics)."""
+    keys = ("fit_seconds", "train_rows", "validation_rows", "train_seconds")
+    out = {"threshold": bundle.threshold}
+    out.update({k: float(v) for k, v in bundle.meta.items() if k in keys})
+    history = getattr(bundle.detector, "history", None)
+    if history:
+        out["final_train_loss"] = float(history[-1])
+    return out

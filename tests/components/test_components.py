@@ -16,7 +16,10 @@ from components.features import build_features
 from components.ingest import ingest_telemetry
 from components.register import register_model
 from components.split import split_by_time
+from components.train_ensemble import train_ensemble
+from components.train_forecast import train_forecast
 from components.train_isolation_forest import train_isolation_forest
+from components.train_lstm_autoencoder import train_lstm_autoencoder
 from components.validate import validate_telemetry
 
 
@@ -35,8 +38,14 @@ def chain(tmp_path_factory):
         "train": art(dsl.Dataset, root, "train"),
         "validation": art(dsl.Dataset, root, "validation"),
         "test": art(dsl.Dataset, root, "test"),
+        "forest": art(dsl.Model, root, "forest"),
+        "forecast": art(dsl.Model, root, "forecast"),
+        "lstm": art(dsl.Model, root, "lstm"),
         "model": art(dsl.Model, root, "model"),
         "train_metrics": art(dsl.Metrics, root, "train_metrics"),
+        "forecast_metrics": art(dsl.Metrics, root, "forecast_metrics"),
+        "lstm_metrics": art(dsl.Metrics, root, "lstm_metrics"),
+        "ensemble_metrics": art(dsl.Metrics, root, "ensemble_metrics"),
         "metrics": art(dsl.Metrics, root, "metrics"),
         "html": art(dsl.HTML, root, "report.html"),
         "plots": art(dsl.Artifact, root, "plots"),
@@ -49,13 +58,25 @@ def chain(tmp_path_factory):
     split_by_time.python_func(
         features=a["features"], train=a["train"], validation=a["validation"], test=a["test"]
     )
+    periods = {"train": a["train"], "validation": a["validation"]}
     train_isolation_forest.python_func(
-        train=a["train"],
+        **periods, model=a["forest"], metrics=a["train_metrics"], n_estimators=50, seed=3
+    )
+    train_forecast.python_func(
+        **periods, model=a["forecast"], metrics=a["forecast_metrics"], forecaster="arima"
+    )
+    train_lstm_autoencoder.python_func(
+        **periods, model=a["lstm"], metrics=a["lstm_metrics"], epochs=1, window=10
+    )
+    train_ensemble.python_func(
+        isolation_forest=a["forest"],
+        forecast=a["forecast"],
+        lstm_autoencoder=a["lstm"],
         validation=a["validation"],
+        telemetry=a["telemetry"],
         model=a["model"],
-        metrics=a["train_metrics"],
-        n_estimators=50,
-        seed=3,
+        metrics=a["ensemble_metrics"],
+        threshold_policy="quantile",
     )
     f1 = evaluate_detector.python_func(
         model=a["model"],
@@ -107,13 +128,36 @@ def test_split_parts_are_ordered(chain):
     assert a["test"].metadata["rows"] == len(te)
 
 
-def test_train_and_evaluate_outputs(chain):
+def test_detectors_train_without_labels_and_export(chain):
+    a, *_ = chain
+    for name in ("forest", "forecast", "lstm", "model"):
+        assert (Path(a[name].path) / "feature_contract.json").exists()
+    assert a["train_metrics"].metadata["threshold"] == a["forest"].metadata["threshold"]
+    assert a["lstm_metrics"].metadata["train_loss_epoch_01"] > 0
+    # the LSTM's network is also exported as TorchScript, loadable without our training code
+    import torch
+
+    from aiops.model import DetectorBundle
+
+    n_signals = len(DetectorBundle.load(a["lstm"].path).detector.signals)
+    scripted = torch.jit.load(str(Path(a["lstm"].path) / "lstm_autoencoder.pt"))
+    assert scripted(torch.zeros(2, 10, n_signals)).shape == (2, 10, n_signals)
+
+
+def test_ensemble_and_evaluation_outputs(chain):
     a, _, f1, _ = chain
-    assert (Path(a["model"].path) / "feature_contract.json").exists()
-    assert a["train_metrics"].metadata["threshold"] == a["model"].metadata["threshold"]
+    from aiops.model import DetectorBundle
+
+    ensemble = DetectorBundle.load(a["model"].path)
+    assert ensemble.detector.kind == "ensemble"
+    assert set(ensemble.detector.members) == {"isolation_forest", "forecast", "lstm_autoencoder"}
+    assert a["model"].metadata["policy"] == "quantile"
     assert 0.0 <= f1 <= 1.0 and a["metrics"].metadata["event_f1"] == f1
     assert "<img" in Path(a["html"].path).read_text()
-    assert json.loads((Path(a["plots"].path) / "metrics.json").read_text())["event_f1"] == f1
+    report = json.loads((Path(a["plots"].path) / "metrics.json").read_text())
+    assert report["event_f1"] == f1
+    assert {"forecast.event_f1", "lstm_autoencoder.event_f1", "forecast_mape"} <= set(report)
+    assert (Path(a["plots"].path) / "detector_comparison.png").stat().st_size > 0
 
 
 def test_register_promotes_first_version(chain, tmp_path):

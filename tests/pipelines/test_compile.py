@@ -35,15 +35,28 @@ def test_training_pipeline_cluster_settings(tmp_path):
         "build-features",
         "split-by-time",
         "train-isolation-forest",
+        "train-forecast",
+        "train-lstm-autoencoder",
+        "train-ensemble",
         "evaluate-detector",
         "register-model",
     } <= tasks
+    # the three detectors depend on the split only: the DAG runs them in parallel
+    for name in ("train-isolation-forest", "train-forecast", "train-lstm-autoencoder"):
+        assert set(spec.root.dag.tasks[name].dependent_tasks) == {"split-by-time"}
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     secrets = {s["secretName"] for s in executors["exec-register-model"]["secretAsEnv"]}
     assert secrets == {MLFLOW_SECRET, S3_SECRET}
     deployment = json_format.MessageToDict(spec.deployment_spec)["executors"]
     resources = deployment["exec-train-isolation-forest"]["container"]["resources"]
     assert resources["resourceMemoryRequest"] == "8Gi"
+    # the LSTM autoencoder trains on a GPU node on the cluster
+    lstm = deployment["exec-train-lstm-autoencoder"]["container"]["resources"]["accelerator"]
+    assert lstm["resourceType"] == GPU_RESOURCE
+    tolerations = executors["exec-train-lstm-autoencoder"]["tolerations"]
+    assert {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"} in tolerations
+    # the ingest step may read a Prometheus token and the service CA, both optional
+    assert executors["exec-ingest-telemetry"]["secretAsEnv"][0]["optional"] is True
     # the register step must not be cached: each run registers a new version
     assert not spec.root.dag.tasks["register-model"].caching_options.enable_cache
 

@@ -9,7 +9,14 @@ import pytest
 from aiops.registry import mlflow_client as registry_client
 from pipelines.runner import run_local
 
-TINY = {"duration": "1D", "n_anomalies": 6, "n_estimators": 30, "seed": 5}
+TINY = {
+    "duration": "1D",
+    "n_anomalies": 6,
+    "n_estimators": 30,
+    "seed": 5,
+    "lstm_epochs": 1,
+    "lstm_window": 10,
+}
 
 
 @pytest.mark.slow
@@ -29,8 +36,12 @@ def test_training_pipeline_runs_end_to_end(tmp_path):
     assert len(run.data.tags["lineage.dataset_hash"]) == 64
     assert run.data.tags["lineage.kfp_run_id"] not in ("", "local")
     assert int(run.data.tags["lineage.data_rows"]) > 1000
-    assert {"test_event_f1", "test_point_f1", "train_fit_seconds"} <= set(run.data.metrics)
-    assert run.data.params["if_n_estimators"] == "30"
+    assert {"test_event_f1", "test_point_f1", "train_isolation_forest.fit_seconds"} <= set(run.data.metrics)
+    assert {"test_forecast.event_f1", "test_lstm_autoencoder.event_f1", "test_forecast_mape"} <= set(
+        run.data.metrics
+    )
+    assert run.data.params["isolation_forest.if_n_estimators"] == "30"
+    assert run.data.params["members"] == "isolation_forest,forecast,lstm_autoencoder"
     plots = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
     assert "evaluation/timelines.png" in plots and "evaluation/report.html" in plots
 
@@ -50,7 +61,14 @@ NEZHA = Path(__file__).resolve().parents[2].parent / "shared" / "benchmarks" / "
 @pytest.mark.skipif(not NEZHA.exists(), reason="shared Nezha data not found beside the repository")
 def test_training_pipeline_runs_on_recorded_nezha_data(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    args = {"source": "nezha", "data_path": str(NEZHA), "n_estimators": 30, "mlflow_tracking_uri": uri}
+    args = {
+        **TINY,
+        "source": "nezha",
+        "data_path": str(NEZHA),
+        "mlflow_tracking_uri": uri,
+        "threshold_policy": "quantile",
+    }
+    del args["duration"], args["n_anomalies"]
     task = run_local("training", {**args, "model_name": "nezha"}, tmp_path / "kfp")
     assert task.output == "1"
     run = registry_client(uri).get_run(registry_client(uri).get_model_version("nezha", "1").run_id)

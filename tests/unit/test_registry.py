@@ -98,7 +98,9 @@ def test_registry_flow(trained, tmp_path, monkeypatch):
     # the champion loads by alias and predicts with its own threshold
     folder, test, _ = trained
     model = mlflow.pyfunc.load_model("models:/gate-model@champion")
-    out = model.predict(test.drop(columns=["timestamp", "cluster", "namespace", "pod", "node"]))
+    from aiops.pyfunc import to_model_input
+
+    out = model.predict(to_model_input(test))
     assert list(out.columns) == ["anomaly_score", "is_anomaly"] and len(out) == len(test)
     assert out["is_anomaly"].dtype == bool and np.isfinite(out["anomaly_score"]).all()
 

@@ -15,7 +15,7 @@ from aiops.telemetry import Telemetry
 
 SPEC = ClusterSpec(duration="2D", rollouts_per_day=2.0, seed=1)
 POD_NAME = re.compile(
-    r"^(?P<deployment>[a-z][a-z0-9-]*)-(?P<hash>[0-9a-f]{10})-[bcdfghjklmnpqrstvwxz2456789]{5}$"
+    r"^(?P<deployment>[a-z][a-z0-9-]*)-(?P<hash>[bcdfghjklmnpqrstvwxz2456789]{10})-[bcdfghjklmnpqrstvwxz2456789]{5}$"
 )
 
 
@@ -120,7 +120,7 @@ def test_weekends_are_quieter_than_weekdays() -> None:
 
 def test_pod_names_look_like_kubernetes_and_hash_changes_per_rollout(telemetry: Telemetry) -> None:
     parts = telemetry.metrics["pod"].drop_duplicates().str.extract(POD_NAME)
-    assert parts.notna().all().all(), "every pod name is <deployment>-<10 hex>-<5 chars>"
+    assert parts.notna().all().all(), "every pod name is <deployment>-<10-char pod-template hash>-<5 chars>"
     hashes = parts.groupby("deployment")["hash"].nunique()
     assert (hashes > 1).any()
     assert len(hashes) == len(SPEC.namespaces) * SPEC.deployments_per_namespace

@@ -34,11 +34,13 @@ class EnsembleDetector:
         members: Fitted detectors by name (each with ``score(frame)``).
         weights: Weight per member (normalised when scoring).
         reference: Sorted validation scores per member (the calibration).
+        member_thresholds: Each member's own alarm threshold (for per-member reports).
     """
 
     members: dict[str, Any]
     weights: dict[str, float] = field(default_factory=dict)
     reference: dict[str, np.ndarray] = field(default_factory=dict)
+    member_thresholds: dict[str, float] = field(default_factory=dict)
     kind: str = "ensemble"
 
     def calibrate(self, validation: pd.DataFrame) -> EnsembleDetector:

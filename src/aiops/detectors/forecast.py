@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -27,8 +28,11 @@ from aiops.schema import TIMESTAMP
 
 log = logging.getLogger(__name__)
 
-#: ``<deployment>-<replicaset hash>-<pod suffix>`` or ``<statefulset/daemonset>-<suffix>``.
-_POD_NAME = re.compile(r"^(?P<workload>.+?)(-[a-z0-9]{6,10})?-[a-z0-9]{5}$")
+#: ``<deployment>-<pod-template hash>-<suffix>`` or ``<daemonset>-<suffix>``. Kubernetes draws
+#: both from a vowel-free alphabet (k8s.io/apimachinery rand.SafeEncodeString), which is what
+#: tells ``node-exporter-x7k2p`` (a DaemonSet) from ``node-<hash>-<suffix>``.
+_SAFE = "[bcdfghjklmnpqrstvwxz2456789]"
+_POD_NAME = re.compile(rf"^(?P<workload>.+?)(?:-{_SAFE}{{6,10}})?-{_SAFE}{{5}}$")
 _Z_99 = 2.5758  # two-sided 99% normal quantile: the interval the forecasters report
 DEFAULT_SIGNALS = ("request_rate", "cpu_usage_cores", "memory_working_set_bytes", "latency_p95_seconds")
 
@@ -87,7 +91,8 @@ class ProphetForecaster:
             uncertainty_samples=200,
             changepoint_prior_scale=self.changepoint_prior_scale,
         )
-        frame = pd.DataFrame({"ds": _naive(ts).to_numpy(), "y": np.log1p(np.clip(y, 0, None))}).dropna()
+        values = np.log1p(np.clip(np.asarray(y, dtype=float), 0, None))
+        frame = pd.DataFrame({"ds": _naive(ts).to_numpy(), "y": values}).dropna()
         self._model.fit(frame, seed=self.seed) if _accepts_seed() else self._model.fit(frame)
         return self
 
@@ -113,9 +118,14 @@ class ArimaForecaster:
     """ARIMA(p, 0, q) on a resampled series with daily Fourier terms as regressors."""
 
     def __init__(
-        self, order: tuple[int, int, int] = (1, 0, 1), harmonics: int = 3, resample: str = "5min"
+        self,
+        order: tuple[int, int, int] = (1, 0, 1),
+        harmonics: int = 3,
+        resample: str = "5min",
+        trend: str = "c",
     ) -> None:
         self.order = order
+        self.trend = trend
         self.harmonics = harmonics
         self.resample = resample
         self._result: Any = None
@@ -131,10 +141,15 @@ class ArimaForecaster:
         """Fit SARIMAX on the series resampled to ``resample``."""
         from statsmodels.tsa.statespace.sarimax import SARIMAX
 
-        series = pd.Series(y, index=pd.DatetimeIndex(ts)).resample(self.resample).mean().interpolate()
-        self._result = SARIMAX(
-            series.to_numpy(), exog=self._fourier(series.index), order=self.order, trend="c"
-        ).fit(disp=False)
+        series = pd.Series(np.asarray(y, dtype=float), index=pd.DatetimeIndex(ts))
+        series = series.resample(self.resample).mean().interpolate()
+        with warnings.catch_warnings():
+            # statsmodels warns about start parameters and slow convergence on near-deterministic
+            # series; the fit is still usable and the interval reflects its quality.
+            warnings.simplefilter("ignore")
+            self._result = SARIMAX(
+                series.to_numpy(), exog=self._fourier(series.index), order=self.order, trend=self.trend
+            ).fit(disp=False)
         self._end = series.index[-1]
         return self
 
@@ -344,7 +359,11 @@ def time_to_exhaustion(
         The first future instant whose forecast is at or above ``limit``, or ``None`` when the
         resource lasts beyond the horizon.
     """
-    model = FORECASTERS[forecaster]().fit(ts.reset_index(drop=True), np.asarray(values, dtype=float))
+    if forecaster not in FORECASTERS:
+        raise ValueError(f"unknown forecaster '{forecaster}'; choose from {sorted(FORECASTERS)}")
+    # Capacity is about the trend: ARIMA gets a linear time trend here (detection keeps a constant).
+    model = ArimaForecaster(trend="ct") if forecaster == "arima" else ProphetForecaster()
+    model.fit(ts.reset_index(drop=True), np.asarray(values, dtype=float))
     start = pd.Timestamp(ts.max())
     future = pd.Series(pd.date_range(start + pd.Timedelta(step), start + pd.Timedelta(horizon), freq=step))
     predicted = model.predict(future)

@@ -46,9 +46,9 @@ class LstmConfig:
     window: int = 30
     hidden: int = 32
     latent: int = 16
-    epochs: int = 6
+    epochs: int = 5
     batch_size: int = 256
-    max_windows: int = 12000
+    max_windows: int = 6000
     learning_rate: float = 3e-3
     device: str = "auto"
     seed: int = 0
