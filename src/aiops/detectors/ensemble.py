@@ -41,6 +41,7 @@ class EnsembleDetector:
     weights: dict[str, float] = field(default_factory=dict)
     reference: dict[str, np.ndarray] = field(default_factory=dict)
     member_thresholds: dict[str, float] = field(default_factory=dict)
+    combine: str = "mean"
     kind: str = "ensemble"
 
     def calibrate(self, validation: pd.DataFrame) -> EnsembleDetector:
@@ -71,7 +72,8 @@ class EnsembleDetector:
         total = sum(self.weights.get(name, 0.0) for name in parts)
         if total <= 0:
             raise ValueError("ensemble weights sum to zero")
-        combined = np.zeros(len(frame))
-        for name, value in parts.items():
-            combined += self.weights.get(name, 0.0) * value
-        return combined / total
+        weighted = np.stack([self.weights.get(name, 0.0) * value for name, value in parts.items()])
+        if self.combine == "max":
+            # The strongest weighted evidence wins: a fault only one member can see still alarms.
+            return weighted.max(axis=0) * len(parts) / total
+        return weighted.sum(axis=0) / total
