@@ -21,6 +21,7 @@ def register_model(
     tracking_uri: str = "",
     primary_metric: str = "event_f1",
     margin: float = 0.0,
+    guards: dict = {"event_precision": 0.05},  # noqa: B006 - KFP parameters are declared with literal defaults
     kfp_run_id: str = "local",
     git_commit: str = "unknown",
     image: str = "local",
@@ -28,6 +29,10 @@ def register_model(
     "Registered", model_name=str, version=str, aliases=str, promoted=bool, run_id=str, reason=str
 ):
     """Track the run in MLflow, register the model as `challenger`, promote it past the gate.
+
+    The gate promotes only if ``primary_metric`` beats the champion's by more than ``margin``
+    on the same test data and no metric in ``guards`` drops by more than its tolerance.
+    Re-running this step for the same KFP run reuses the version it registered.
 
     ``tracking_uri`` empty means ``MLFLOW_TRACKING_URI`` from the environment
     (on a cluster: injected from a Kubernetes secret).
@@ -62,6 +67,7 @@ def register_model(
         lineage=lineage,
         primary_metric=primary_metric,
         margin=margin,
+        guards={k: float(v) for k, v in guards.items()},
         artifacts_dir=plots.path,
     )
     reg = result.registration

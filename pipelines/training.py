@@ -44,6 +44,7 @@ def training_pipeline(
     mlflow_tracking_uri: str = "",
     primary_metric: str = "event_f1",
     promotion_margin: float = 0.0,
+    promotion_guards: dict = {"event_precision": 0.05},  # noqa: B006 - KFP literal default
     git_commit: str = "unknown",
     image: str = PIPELINE_IMAGE,
 ) -> str:
@@ -122,6 +123,7 @@ def training_pipeline(
         tracking_uri=mlflow_tracking_uri,
         primary_metric=primary_metric,
         margin=promotion_margin,
+        guards=promotion_guards,
         kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
         git_commit=git_commit,
         image=image,

@@ -13,11 +13,13 @@ from typing import Annotated, Any
 import typer
 
 from aiops.benchmark_cli import benchmark_app
+from aiops.models_cli import models_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 run_app = typer.Typer(no_args_is_help=True, help="Run a pipeline end to end with the local KFP runner.")
 app.add_typer(run_app, name="run")
 app.add_typer(benchmark_app, name="benchmark")
+app.add_typer(models_app, name="models")
 
 
 def _fail(message: str) -> None:
@@ -145,9 +147,10 @@ def _print_summary(uri: str, model_name: str, version: str, wall: float) -> None
 
     client = mlflow_client(uri)
     mv = client.get_model_version(model_name, version)
-    if not mv.run_id:
+    run_id = mv.tags.get("pipeline_run_id") or mv.run_id
+    if not run_id:
         _fail(f"{model_name} version {version} records no run id")
-    run = client.get_run(str(mv.run_id))
+    run = client.get_run(str(run_id))
     m, tags = run.data.metrics, run.data.tags
     aliases = sorted((a, str(v)) for a, v in client.get_registered_model(model_name).aliases.items())
     on_this = [a for a, v in aliases if v == version]
@@ -168,7 +171,7 @@ def _print_summary(uri: str, model_name: str, version: str, wall: float) -> None
     )
     typer.echo(f"  model     {model_name} version {version}, aliases: {', '.join(on_this) or '-'}")
     typer.echo(f"  champion  version {champion} ({tags.get('gate.reason', '')})")
-    typer.echo(f"  run       {mv.run_id}")
+    typer.echo(f"  run       {run_id} (experiment {run.info.experiment_id})")
     if uri.startswith("sqlite:///"):
         typer.echo(
             f"  MLflow UI .venv/bin/mlflow ui --backend-store-uri {uri} --port 5000  (then open http://127.0.0.1:5000)"

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -14,6 +14,7 @@ import pandas as pd
 from aiops import registry
 from aiops.evaluation import evaluate
 from aiops.model import DetectorBundle
+from aiops.model_card import render_model_card
 from aiops.pyfunc import to_model_input
 from aiops.training import MEASURED_META
 
@@ -30,6 +31,7 @@ class Lineage:
     pipeline_version: str = "local"
     git_commit: str = "unknown"
     image: str = "local"
+    feature_service: str = "in-pipeline (aiops.features)"
     extra: Mapping[str, str] = field(default_factory=dict)
 
     def tags(self) -> dict[str, str]:
@@ -43,6 +45,7 @@ class Lineage:
             "pipeline_version": self.pipeline_version,
             "git_commit": self.git_commit,
             "image": self.image,
+            "feature_service": self.feature_service,
             **self.extra,
         }
         return {f"lineage.{k}": v for k, v in base.items()}
@@ -66,6 +69,45 @@ class PublishResult:
     registration: registry.Registration
 
 
+def _split_meta(meta: dict[str, Any], prefix: str = "") -> tuple[dict[str, Any], dict[str, float]]:
+    """Split training metadata into settings (params) and measurements (metrics)."""
+    params, measured = {}, {}
+    for key, value in meta.items():
+        if prefix and not key.startswith(prefix):
+            continue
+        name = key[len(prefix) :]
+        if name.rsplit(".", 1)[-1] in MEASURED_META:
+            measured[name] = float(value)
+        elif prefix or "." not in key:  # the parent keeps its own keys; members get theirs
+            params[name] = value
+    return params, measured
+
+
+def _log_member_runs(bundle: DetectorBundle, report: dict[str, float], tags: dict[str, str]) -> None:
+    """One nested run per ensemble member, so the compare view lines the detectors up."""
+    import mlflow
+
+    members = getattr(bundle.detector, "members", None) or {}
+    for name, detector in members.items():
+        with mlflow.start_run(run_name=name, nested=True):
+            mlflow.set_tags({**tags, "detector": name, "role": "ensemble member"})
+            params, measured = _split_meta(bundle.meta, f"{name}.")
+            mlflow.log_params({**params, "threshold": bundle.detector.member_thresholds.get(name)})
+            mlflow.log_metrics({f"train_{k}": v for k, v in measured.items()})
+            mlflow.log_metrics(
+                {f"test_{k[len(name) + 1 :]}": v for k, v in report.items() if k.startswith(f"{name}.")}
+            )
+            for step, loss in enumerate(getattr(detector, "history", []) or [], start=1):
+                mlflow.log_metric("train_loss", float(loss), step=step)  # the training curve
+
+
+def _read_report(artifacts_dir: str | Path | None) -> dict[str, float]:
+    path = Path(artifacts_dir or "", "metrics.json")
+    if artifacts_dir is None or not path.exists():
+        return {}
+    return {k: float(v) for k, v in json.loads(path.read_text()).items()}
+
+
 def publish_detector(
     bundle_dir: str | Path,
     test: pd.DataFrame,
@@ -77,10 +119,16 @@ def publish_detector(
     lineage: Lineage,
     primary_metric: str = "event_f1",
     margin: float = 0.0,
+    guards: Mapping[str, float] | None = None,
     artifacts_dir: str | Path | None = None,
     run_name: str | None = None,
 ) -> PublishResult:
-    """Log params, metrics, plots and the model; register it; run the gate.
+    """Track a training run in MLflow, register its model and run the promotion gate.
+
+    Layout in MLflow: a parent run per pipeline run (lineage tags, the evaluation report,
+    gate decision, model card), a nested run per ensemble member (its params, training curve,
+    test metrics) and a nested run for the deployable model itself, which is registered.
+    Re-running the step for the same KFP run reuses the version registered the first time.
 
     Args:
         bundle_dir: The trained :class:`~aiops.model.DetectorBundle` folder.
@@ -92,8 +140,9 @@ def publish_detector(
         lineage: Dataset hash, run ids, commit and image.
         primary_metric: Gate metric, higher is better.
         margin: Required gain over the champion.
-        artifacts_dir: Plots and reports to attach to the run.
-        run_name: MLflow run name.
+        guards: Metrics that may not regress (metric -> tolerated drop).
+        artifacts_dir: The evaluation step's report folder (plots, metrics.json).
+        run_name: MLflow run name of the parent run.
 
     """
     import mlflow
@@ -101,44 +150,102 @@ def publish_detector(
     registry.configure(tracking_uri)
     experiment_id = registry.ensure_experiment(experiment, tracking_uri)
     bundle = DetectorBundle.load(bundle_dir)
-    trained = {k: float(v) for k, v in bundle.meta.items() if k.rsplit(".", 1)[-1] in MEASURED_META}
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
-        mlflow.set_tags({**lineage.tags(), "detector": str(bundle.meta.get("detector", ""))})
-        mlflow.log_params({k: v for k, v in bundle.meta.items() if k not in trained})
-        mlflow.log_params(
-            {"threshold": bundle.threshold, "primary_metric": primary_metric, "gate_margin": margin}
+    report = _read_report(artifacts_dir)
+    tags = {**lineage.tags(), "lineage.feature_transform_version": bundle.contract.transform_version}
+    guards = dict(guards or {})
+
+    def evaluate_uri(uri: str) -> dict[str, float]:
+        return score_model_uri(uri, test, labels)
+
+    existing = registry.find_version(model_name, "lineage.kfp_run_id", lineage.kfp_run_id, tracking_uri)
+    if existing is not None and lineage.kfp_run_id != "local":
+        # A retried step of the same pipeline run: no second version, just (re)run the gate.
+        parent_id = (
+            registry.mlflow_client(tracking_uri)
+            .get_model_version(model_name, existing)
+            .tags.get("pipeline_run_id", "")
         )
-        mlflow.log_metrics({f"train_{k}": v for k, v in trained.items()})
-        mlflow.log_text(bundle.contract.to_json(), "feature_contract.json")
+        registration = registry.register_and_gate(
+            model_name,
+            None,
+            evaluate_uri,
+            primary_metric=primary_metric,
+            margin=margin,
+            guards=guards,
+            run_id=parent_id or None,
+            tracking_uri=tracking_uri,
+            existing_version=existing,
+        )
+        return PublishResult(parent_id, experiment_id, registration)
+
+    mlflow.set_experiment(experiment_id=experiment_id)  # nested runs land in the active experiment
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as parent:
+        mlflow.set_tags({**tags, "detector": str(bundle.meta.get("detector", "")), "role": "pipeline run"})
+        mlflow.log_params(
+            {"primary_metric": primary_metric, "gate_margin": margin, "gate_guards": json.dumps(guards)}
+        )
         if artifacts_dir is not None and Path(artifacts_dir).exists():
             mlflow.log_artifacts(str(artifacts_dir), artifact_path="evaluation")
-        info = registry.log_detector(
-            bundle_dir, test.dropna().head(20) if test.dropna().size else test.head(20)
-        )
-
-        def evaluate_uri(uri: str) -> dict[str, float]:
-            return score_model_uri(uri, test, labels)
-
+        _log_member_runs(bundle, report, tags)
+        params, measured = _split_meta(bundle.meta)
+        with mlflow.start_run(run_name=str(bundle.meta.get("detector", "model")), nested=True) as model_run:
+            mlflow.set_tags(
+                {**tags, "detector": str(bundle.meta.get("detector", "")), "role": "deployable model"}
+            )
+            mlflow.log_params({**params, "threshold": bundle.threshold})
+            mlflow.log_metrics({f"train_{k}": v for k, v in measured.items()})
+            mlflow.log_text(bundle.contract.to_json(), "feature_contract.json")
+            info = registry.log_detector(
+                bundle_dir, test.dropna().head(20) if test.dropna().size else test.head(20)
+            )
         registration = registry.register_and_gate(
             model_name,
             info.model_uri,
             evaluate_uri,
             primary_metric=primary_metric,
             margin=margin,
-            run_id=run.info.run_id,
-            version_tags={**lineage.tags(), "run_id": run.info.run_id},
+            guards=guards,
+            run_id=parent.info.run_id,
+            version_tags={
+                **tags,
+                "pipeline_run_id": parent.info.run_id,
+                "model_run_id": model_run.info.run_id,
+            },
             tracking_uri=tracking_uri,
         )
-        measured = dict(registration.challenger_metrics)
-        report_metrics = Path(artifacts_dir or "", "metrics.json")
-        if artifacts_dir is not None and report_metrics.exists():
-            # Per-member and forecast numbers from the evaluation step; the gate's own numbers win.
-            for key, value in json.loads(report_metrics.read_text()).items():
-                measured.setdefault(key, value)
-        mlflow.log_metrics({f"test_{k}": float(v) for k, v in measured.items() if np.isfinite(v)})
-        with tempfile.TemporaryDirectory() as tmp:
-            gate_file = Path(tmp) / "gate_decision.json"
-            gate_file.write_text(json.dumps(registration.decision.as_dict(), indent=2))
-            mlflow.log_artifact(str(gate_file))
+        # The gate's numbers (scored through the registry) are authoritative; the report adds per-member ones.
+        measured_test = {
+            **{k: v for k, v in report.items() if k not in registration.challenger_metrics},
+            **registration.challenger_metrics,
+        }
+        finite = {f"test_{k}": float(v) for k, v in measured_test.items() if np.isfinite(v)}
+        mlflow.log_metrics(finite)
+        registry.mlflow_client(tracking_uri).log_batch(
+            model_run.info.run_id,
+            metrics=[_metric(k, v) for k, v in finite.items() if "." not in k[5:]],
+        )
+        card = render_model_card(
+            model_name=model_name,
+            version=registration.version,
+            bundle=bundle,
+            lineage_tags=tags,
+            test=test,
+            challenger=registration.challenger_metrics,
+            champion=registration.champion_metrics,
+            champion_version=registration.decision.champion_version,
+            decision_reason=registration.decision.reason,
+            promoted=registration.decision.promote,
+        )
+        mlflow.log_text(card, "model_card.md")
+        mlflow.log_text(json.dumps(registration.decision.as_dict(), indent=2), "gate_decision.json")
+        registry.mlflow_client(tracking_uri).update_model_version(model_name, registration.version, card)
         mlflow.set_tags({"model_name": model_name, "model_version": registration.version})
-    return PublishResult(run.info.run_id, experiment_id, registration)
+    return PublishResult(parent.info.run_id, experiment_id, registration)
+
+
+def _metric(key: str, value: float) -> Any:
+    import time
+
+    from mlflow.entities import Metric
+
+    return Metric(key=key, value=value, timestamp=int(time.time() * 1000), step=0)

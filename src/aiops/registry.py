@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -131,6 +131,7 @@ class GateDecision:
     champion_score: float | None = None
     champion_version: str | None = None
     margin: float = 0.0
+    guard_regressions: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict, for logging."""
@@ -139,43 +140,51 @@ class GateDecision:
 
 def decide(
     metric: str,
-    challenger_score: float,
-    champion_score: float | None,
+    challenger: Mapping[str, float],
+    champion: Mapping[str, float] | None,
     *,
     margin: float = 0.0,
+    guards: Mapping[str, float] | None = None,
     champion_version: str | None = None,
     champion_error: str | None = None,
 ) -> GateDecision:
-    """Decide whether the challenger replaces the champion (higher scores are better).
+    """Decide whether the challenger replaces the champion (higher metrics are better).
 
-    Promotes when there is no champion yet, or when the challenger's score
-    exceeds the champion's by more than ``margin``. A champion that could not
-    be evaluated is kept: replacing a model nobody could measure is a decision
-    for a person (``aiops models promote``), not for the pipeline.
+    Promotes when there is no champion yet, or when the challenger's ``metric`` exceeds the
+    champion's by more than ``margin`` *and* no guard metric drops by more than its tolerance
+    (``guards = {"event_precision": 0.02}``: precision may not fall by more than 0.02). A
+    champion that could not be evaluated is kept: replacing a model nobody could measure is
+    a decision for a person (``aiops models promote``), not for the pipeline.
     """
+    score = float(challenger[metric])
+
+    def result(
+        promote: bool, reason: str, best: float | None = None, regressions: dict | None = None
+    ) -> GateDecision:
+        return GateDecision(promote, reason, metric, score, best, champion_version, margin, regressions or {})
+
     if champion_error is not None:
-        verdict = False
-        reason = (
-            f"champion v{champion_version} could not be evaluated on this test data ({champion_error}); kept"
+        return result(
+            False,
+            f"champion v{champion_version} could not be evaluated on this test data ({champion_error}); kept",
         )
-    elif champion_score is None:
-        verdict, reason = True, "no champion yet: the first version becomes champion"
-    else:
-        gain = challenger_score - champion_score
-        verdict = gain > margin
-        reason = (
-            f"challenger {metric}={challenger_score:.4f} vs champion v{champion_version} "
-            f"{metric}={champion_score:.4f}: gain {gain:+.4f} {'>' if verdict else '<='} margin {margin:.4f}"
-        )
-    return GateDecision(
-        promote=verdict,
-        reason=reason,
-        metric=metric,
-        challenger_score=challenger_score,
-        champion_score=champion_score,
-        champion_version=champion_version,
-        margin=margin,
+    if champion is None:
+        return result(True, "no champion yet: the first version becomes champion")
+    best = float(champion[metric])
+    gain = score - best
+    regressions = {
+        guard: (float(challenger[guard]), float(champion[guard]))
+        for guard, tolerance in (guards or {}).items()
+        if float(challenger[guard]) < float(champion[guard]) - tolerance
+    }
+    reason = (
+        f"challenger {metric}={score:.4f} vs champion v{champion_version} {metric}={best:.4f}: "
+        f"gain {gain:+.4f} {'>' if gain > margin else '<='} margin {margin:.4f}"
     )
+    if regressions:
+        shown = ", ".join(f"{g} {new:.4f} < {old:.4f}" for g, (new, old) in regressions.items())
+        reason += f"; guard regression: {shown}"
+    return result(gain > margin and not regressions, reason, best, regressions)
 
 
 @dataclass(frozen=True)
@@ -187,77 +196,211 @@ class Registration:
     aliases: tuple[str, ...]
     decision: GateDecision
     challenger_metrics: dict[str, float]
+    champion_metrics: dict[str, float] | None = None
+    reused: bool = False
+
+
+def find_version(name: str, tag: str, value: str, tracking_uri: str | None = None) -> str | None:
+    """Return the version of ``name`` whose tag ``tag`` equals ``value``, if any (newest first)."""
+    client = mlflow_client(tracking_uri)
+    try:
+        versions = client.search_model_versions(f"name = '{name}' and tags.`{tag}` = '{value}'")
+    except Exception:  # noqa: BLE001 - a model that does not exist yet has no versions
+        return None
+    return str(max(int(v.version) for v in versions)) if versions else None
+
+
+def alias_version(name: str, alias: str, tracking_uri: str | None = None) -> str | None:
+    """The version ``alias`` points at, or ``None``."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(mlflow_client(tracking_uri).get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
 
 
 def register_and_gate(
     name: str,
-    model_uri: str,
+    model_uri: str | None,
     evaluate_model: Callable[[str], Mapping[str, float]],
     *,
     primary_metric: str,
     margin: float = 0.0,
+    guards: Mapping[str, float] | None = None,
     run_id: str | None = None,
     version_tags: Mapping[str, str] | None = None,
     tracking_uri: str | None = None,
+    existing_version: str | None = None,
 ) -> Registration:
-    """Register ``model_uri`` as a new version and run the champion/challenger gate.
+    """Register ``model_uri`` as a new version (or reuse ``existing_version``) and run the gate.
 
     Args:
         name: Registered model name.
-        model_uri: The logged model to register.
+        model_uri: The logged model to register (ignored when ``existing_version`` is given).
         evaluate_model: Loads a model URI and returns its metrics on the shared test data.
         primary_metric: Metric that decides (higher is better).
         margin: Required improvement over the champion.
+        guards: Metrics that may not regress by more than the given tolerance.
         run_id: Run that produced the model (decision logged there).
-        version_tags: Lineage tags for the new version.
+        version_tags: Lineage tags for a new version.
         tracking_uri: Tracking/registry URI; the configured one when ``None``.
-
+        existing_version: A version registered by an earlier attempt of the same pipeline
+            run; re-running the step must not create a duplicate.
     """
     import mlflow
-    from mlflow.exceptions import MlflowException
 
-    mlflow.set_registry_uri(tracking_uri or mlflow.get_tracking_uri())
     client = mlflow_client(tracking_uri)
-    version = str(mlflow.register_model(model_uri, name, tags=dict(version_tags or {})).version)
+    if existing_version is not None:
+        version = existing_version
+    else:
+        if model_uri is None:
+            raise ValueError("model_uri is required when no existing version is reused")
+        mlflow.set_registry_uri(tracking_uri or mlflow.get_tracking_uri())
+        version = str(mlflow.register_model(model_uri, name, tags=dict(version_tags or {})).version)
     client.set_registered_model_alias(name, CHALLENGER, version)
 
     challenger_metrics = dict(evaluate_model(f"models:/{name}/{version}"))
-    if primary_metric not in challenger_metrics:
-        raise KeyError(f"primary metric '{primary_metric}' not among {sorted(challenger_metrics)}")
+    missing = [m for m in (primary_metric, *(guards or {})) if m not in challenger_metrics]
+    if missing:
+        raise KeyError(f"gate metric(s) {missing} not among {sorted(challenger_metrics)}")
 
-    champion_version = champion_score = champion_error = None
-    try:
-        champion_version = str(client.get_model_version_by_alias(name, CHAMPION).version)
-    except MlflowException:
-        champion_version = None
+    champion_version = alias_version(name, CHAMPION, tracking_uri)
+    champion_metrics = champion_error = None
+    if champion_version == version:  # a re-run after this very version was promoted
+        champion_version = alias_version(name, PREVIOUS, tracking_uri)
     if champion_version is not None:
         try:
-            champion_score = float(evaluate_model(f"models:/{name}/{champion_version}")[primary_metric])
+            champion_metrics = dict(evaluate_model(f"models:/{name}/{champion_version}"))
         except Exception as exc:  # noqa: BLE001 - any failure to score the champion blocks promotion
             champion_error = f"{type(exc).__name__}: {exc}"
 
     decision = decide(
         primary_metric,
-        float(challenger_metrics[primary_metric]),
-        champion_score,
+        challenger_metrics,
+        champion_metrics,
         margin=margin,
+        guards=guards,
         champion_version=champion_version,
         champion_error=champion_error,
     )
     aliases = [CHALLENGER]
     if decision.promote:
-        if champion_version is not None:
-            client.set_registered_model_alias(name, PREVIOUS, champion_version)
+        current = alias_version(name, CHAMPION, tracking_uri)
+        if current is not None and current != version:
+            client.set_registered_model_alias(name, PREVIOUS, current)
         client.set_registered_model_alias(name, CHAMPION, version)
         aliases.append(CHAMPION)
-    client.set_model_version_tag(
-        name, version, "gate.decision", "promoted" if decision.promote else "rejected"
-    )
+    verdict = "promoted" if decision.promote else "rejected"
+    client.set_model_version_tag(name, version, "gate.decision", verdict)
     client.set_model_version_tag(name, version, "gate.reason", decision.reason)
     if run_id is not None:
-        client.set_tag(run_id, "gate.decision", "promoted" if decision.promote else "rejected")
+        client.set_tag(run_id, "gate.decision", verdict)
         client.set_tag(run_id, "gate.reason", decision.reason)
         client.log_metric(run_id, f"gate_challenger_{primary_metric}", decision.challenger_score)
         if decision.champion_score is not None:
             client.log_metric(run_id, f"gate_champion_{primary_metric}", decision.champion_score)
-    return Registration(name, str(version), tuple(aliases), decision, challenger_metrics)
+    return Registration(
+        name,
+        version,
+        tuple(aliases),
+        decision,
+        challenger_metrics,
+        champion_metrics,
+        reused=existing_version is not None,
+    )
+
+
+# --------------------------------------------------------------------------- manual operations
+
+
+@dataclass(frozen=True)
+class VersionSummary:
+    """One registered version as ``aiops models list`` shows it."""
+
+    version: str
+    aliases: tuple[str, ...]
+    created: str
+    run_id: str
+    decision: str
+    tags: dict[str, str]
+    metrics: dict[str, float]
+
+
+def list_versions(name: str, tracking_uri: str | None = None) -> list[VersionSummary]:
+    """All versions of ``name``, newest first, with aliases, tags and their run's test metrics."""
+    client = mlflow_client(tracking_uri)
+    model = client.get_registered_model(name)
+    aliases_by_version: dict[str, list[str]] = {}
+    for alias, version in model.aliases.items():
+        aliases_by_version.setdefault(str(version), []).append(alias)
+    out = []
+    for mv in sorted(client.search_model_versions(f"name = '{name}'"), key=lambda v: -int(v.version)):
+        metrics = client.get_run(mv.run_id).data.metrics if mv.run_id else {}
+        out.append(
+            VersionSummary(
+                version=str(mv.version),
+                aliases=tuple(sorted(aliases_by_version.get(str(mv.version), []))),
+                created=pd.Timestamp(mv.creation_timestamp, unit="ms", tz="UTC").isoformat(
+                    timespec="seconds"
+                ),
+                run_id=mv.run_id or "",
+                decision=mv.tags.get("gate.decision", ""),
+                tags=dict(mv.tags),
+                metrics={k: v for k, v in metrics.items() if k.startswith("test_")},
+            )
+        )
+    return out
+
+
+def _stamp(client: Any, name: str, version: str, action: str, reason: str) -> None:
+    user = os.environ.get("USER") or os.environ.get("USERNAME") or "unknown"
+    now = pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds")
+    client.set_model_version_tag(name, version, f"{action}.reason", reason)
+    client.set_model_version_tag(name, version, f"{action}.by", user)
+    client.set_model_version_tag(name, version, f"{action}.at", now)
+
+
+def promote(name: str, version: str, reason: str, tracking_uri: str | None = None) -> str | None:
+    """Make ``version`` the champion by hand; the old champion becomes ``previous``.
+
+    Returns:
+        The version that was champion before, if any.
+
+    Raises:
+        ValueError: Without a reason, or when the version does not exist.
+    """
+    if not reason.strip():
+        raise ValueError("a manual promotion needs a reason (it is recorded on the version)")
+    client = mlflow_client(tracking_uri)
+    client.get_model_version(name, version)  # raises when it does not exist
+    current = alias_version(name, CHAMPION, tracking_uri)
+    if current == version:
+        raise ValueError(f"{name} version {version} is already the champion")
+    if current is not None:
+        client.set_registered_model_alias(name, PREVIOUS, current)
+    client.set_registered_model_alias(name, CHAMPION, version)
+    _stamp(client, name, version, "promotion", reason)
+    return current
+
+
+def rollback(name: str, reason: str, tracking_uri: str | None = None) -> tuple[str, str]:
+    """Put the ``previous`` version back as champion; the demoted one is tagged with the reason.
+
+    Returns:
+        ``(demoted, restored)`` versions.
+
+    Raises:
+        ValueError: Without a reason, or when there is no ``previous`` version.
+    """
+    if not reason.strip():
+        raise ValueError("a rollback needs a reason (it is recorded on the version)")
+    client = mlflow_client(tracking_uri)
+    previous = alias_version(name, PREVIOUS, tracking_uri)
+    current = alias_version(name, CHAMPION, tracking_uri)
+    if previous is None or current is None:
+        raise ValueError(f"{name} has no 'previous' version to roll back to")
+    client.set_registered_model_alias(name, CHAMPION, previous)
+    client.delete_registered_model_alias(name, PREVIOUS)
+    _stamp(client, name, current, "rollback", reason)
+    return current, previous

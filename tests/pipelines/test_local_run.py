@@ -32,16 +32,25 @@ def test_training_pipeline_runs_end_to_end(tmp_path):
     client = registry_client(uri)
     champion = client.get_model_version_by_alias("tiny", "champion")
     assert str(champion.version) == "1"
-    run = client.get_run(champion.run_id)
+    run = client.get_run(champion.tags["pipeline_run_id"])  # the pipeline-level (parent) run
     assert len(run.data.tags["lineage.dataset_hash"]) == 64
     assert run.data.tags["lineage.kfp_run_id"] not in ("", "local")
     assert int(run.data.tags["lineage.data_rows"]) > 1000
-    assert {"test_event_f1", "test_point_f1", "train_isolation_forest.fit_seconds"} <= set(run.data.metrics)
-    assert {"test_forecast.event_f1", "test_lstm_autoencoder.event_f1", "test_forecast_mape"} <= set(
+    assert {"test_event_f1", "test_point_f1", "test_forecast.event_f1", "test_forecast_mape"} <= set(
         run.data.metrics
     )
-    assert run.data.params["isolation_forest.if_n_estimators"] == "30"
-    assert run.data.params["members"] == "isolation_forest,forecast,lstm_autoencoder"
+    # nested runs: one per detector and one for the deployable ensemble, lined up for comparison
+    children = client.search_runs(
+        [run.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{run.info.run_id}'"
+    )
+    by_name = {child.info.run_name: child for child in children}
+    assert set(by_name) == {"isolation_forest", "forecast", "lstm_autoencoder", "ensemble"}
+    assert by_name["isolation_forest"].data.params["if_n_estimators"] == "30"
+    assert "train_fit_seconds" in by_name["forecast"].data.metrics
+    assert "test_event_f1" in by_name["lstm_autoencoder"].data.metrics
+    curve = client.get_metric_history(by_name["lstm_autoencoder"].info.run_id, "train_loss")
+    assert [m.step for m in curve] == [1]  # one epoch in this tiny run: the training curve
+    assert by_name["ensemble"].data.params["members"] == "isolation_forest,forecast,lstm_autoencoder"
     plots = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
     assert "evaluation/timelines.png" in plots and "evaluation/report.html" in plots
 

@@ -14,25 +14,42 @@ from aiops.split import time_split
 from aiops.training import train_isolation_forest
 
 
+def m(f1, precision=0.9):
+    return {"event_f1": f1, "event_precision": precision}
+
+
 @pytest.mark.parametrize(
     ("challenger", "champion", "margin", "promote"),
     [
-        (0.8, None, 0.0, True),  # first version
-        (0.8, 0.7, 0.0, True),  # better
-        (0.6, 0.7, 0.0, False),  # worse
-        (0.7, 0.7, 0.0, False),  # equal is not better
-        (0.74, 0.7, 0.05, False),  # better, but within the margin
-        (0.76, 0.7, 0.05, True),  # better by more than the margin
+        (m(0.8), None, 0.0, True),  # first version
+        (m(0.8), m(0.7), 0.0, True),  # better
+        (m(0.6), m(0.7), 0.0, False),  # worse
+        (m(0.7), m(0.7), 0.0, False),  # equal is not better
+        (m(0.74), m(0.7), 0.05, False),  # better, but within the margin
+        (m(0.76), m(0.7), 0.05, True),  # better by more than the margin
+        (m(0.9, 0.80), m(0.7, 0.90), 0.0, False),  # better, but precision regresses past the guard
+        (m(0.9, 0.88), m(0.7, 0.90), 0.0, True),  # precision dips within the guard's tolerance
     ],
 )
 def test_decide(challenger, champion, margin, promote):
-    decision = registry.decide("event_f1", challenger, champion, margin=margin, champion_version="3")
+    decision = registry.decide(
+        "event_f1",
+        challenger,
+        champion,
+        margin=margin,
+        guards={"event_precision": 0.05},
+        champion_version="3",
+    )
     assert decision.promote is promote
-    assert "event_f1" in decision.reason or champion is None
+    if champion is not None:
+        assert "event_f1" in decision.reason and "v3" in decision.reason
+        assert bool(decision.guard_regressions) is ("guard regression" in decision.reason)
 
 
 def test_unscorable_champion_is_kept():
-    decision = registry.decide("event_f1", 0.9, None, champion_version="2", champion_error="SchemaError: x")
+    decision = registry.decide(
+        "event_f1", m(0.9), None, champion_version="2", champion_error="SchemaError: x"
+    )
     assert not decision.promote and "could not be evaluated" in decision.reason
 
 
@@ -49,7 +66,7 @@ def alias_version(client, alias: str) -> str:
     return str(client.get_model_version_by_alias("gate-model", alias).version)
 
 
-def _publish(trained, uri, **kw):
+def _publish(trained, uri, kfp_run_id="local", **kw):
     folder, test, labels = trained
     return publish_detector(
         folder,
@@ -58,7 +75,9 @@ def _publish(trained, uri, **kw):
         tracking_uri=uri,
         experiment="gate-test",
         model_name="gate-model",
-        lineage=Lineage(dataset_hash="abc", data_rows=len(test), source="synthetic", seed=0),
+        lineage=Lineage(
+            dataset_hash="abc", data_rows=len(test), source="synthetic", seed=0, kfp_run_id=kfp_run_id
+        ),
         **kw,
     )
 
@@ -104,9 +123,77 @@ def test_registry_flow(trained, tmp_path, monkeypatch):
     assert list(out.columns) == ["anomaly_score", "is_anomaly"] and len(out) == len(test)
     assert out["is_anomaly"].dtype == bool and np.isfinite(out["anomaly_score"]).all()
 
-    # lineage and artifacts on the run
+    # lineage and artifacts: the parent run holds the gate decision and the card, the nested
+    # model run holds the model's params and feature contract; the version carries the lineage
     run = client.get_run(first.run_id)
     assert run.data.tags["lineage.dataset_hash"] == "abc"
-    assert run.data.params["threshold"]
-    names = {f.path for f in client.list_artifacts(first.run_id)}
-    assert {"feature_contract.json", "gate_decision.json"} <= names
+    assert {f.path for f in client.list_artifacts(first.run_id)} >= {"gate_decision.json", "model_card.md"}
+    version = client.get_model_version("gate-model", "1")
+    assert version.tags["lineage.dataset_hash"] == "abc" and version.tags["pipeline_run_id"] == first.run_id
+    model_run = client.get_run(version.tags["model_run_id"])
+    assert model_run.data.tags["mlflow.parentRunId"] == first.run_id
+    assert model_run.data.params["threshold"] and "test_event_f1" in model_run.data.metrics
+    assert "feature_contract.json" in {f.path for f in client.list_artifacts(model_run.info.run_id)}
+    assert "# gate-model v1" in version.description and "## Known limits" in version.description
+
+
+def test_rerunning_a_pipeline_step_does_not_duplicate_versions(trained, tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = registry_client(uri)
+    first = _publish(trained, uri, kfp_run_id="run-123")
+    again = _publish(trained, uri, kfp_run_id="run-123")
+    assert again.registration.reused and again.registration.version == first.registration.version == "1"
+    assert len(client.search_model_versions("name = 'gate-model'")) == 1
+    assert alias_version(client, "champion") == "1"
+    other = _publish(trained, uri, kfp_run_id="run-456")
+    assert other.registration.version == "2" and not other.registration.reused
+
+
+def test_manual_promote_and_rollback(trained, tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = registry_client(uri)
+    _publish(trained, uri)
+    _publish(trained, uri)  # v2: rejected by the gate (not better)
+    assert alias_version(client, "champion") == "1"
+    with pytest.raises(ValueError, match="needs a reason"):
+        registry.promote("gate-model", "2", " ", uri)
+    assert registry.promote("gate-model", "2", "validated by hand on incident replay", uri) == "1"
+    assert alias_version(client, "champion") == "2" and alias_version(client, "previous") == "1"
+    assert client.get_model_version("gate-model", "2").tags["promotion.reason"].startswith("validated")
+    with pytest.raises(ValueError, match="already the champion"):
+        registry.promote("gate-model", "2", "again", uri)
+    assert registry.rollback("gate-model", "false alarms in prod", uri) == ("2", "1")
+    assert alias_version(client, "champion") == "1"
+    assert client.get_model_version("gate-model", "2").tags["rollback.reason"] == "false alarms in prod"
+    with pytest.raises(ValueError, match="no 'previous' version"):
+        registry.rollback("gate-model", "twice", uri)
+    listed = registry.list_versions("gate-model", uri)
+    assert [v.version for v in listed] == ["2", "1"] and listed[1].aliases == ("champion",)
+    assert "test_event_f1" in listed[0].metrics
+
+
+def test_models_command_line(trained, tmp_path):
+    from typer.testing import CliRunner
+
+    from aiops.cli import app
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    _publish(trained, uri)
+    _publish(trained, uri)
+    run = CliRunner().invoke
+    listed = run(app, ["models", "list", "gate-model", "--tracking-uri", uri])
+    assert listed.exit_code == 0 and "champion" in listed.output and "rejected" in listed.output
+    shown = run(app, ["models", "show", "gate-model", "--tracking-uri", uri])
+    assert shown.exit_code == 0 and "lineage.dataset_hash" in shown.output and "test_event_f1" in shown.output
+    no_reason = run(
+        app, ["models", "promote", "gate-model", "--version", "2", "--reason", "", "--tracking-uri", uri]
+    )
+    assert no_reason.exit_code == 2 and "needs a reason" in no_reason.output
+    promoted = run(
+        app, ["models", "promote", "gate-model", "--version", "2", "--reason", "ok", "--tracking-uri", uri]
+    )
+    assert promoted.exit_code == 0 and "champion is now version 2 (was 1)" in promoted.output
+    rolled = run(app, ["models", "rollback", "gate-model", "--reason", "regression", "--tracking-uri", uri])
+    assert rolled.exit_code == 0 and "from version 2 to 1" in rolled.output
+    missing = run(app, ["models", "list", "nope", "--tracking-uri", uri])
+    assert missing.exit_code == 2 and "cannot list 'nope'" in missing.output

@@ -1,0 +1,121 @@
+"""``aiops models ...``: inspect the registry, promote or roll back by hand (with a reason)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+
+models_app = typer.Typer(no_args_is_help=True, help="List, inspect, promote and roll back registered models.")
+
+TrackingUri = Annotated[
+    str, typer.Option(help="MLflow tracking URI; default MLFLOW_TRACKING_URI, else ./mlruns (SQLite).")
+]
+_KEY_METRICS = ("test_event_f1", "test_event_precision", "test_event_recall", "test_point_f1")
+
+
+def _uri(tracking_uri: str) -> str:
+    from aiops.registry import configure, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri, Path.cwd())
+    configure(uri)
+    return uri
+
+
+def _fail(message: str) -> NoReturn:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+@models_app.command("list")
+def list_models(name: str, tracking_uri: TrackingUri = "") -> None:
+    """Every version of NAME with its aliases, gate decision and key test metrics."""
+    from mlflow.exceptions import MlflowException
+
+    from aiops.registry import list_versions
+
+    try:
+        versions = list_versions(name, _uri(tracking_uri))
+    except MlflowException as exc:
+        _fail(f"cannot list '{name}': {exc.message}")
+    header = f"{'version':>7}  {'aliases':<28} {'created':<26} {'gate':<9}" + "".join(
+        f"{m[5:]:>16}" for m in _KEY_METRICS
+    )
+    typer.echo(header)
+    for v in versions:
+        cells = "".join(f"{v.metrics.get(m, float('nan')):>16.3f}" for m in _KEY_METRICS)
+        typer.echo(
+            f"{v.version:>7}  {','.join(v.aliases) or '-':<28} {v.created:<26} {v.decision or '-':<9}{cells}"
+        )
+
+
+@models_app.command("show")
+def show_model(
+    name: str,
+    version: Annotated[str | None, typer.Option(help="Version number.")] = None,
+    alias: Annotated[str, typer.Option(help="Alias, when no version is given.")] = "champion",
+    tracking_uri: TrackingUri = "",
+) -> None:
+    """Lineage, gate decision, manual actions and metrics of one version."""
+    from mlflow.exceptions import MlflowException
+
+    from aiops.registry import mlflow_client
+
+    client = mlflow_client(_uri(tracking_uri))
+    try:
+        mv = (
+            client.get_model_version(name, version)
+            if version
+            else client.get_model_version_by_alias(name, alias)
+        )
+    except MlflowException as exc:
+        _fail(f"cannot find {name} {'version ' + version if version else '@' + alias}: {exc.message}")
+    run_id = mv.tags.get("pipeline_run_id") or mv.run_id
+    typer.secho(f"{name} version {mv.version}  (aliases: {', '.join(mv.aliases) or '-'})", bold=True)
+    typer.echo(f"  source    {mv.source}")
+    typer.echo(f"  run       {run_id}")
+    for key in sorted(mv.tags):
+        if key.startswith(("lineage.", "gate.", "promotion.", "rollback.")):
+            typer.echo(f"  {key:<34} {mv.tags[key]}")
+    if run_id:
+        metrics = client.get_run(run_id).data.metrics
+        for key in sorted(k for k in metrics if k.startswith("test_") and "." not in k):
+            typer.echo(f"  {key:<34} {metrics[key]:.4g}")
+
+
+@models_app.command("promote")
+def promote_model(
+    name: str,
+    version: Annotated[str, typer.Option(help="Version to make champion.")],
+    reason: Annotated[str, typer.Option(help="Why (recorded on the version).")],
+    tracking_uri: TrackingUri = "",
+) -> None:
+    """Make VERSION the champion by hand; the old champion becomes `previous`."""
+    from mlflow.exceptions import MlflowException
+
+    from aiops.registry import promote
+
+    try:
+        before = promote(name, version, reason, _uri(tracking_uri))
+    except (ValueError, MlflowException) as exc:
+        _fail(str(getattr(exc, "message", exc)))
+    typer.echo(f"{name}: champion is now version {version} (was {before or 'none'}); reason recorded")
+
+
+@models_app.command("rollback")
+def rollback_model(
+    name: str,
+    reason: Annotated[str, typer.Option(help="Why (recorded on the demoted version).")],
+    tracking_uri: TrackingUri = "",
+) -> None:
+    """Put the `previous` version back as champion."""
+    from mlflow.exceptions import MlflowException
+
+    from aiops.registry import rollback
+
+    try:
+        demoted, restored = rollback(name, reason, _uri(tracking_uri))
+    except (ValueError, MlflowException) as exc:
+        _fail(str(getattr(exc, "message", exc)))
+    typer.echo(f"{name}: champion rolled back from version {demoted} to {restored}; reason recorded")
