@@ -61,6 +61,9 @@ def run_training(
         ),
     ] = "",
     end: Annotated[str, typer.Option(help="End of the Prometheus range (ISO 8601 UTC; default now).")] = "",
+    catalog: Annotated[
+        Path | None, typer.Option(help="Extra PromQL catalog YAML (extends/overrides aiops/queries.yaml).")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of simulation, injection and model.")] = 42,
     duration: Annotated[str, typer.Option(help="Time span: simulated, or read from Prometheus.")] = "4D",
     n_anomalies: Annotated[
@@ -122,6 +125,7 @@ def run_training(
                 "source": source,
                 "data_path": str(data.resolve()) if data else "",
                 "prometheus_url": prometheus_url,
+                "prometheus_catalog": str(catalog.resolve()) if catalog else "",
                 "end": end,
                 "seed": seed,
                 "duration": duration,
