@@ -1,0 +1,1 @@
+"""KServe predictor, InferenceService manifests and the canary rollout."""
