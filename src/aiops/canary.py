@@ -1,0 +1,212 @@
+"""Canary analysis: is the new model version at least as good as the stable one, in production?
+
+A canary is judged on what the serving metrics say during an analysis window, not on how long
+it has been running. Each arm (stable, canary) is summarised as counts from Prometheus:
+requests and errors, a latency histogram and an anomaly-score histogram (cumulative buckets,
+the Prometheus layout). The verdict:
+
+* **inconclusive** (roll back) when either arm has fewer requests or scored rows than the
+  policy's minimum: too little evidence is not a pass;
+* **error rate**: one-sided two-proportion z-test; roll back when the canary's error rate is
+  significantly higher *and* exceeds the stable one by more than a tolerance;
+* **latency**: roll back when the canary's p95 (from the histogram) exceeds the stable p95 by
+  more than a ratio;
+* **score distribution**: chi-square test on the score-histogram bucket counts plus the
+  Jensen-Shannon distance as effect size; roll back when the distributions differ significantly
+  *and* the effect is material. A model that suddenly flags far more (or fewer) rows than the
+  one it replaces is suspicious even if it is faster.
+
+Statistics come from scipy; no serving code is imported here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ArmStats:
+    """What the serving metrics say about one arm over the analysis window.
+
+    Attributes:
+        requests: Requests served.
+        errors: Requests answered with a server error (5xx).
+        rows: Rows scored.
+        anomalies: Rows flagged as anomalous.
+        latency_buckets: Cumulative latency histogram: upper bound (seconds) -> count.
+        score_buckets: Cumulative anomaly-score histogram: upper bound -> count.
+    """
+
+    requests: float
+    errors: float
+    rows: float
+    anomalies: float
+    latency_buckets: Mapping[float, float] = field(default_factory=dict)
+    score_buckets: Mapping[float, float] = field(default_factory=dict)
+
+    @property
+    def error_rate(self) -> float:
+        """Share of requests that failed."""
+        return self.errors / self.requests if self.requests else 0.0
+
+    @property
+    def anomaly_rate(self) -> float:
+        """Share of scored rows flagged."""
+        return self.anomalies / self.rows if self.rows else 0.0
+
+
+@dataclass(frozen=True)
+class CanaryPolicy:
+    """Thresholds of the canary analysis.
+
+    Attributes:
+        min_requests: Requests each arm must have served.
+        min_rows: Rows each arm must have scored.
+        alpha: Significance level of the tests.
+        max_error_rate_increase: Tolerated absolute error-rate increase.
+        max_latency_ratio: Tolerated canary p95 / stable p95.
+        max_score_js_distance: Tolerated Jensen-Shannon distance between score distributions.
+    """
+
+    min_requests: int = 200
+    min_rows: int = 200
+    alpha: float = 0.01
+    max_error_rate_increase: float = 0.005
+    max_latency_ratio: float = 1.5
+    max_score_js_distance: float = 0.2
+
+
+@dataclass(frozen=True)
+class CanaryVerdict:
+    """The decision and the evidence behind it."""
+
+    promote: bool
+    reasons: tuple[str, ...]
+    evidence: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain dict, for logging."""
+        return asdict(self)
+
+
+def histogram_quantile(q: float, buckets: Mapping[float, float]) -> float:
+    """Prometheus' ``histogram_quantile`` on cumulative buckets (linear within a bucket)."""
+    if not buckets:
+        return float("nan")
+    bounds = sorted(buckets)
+    counts = [buckets[b] for b in bounds]
+    total = counts[-1]
+    if total <= 0:
+        return float("nan")
+    rank = q * total
+    lower_bound, lower_count = 0.0, 0.0
+    for bound, count in zip(bounds, counts, strict=True):
+        if count >= rank:
+            if math.isinf(bound):
+                return lower_bound  # the quantile is in the +Inf bucket: report the last finite bound
+            width = count - lower_count
+            return lower_bound + (bound - lower_bound) * ((rank - lower_count) / width if width else 1.0)
+        lower_bound, lower_count = bound, count
+    return bounds[-1]
+
+
+def _bucket_counts(buckets: Mapping[float, float], bounds: Sequence[float]) -> np.ndarray:
+    cumulative = np.array([buckets.get(b, 0.0) for b in bounds], dtype=float)
+    return np.diff(np.concatenate([[0.0], cumulative])).clip(min=0)
+
+
+def two_proportion_pvalue(errors_a: float, n_a: float, errors_b: float, n_b: float) -> float:
+    """One-sided p-value that proportion b exceeds proportion a (pooled z-test)."""
+    from scipy.stats import norm
+
+    if n_a <= 0 or n_b <= 0:
+        return 1.0
+    pooled = (errors_a + errors_b) / (n_a + n_b)
+    se = math.sqrt(pooled * (1 - pooled) * (1 / n_a + 1 / n_b))
+    if se == 0:
+        return 1.0 if errors_b / n_b <= errors_a / n_a else 0.0
+    z = (errors_b / n_b - errors_a / n_a) / se
+    return float(norm.sf(z))
+
+
+def score_shift(stable: Mapping[float, float], canary: Mapping[float, float]) -> tuple[float, float]:
+    """Chi-square p-value and Jensen-Shannon distance between two score histograms."""
+    from scipy.spatial.distance import jensenshannon
+    from scipy.stats import chi2_contingency
+
+    bounds = sorted(set(stable) | set(canary))
+    a, b = _bucket_counts(stable, bounds), _bucket_counts(canary, bounds)
+    keep = (a + b) > 0
+    if keep.sum() < 2 or a.sum() == 0 or b.sum() == 0:
+        return 1.0, 0.0
+    table = np.vstack([a[keep], b[keep]])
+    p_value = float(chi2_contingency(table)[1])
+    distance = float(jensenshannon(a[keep] / a.sum(), b[keep] / b.sum(), base=2))
+    return p_value, distance
+
+
+def analyse(stable: ArmStats, canary: ArmStats, policy: CanaryPolicy = CanaryPolicy()) -> CanaryVerdict:
+    """Compare the canary with the stable arm; promote only when every check passes."""
+    evidence: dict[str, Any] = {
+        "stable": {
+            "requests": stable.requests,
+            "error_rate": stable.error_rate,
+            "anomaly_rate": stable.anomaly_rate,
+        },
+        "canary": {
+            "requests": canary.requests,
+            "error_rate": canary.error_rate,
+            "anomaly_rate": canary.anomaly_rate,
+        },
+        "policy": asdict(policy),
+    }
+    reasons: list[str] = []
+    for name, arm in (("stable", stable), ("canary", canary)):
+        if arm.requests < policy.min_requests or arm.rows < policy.min_rows:
+            reasons.append(
+                f"inconclusive: {name} served {arm.requests:.0f} requests / {arm.rows:.0f} rows, "
+                f"fewer than the {policy.min_requests} / {policy.min_rows} required"
+            )
+    if reasons:
+        return CanaryVerdict(False, tuple(reasons), evidence)
+
+    p_err = two_proportion_pvalue(stable.errors, stable.requests, canary.errors, canary.requests)
+    increase = canary.error_rate - stable.error_rate
+    evidence["error_rate"] = {"p_value": p_err, "increase": increase}
+    if p_err < policy.alpha and increase > policy.max_error_rate_increase:
+        reasons.append(
+            f"error rate {canary.error_rate:.4f} vs stable {stable.error_rate:.4f} "
+            f"(+{increase:.4f}, p={p_err:.2g})"
+        )
+
+    p95_stable = histogram_quantile(0.95, stable.latency_buckets)
+    p95_canary = histogram_quantile(0.95, canary.latency_buckets)
+    ratio = p95_canary / p95_stable if p95_stable and not math.isnan(p95_stable) else float("nan")
+    evidence["latency"] = {"p95_stable_s": p95_stable, "p95_canary_s": p95_canary, "ratio": ratio}
+    if not math.isnan(ratio) and ratio > policy.max_latency_ratio:
+        reasons.append(
+            f"p95 latency {p95_canary * 1000:.1f} ms vs stable {p95_stable * 1000:.1f} ms (x{ratio:.2f})"
+        )
+
+    p_shift, distance = score_shift(stable.score_buckets, canary.score_buckets)
+    evidence["scores"] = {"chi2_p_value": p_shift, "js_distance": distance}
+    if p_shift < policy.alpha and distance > policy.max_score_js_distance:
+        reasons.append(
+            f"anomaly-score distribution shifted (JS distance {distance:.3f}, p={p_shift:.2g}); "
+            f"anomaly rate {canary.anomaly_rate:.4f} vs stable {stable.anomaly_rate:.4f}"
+        )
+    if reasons:
+        return CanaryVerdict(False, tuple(reasons), evidence)
+    return CanaryVerdict(
+        True,
+        (
+            f"canary within policy: error rate +{increase:.4f} (p={p_err:.2g}), p95 x{ratio:.2f}, "
+            f"score JS distance {distance:.3f}",
+        ),
+        evidence,
+    )

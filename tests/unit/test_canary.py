@@ -1,0 +1,81 @@
+import math
+
+import numpy as np
+import pytest
+
+from aiops.canary import (
+    ArmStats,
+    CanaryPolicy,
+    analyse,
+    histogram_quantile,
+    score_shift,
+    two_proportion_pvalue,
+)
+
+LATENCY_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.1, math.inf)
+SCORE_BOUNDS = (0.5, 1.0, 2.0, 3.0, 4.0, math.inf)
+
+
+def cumulative(bounds, counts):
+    return dict(zip(bounds, np.cumsum(counts).tolist(), strict=True))
+
+
+def arm(
+    requests=1000, errors=1, anomalies=10, latency=(600, 300, 80, 15, 5, 0), scores=(500, 300, 150, 40, 8, 2)
+):
+    return ArmStats(
+        requests=requests,
+        errors=errors,
+        rows=requests,
+        anomalies=anomalies,
+        latency_buckets=cumulative(LATENCY_BOUNDS, latency),
+        score_buckets=cumulative(SCORE_BOUNDS, scores),
+    )
+
+
+def test_histogram_quantile_matches_prometheus_interpolation():
+    buckets = {0.1: 50, 0.2: 100, math.inf: 100}
+    assert histogram_quantile(0.5, buckets) == pytest.approx(0.1)
+    assert histogram_quantile(0.75, buckets) == pytest.approx(0.15)
+    assert histogram_quantile(0.99, {0.1: 10, math.inf: 100}) == pytest.approx(0.1)  # in +Inf: last bound
+    assert math.isnan(histogram_quantile(0.5, {}))
+
+
+def test_two_proportion_test_is_one_sided():
+    assert two_proportion_pvalue(5, 1000, 50, 1000) < 1e-6
+    assert two_proportion_pvalue(50, 1000, 5, 1000) > 0.99
+    assert two_proportion_pvalue(0, 100, 0, 100) == 1.0
+
+
+def test_equal_arms_promote():
+    verdict = analyse(arm(), arm(errors=2))
+    assert verdict.promote and "within policy" in verdict.reasons[0]
+    assert verdict.evidence["scores"]["js_distance"] == pytest.approx(0.0)
+
+
+def test_error_regression_rolls_back():
+    verdict = analyse(arm(errors=1), arm(errors=40))
+    assert not verdict.promote and "error rate" in verdict.reasons[0]
+
+
+def test_small_error_increase_within_tolerance_promotes():
+    assert analyse(arm(requests=20000, errors=20), arm(requests=20000, errors=60)).promote
+
+
+def test_latency_regression_rolls_back():
+    slow = arm(latency=(100, 200, 300, 250, 150, 0))
+    verdict = analyse(arm(), slow)
+    assert not verdict.promote and "p95 latency" in " ".join(verdict.reasons)
+
+
+def test_score_distribution_shift_rolls_back():
+    jumpy = arm(scores=(100, 100, 200, 250, 250, 100), anomalies=350)
+    verdict = analyse(arm(), jumpy)
+    assert not verdict.promote and "distribution shifted" in " ".join(verdict.reasons)
+    p, distance = score_shift(arm().score_buckets, jumpy.score_buckets)
+    assert p < 1e-6 and distance > 0.2
+
+
+def test_too_little_traffic_is_inconclusive():
+    verdict = analyse(arm(), arm(requests=50), CanaryPolicy(min_requests=200))
+    assert not verdict.promote and verdict.reasons[0].startswith("inconclusive: canary")
