@@ -16,10 +16,14 @@ def ingest_telemetry(
     prometheus_url: str = "",
     end: str = "",
     catalog: str = "",
+    start: str = "",
+    concept_drift: str = "",
+    drift_start: str = "0min",
 ):
     """Produce canonical telemetry (metrics, labels, events, logs) from an explicit source.
 
-    - ``synthetic``: simulates a cluster and injects ``n_anomalies`` labelled anomalies (seeded).
+    - ``synthetic``: simulates a cluster from ``start`` (optional) and injects ``n_anomalies``
+      labelled anomalies (seeded); ``concept_drift`` makes it drift gradually from ``drift_start``.
     - ``nezha``: reads the recorded Nezha fault injections under ``data_path`` (real labels).
     - ``prometheus``: reads ``duration`` up to ``end`` (default now) from ``prometheus_url``
       with the query catalog (plus ``catalog``, an extra YAML); the bearer token comes from
@@ -30,7 +34,15 @@ def ingest_telemetry(
     """
     from aiops.ingest import PrometheusRange, SyntheticSource, load_telemetry
 
-    settings = SyntheticSource(seed=seed, duration=duration, step=step, n_anomalies=n_anomalies)
+    settings = SyntheticSource(
+        seed=seed,
+        duration=duration,
+        step=step,
+        n_anomalies=n_anomalies,
+        start=start,
+        concept_drift=concept_drift,
+        drift_start=drift_start,
+    )
     prometheus = (
         PrometheusRange(url=prometheus_url, end=end, duration=duration, step=step, catalog=catalog)
         if prometheus_url

@@ -9,6 +9,7 @@ from components.image import PIPELINE_IMAGE
 @dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
 def register_model(
     model: Input[Model],
+    train: Input[Dataset],
     test: Input[Dataset],
     telemetry: Input[Dataset],
     plots: Input[Artifact],
@@ -69,6 +70,7 @@ def register_model(
         margin=margin,
         guards={k: float(v) for k, v in guards.items()},
         artifacts_dir=plots.path,
+        reference=load_features(train.path)[0],
     )
     reg = result.registration
     out = namedtuple("Registered", ["model_name", "version", "aliases", "promoted", "run_id", "reason"])

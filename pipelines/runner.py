@@ -6,9 +6,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pipelines.retraining import retraining_pipeline
 from pipelines.training import training_pipeline
 
-PIPELINES: dict[str, Callable[..., Any]] = {"training": training_pipeline}
+PIPELINES: dict[str, Callable[..., Any]] = {"training": training_pipeline, "retraining": retraining_pipeline}
 
 
 def get_pipeline(name: str) -> Callable[..., Any]:

@@ -1,4 +1,5 @@
 from kfp import dsl
+from kfp.dsl import Dataset, Input
 
 from components.evaluate import evaluate_detector
 from components.features import build_features
@@ -15,21 +16,17 @@ from pipelines.cluster import on_gpu, sized, with_mlflow_credentials, with_prome
 
 
 @dsl.pipeline(
-    name="aiops-training",
-    description="Ingest telemetry, validate, build features, split by time, train Isolation Forest, "
-    "forecasting and LSTM-autoencoder detectors in parallel, combine them into a calibrated ensemble, "
-    "evaluate on the latest period and register the ensemble in MLflow behind a champion/challenger gate.",
+    name="aiops-train-and-register",
+    description="Split by time, train three detectors in parallel, combine them, evaluate on the latest "
+    "period and register the ensemble behind the champion/challenger gate.",
 )
-def training_pipeline(
-    source: str = "synthetic",
-    data_path: str = "",
-    prometheus_url: str = "",
-    prometheus_catalog: str = "",
-    end: str = "",
+def train_and_register(
+    telemetry: Input[Dataset],
+    features: Input[Dataset],
+    dataset_hash: str,
+    data_rows: int,
+    source: str,
     seed: int = 42,
-    duration: str = "4D",
-    step: str = "1min",
-    n_anomalies: int = 24,
     validation_fraction: float = 0.2,
     test_fraction: float = 0.25,
     n_estimators: int = 200,
@@ -49,29 +46,9 @@ def training_pipeline(
     git_commit: str = "unknown",
     image: str = PIPELINE_IMAGE,
 ) -> str:
-    """Training pipeline; returns the registered model version.
-
-    ``image`` is only recorded as lineage; the image that runs is fixed at compile time.
-    """
-    ingest = ingest_telemetry(
-        source=source,
-        data_path=data_path,
-        prometheus_url=prometheus_url,
-        catalog=prometheus_catalog,
-        end=end,
-        seed=seed,
-        duration=duration,
-        step=step,
-        n_anomalies=n_anomalies,
-    ).set_display_name("ingest")
-    with_prometheus_credentials(ingest)
-    telemetry = ingest.outputs["telemetry"]
-    validate = validate_telemetry(telemetry=telemetry).set_display_name("validate")
-    features = build_features(telemetry=telemetry).after(validate).set_display_name("features")
+    """The training sub-DAG shared by the training and retraining pipelines; returns the version."""
     split = split_by_time(
-        features=features.outputs["features"],
-        validation_fraction=validation_fraction,
-        test_fraction=test_fraction,
+        features=features, validation_fraction=validation_fraction, test_fraction=test_fraction
     ).set_display_name("time split")
     periods = {"train": split.outputs["train"], "validation": split.outputs["validation"]}
 
@@ -113,11 +90,12 @@ def training_pipeline(
     ).set_display_name("evaluate")
     register = register_model(
         model=ensemble.outputs["model"],
+        train=split.outputs["train"],
         test=split.outputs["test"],
         telemetry=telemetry,
         plots=evaluate.outputs["plots"],
-        dataset_hash=validate.outputs["dataset_hash"],
-        data_rows=validate.outputs["rows"],
+        dataset_hash=dataset_hash,
+        data_rows=data_rows,
         source=source,
         seed=seed,
         model_name=model_name,
@@ -133,3 +111,110 @@ def training_pipeline(
     register.set_caching_options(False)
     with_mlflow_credentials(register)
     return register.outputs["version"]
+
+
+def ingest_validate_features(
+    source: str,
+    data_path: str,
+    prometheus_url: str,
+    prometheus_catalog: str,
+    end: str,
+    seed: int,
+    duration: str,
+    step: str,
+    n_anomalies: int,
+    start: str = "",
+    concept_drift: str = "",
+    drift_start: str = "0min",
+):
+    """The entry steps both pipelines share (a plain helper: called inside a pipeline body)."""
+    ingest = ingest_telemetry(
+        source=source,
+        data_path=data_path,
+        prometheus_url=prometheus_url,
+        catalog=prometheus_catalog,
+        end=end,
+        seed=seed,
+        duration=duration,
+        step=step,
+        n_anomalies=n_anomalies,
+        start=start,
+        concept_drift=concept_drift,
+        drift_start=drift_start,
+    ).set_display_name("ingest")
+    with_prometheus_credentials(ingest)
+    telemetry = ingest.outputs["telemetry"]
+    validate = validate_telemetry(telemetry=telemetry).set_display_name("validate")
+    features = build_features(telemetry=telemetry).after(validate).set_display_name("features")
+    return telemetry, validate, features
+
+
+@dsl.pipeline(
+    name="aiops-training",
+    description="Ingest telemetry, validate, build features, split by time, train Isolation Forest, "
+    "forecasting and LSTM-autoencoder detectors in parallel, combine them into a calibrated ensemble, "
+    "evaluate on the latest period and register the ensemble in MLflow behind a champion/challenger gate.",
+)
+def training_pipeline(
+    source: str = "synthetic",
+    data_path: str = "",
+    prometheus_url: str = "",
+    prometheus_catalog: str = "",
+    end: str = "",
+    seed: int = 42,
+    duration: str = "4D",
+    step: str = "1min",
+    n_anomalies: int = 24,
+    validation_fraction: float = 0.2,
+    test_fraction: float = 0.25,
+    n_estimators: int = 200,
+    max_samples: int = 512,
+    forecaster: str = "prophet",
+    lstm_window: int = 30,
+    lstm_epochs: int = 5,
+    lstm_device: str = "auto",
+    alarm_quantile: float = 0.99,
+    threshold_policy: str = "event_f1",
+    model_name: str = "aiops-anomaly-detector",
+    experiment: str = "aiops-training",
+    mlflow_tracking_uri: str = "",
+    primary_metric: str = "event_f1",
+    promotion_margin: float = 0.0,
+    promotion_guards: dict = {"event_precision": 0.05},  # noqa: B006 - KFP literal default
+    git_commit: str = "unknown",
+    image: str = PIPELINE_IMAGE,
+) -> str:
+    """Training pipeline; returns the registered model version.
+
+    ``image`` is only recorded as lineage; the image that runs is fixed at compile time.
+    """
+    telemetry, validate, features = ingest_validate_features(
+        source, data_path, prometheus_url, prometheus_catalog, end, seed, duration, step, n_anomalies
+    )
+    trained = train_and_register(
+        telemetry=telemetry,
+        features=features.outputs["features"],
+        dataset_hash=validate.outputs["dataset_hash"],
+        data_rows=validate.outputs["rows"],
+        source=source,
+        seed=seed,
+        validation_fraction=validation_fraction,
+        test_fraction=test_fraction,
+        n_estimators=n_estimators,
+        max_samples=max_samples,
+        forecaster=forecaster,
+        lstm_window=lstm_window,
+        lstm_epochs=lstm_epochs,
+        lstm_device=lstm_device,
+        alarm_quantile=alarm_quantile,
+        threshold_policy=threshold_policy,
+        model_name=model_name,
+        experiment=experiment,
+        mlflow_tracking_uri=mlflow_tracking_uri,
+        primary_metric=primary_metric,
+        promotion_margin=promotion_margin,
+        promotion_guards=promotion_guards,
+        git_commit=git_commit,
+        image=image,
+    ).set_display_name("train and register")
+    return trained.output

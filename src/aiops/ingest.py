@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pandas as pd
 
@@ -28,6 +28,9 @@ class SyntheticSource:
         deployments_per_namespace: Deployments in each of the two namespaces.
         replicas: Pods per deployment.
         n_anomalies: Anomalies to inject.
+        start: First simulated instant (ISO 8601 UTC); empty for the simulator's default.
+        concept_drift: Gradual drift to apply (:data:`aiops.concept_drift.DRIFT_KINDS`), or ''.
+        drift_start: Offset from ``start`` at which the drift begins.
     """
 
     seed: int = 42
@@ -37,6 +40,9 @@ class SyntheticSource:
     deployments_per_namespace: int = 2
     replicas: int = 2
     n_anomalies: int = 24
+    start: str = ""
+    concept_drift: str = ""
+    drift_start: str = "0min"
 
 
 @dataclass(frozen=True)
@@ -78,7 +84,16 @@ def synthetic_telemetry(settings: SyntheticSource = SyntheticSource()) -> Teleme
         step=settings.step,
         seed=settings.seed,
     )
-    return _inject(simulate_cluster(spec), settings.n_anomalies, settings.seed + 1)
+    if settings.start:
+        spec = replace(spec, start=settings.start)
+    telemetry = simulate_cluster(spec)
+    if settings.concept_drift:
+        from aiops.concept_drift import ConceptDrift, apply_concept_drift
+
+        telemetry = apply_concept_drift(
+            telemetry, ConceptDrift(settings.concept_drift, start=settings.drift_start)
+        )
+    return _inject(telemetry, settings.n_anomalies, settings.seed + 1)
 
 
 def _inject(telemetry: Telemetry, n_anomalies: int, seed: int) -> Telemetry:

@@ -122,6 +122,7 @@ def publish_detector(
     guards: Mapping[str, float] | None = None,
     artifacts_dir: str | Path | None = None,
     run_name: str | None = None,
+    reference: pd.DataFrame | None = None,
 ) -> PublishResult:
     """Track a training run in MLflow, register its model and run the promotion gate.
 
@@ -143,6 +144,8 @@ def publish_detector(
         guards: Metrics that may not regress (metric -> tolerated drop).
         artifacts_dir: The evaluation step's report folder (plots, metrics.json).
         run_name: MLflow run name of the parent run.
+        reference: Training-period feature rows; a sample is stored with the model
+            (``reference_sample.parquet``) as the baseline of later drift checks.
 
     """
     import mlflow
@@ -195,6 +198,8 @@ def publish_detector(
             mlflow.log_params({**params, "threshold": bundle.threshold})
             mlflow.log_metrics({f"train_{k}": v for k, v in measured.items()})
             mlflow.log_text(bundle.contract.to_json(), "feature_contract.json")
+            if reference is not None:
+                _log_reference(reference)
             info = registry.log_detector(
                 bundle_dir, test.dropna().head(20) if test.dropna().size else test.head(20)
             )
@@ -241,6 +246,23 @@ def publish_detector(
         registry.mlflow_client(tracking_uri).update_model_version(model_name, registration.version, card)
         mlflow.set_tags({"model_name": model_name, "model_version": registration.version})
     return PublishResult(parent.info.run_id, experiment_id, registration)
+
+
+REFERENCE_ARTIFACT = "reference_sample.parquet"
+REFERENCE_ROWS = 5000
+
+
+def _log_reference(reference: pd.DataFrame, rows: int = REFERENCE_ROWS) -> None:
+    """Store a seeded sample of the training rows with the model: the drift baseline."""
+    import tempfile
+
+    import mlflow
+
+    sample = reference.sample(rows, random_state=0) if len(reference) > rows else reference
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / REFERENCE_ARTIFACT
+        sample.sort_values("timestamp").to_parquet(path, index=False)
+        mlflow.log_artifact(str(path))
 
 
 def _metric(key: str, value: float) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -47,3 +48,27 @@ class DetectorPyfunc(PythonModel):
     ) -> pd.DataFrame:
         """Score feature rows; raises SchemaError on a contract violation."""
         return self.bundle.predict(_from_model_input(model_input))
+
+
+def bundle_dir(model_dir: str | Path) -> Path:
+    """The DetectorBundle folder inside a downloaded MLflow model folder (read off its ``MLmodel``).
+
+    MLflow stores a pyfunc artifact under the source folder's name, not under its key, so
+    the path has to come from the ``MLmodel`` file.
+
+    Raises:
+        FileNotFoundError: When the folder is not an MLflow model of this project.
+    """
+    import yaml
+
+    root = Path(model_dir)
+    mlmodel = root / "MLmodel"
+    if not mlmodel.exists():
+        raise FileNotFoundError(f"{root} is not an MLflow model folder (no MLmodel file)")
+    flavor = (yaml.safe_load(mlmodel.read_text()).get("flavors") or {}).get("python_function") or {}
+    path = ((flavor.get("artifacts") or {}).get(BUNDLE_ARTIFACT) or {}).get("path")
+    if not path:
+        raise FileNotFoundError(
+            f"{mlmodel} declares no '{BUNDLE_ARTIFACT}' artifact: not an aiops detector model"
+        )
+    return root / path

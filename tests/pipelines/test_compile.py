@@ -28,7 +28,9 @@ def test_every_pipeline_compiles_to_a_pipeline_spec(tmp_path):
 
 def test_training_pipeline_cluster_settings(tmp_path):
     spec, platform = _load(compile_pipeline("training", tmp_path))
-    tasks = set(spec.root.dag.tasks)
+    # the training steps live in the sub-pipeline the retraining pipeline reuses
+    sub_dag = spec.components["comp-aiops-train-and-register"].dag
+    tasks = set(spec.root.dag.tasks) | set(sub_dag.tasks)
     assert {
         "ingest-telemetry",
         "validate-telemetry",
@@ -43,7 +45,7 @@ def test_training_pipeline_cluster_settings(tmp_path):
     } <= tasks
     # the three detectors depend on the split only: the DAG runs them in parallel
     for name in ("train-isolation-forest", "train-forecast", "train-lstm-autoencoder"):
-        assert set(spec.root.dag.tasks[name].dependent_tasks) == {"split-by-time"}
+        assert set(sub_dag.tasks[name].dependent_tasks) == {"split-by-time"}
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     secrets = {s["secretName"] for s in executors["exec-register-model"]["secretAsEnv"]}
     assert secrets == {MLFLOW_SECRET, S3_SECRET}
@@ -58,7 +60,7 @@ def test_training_pipeline_cluster_settings(tmp_path):
     # the ingest step may read a Prometheus token and the service CA, both optional
     assert executors["exec-ingest-telemetry"]["secretAsEnv"][0]["optional"] is True
     # the register step must not be cached: each run registers a new version
-    assert not spec.root.dag.tasks["register-model"].caching_options.enable_cache
+    assert not sub_dag.tasks["register-model"].caching_options.enable_cache
 
 
 @dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)

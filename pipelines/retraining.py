@@ -1,0 +1,83 @@
+from kfp import dsl
+
+from components.check_drift import check_drift
+from components.image import PIPELINE_IMAGE
+from pipelines.cluster import with_mlflow_credentials
+from pipelines.training import ingest_validate_features, train_and_register
+
+
+@dsl.pipeline(
+    name="aiops-retraining",
+    description="Read a recent window, check it for drift against the champion's training reference, and "
+    "when it drifted (or force=True) run the training sub-DAG: train, gate, register.",
+)
+def retraining_pipeline(
+    source: str = "synthetic",
+    data_path: str = "",
+    prometheus_url: str = "",
+    prometheus_catalog: str = "",
+    start: str = "",
+    end: str = "",
+    seed: int = 42,
+    duration: str = "4D",
+    step: str = "1min",
+    n_anomalies: int = 24,
+    concept_drift: str = "",
+    drift_start: str = "0min",
+    drift_window: str = "1D",
+    max_drift_share: float = 0.5,
+    force: bool = False,
+    forecaster: str = "prophet",
+    lstm_epochs: int = 5,
+    threshold_policy: str = "event_f1",
+    model_name: str = "aiops-anomaly-detector",
+    experiment: str = "aiops-training",
+    mlflow_tracking_uri: str = "",
+    promotion_margin: float = 0.0,
+    git_commit: str = "unknown",
+    image: str = PIPELINE_IMAGE,
+) -> bool:
+    """Retraining pipeline; returns whether it retrained (the reason is in MLflow and the dashboard)."""
+    telemetry, validate, features = ingest_validate_features(
+        source,
+        data_path,
+        prometheus_url,
+        prometheus_catalog,
+        end,
+        seed,
+        duration,
+        step,
+        n_anomalies,
+        start=start,
+        concept_drift=concept_drift,
+        drift_start=drift_start,
+    )
+    drift = check_drift(
+        features=features.outputs["features"],
+        model_name=model_name,
+        tracking_uri=mlflow_tracking_uri,
+        window=drift_window,
+        max_drift_share=max_drift_share,
+        force=force,
+    ).set_display_name("drift check")
+    drift.set_caching_options(False)
+    with_mlflow_credentials(drift)
+    with dsl.If(drift.outputs["Output"] == True, name="drifted or forced"):  # noqa: E712 - a KFP condition, not Python
+        train_and_register(
+            telemetry=telemetry,
+            features=features.outputs["features"],
+            dataset_hash=validate.outputs["dataset_hash"],
+            data_rows=validate.outputs["rows"],
+            source=source,
+            seed=seed,
+            forecaster=forecaster,
+            lstm_epochs=lstm_epochs,
+            threshold_policy=threshold_policy,
+            model_name=model_name,
+            experiment=experiment,
+            mlflow_tracking_uri=mlflow_tracking_uri,
+            promotion_margin=promotion_margin,
+            git_commit=git_commit,
+            image=image,
+        ).set_display_name("train and register")
+    return drift.outputs["Output"]

@@ -1,0 +1,242 @@
+"""Data and prediction drift between the champion's training reference and a recent window.
+
+Evidently 0.7's ``DataDriftPreset`` picks a test per column (Kolmogorov-Smirnov p-values for
+small samples, normed Wasserstein distances for large ones) and reports, per column, the
+statistic, the method and its threshold. The drift share is the share of columns that drifted.
+Prediction drift compares the model's own anomaly scores and alarm rate on both windows.
+
+Columns compared are the model's *signals* (the metric values and derived utilisations the
+features are built from): interpretable for an SRE, and what actually changes when a
+workload's traffic doubles or its daily pattern moves. Evidently is imported inside the
+functions (its import takes seconds).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+#: Rows per side kept for the report; larger windows are sampled (seeded) to bound its cost.
+MAX_ROWS = 20000
+_METRIC = re.compile(
+    r"ValueDrift\(column=(?P<column>.+?),method=(?P<method>.+?),threshold=(?P<threshold>[^)]+)\)"
+)
+
+
+@dataclass
+class DriftResult:
+    """What drifted, by how much, and the report that shows it."""
+
+    drift_share: float
+    columns: pd.DataFrame = field(repr=False)
+    prediction: dict[str, float] = field(default_factory=dict)
+    snapshot: Any = field(default=None, repr=False)
+
+    def drifted(self, max_drift_share: float) -> bool:
+        """True when the share of drifted columns exceeds ``max_drift_share``."""
+        return self.drift_share > max_drift_share
+
+    def save_html(self, path: str | Path) -> Path:
+        """Write Evidently's HTML report (what the dashboard and MLflow show)."""
+        if self.snapshot is None:
+            raise RuntimeError("no Evidently snapshot to render")
+        self.snapshot.save_html(str(path))
+        return Path(path)
+
+
+def _sample(frame: pd.DataFrame, seed: int) -> pd.DataFrame:
+    return frame.sample(MAX_ROWS, random_state=seed) if len(frame) > MAX_ROWS else frame
+
+
+def _column_results(snapshot_dict: dict[str, Any]) -> pd.DataFrame:
+    rows = []
+    for metric in snapshot_dict.get("metrics", []):
+        config = metric.get("config", {})
+        if not str(config.get("type", "")).endswith("ValueDrift"):
+            continue
+        match = _METRIC.match(metric.get("metric_name", ""))
+        method = config.get("method") or (match.group("method") if match else "")
+        threshold = float(config.get("threshold", match.group("threshold") if match else "nan"))
+        value = float(metric["value"])
+        # p-value tests drift when *small*; distances when *large*.
+        is_p_value = "p_value" in method.lower() or "test" in method.lower()
+        drifted = value < threshold if is_p_value else value >= threshold
+        rows.append(
+            {
+                "column": config.get("column"),
+                "method": method,
+                "score": value,
+                "threshold": threshold,
+                "drifted": drifted,
+            }
+        )
+    return pd.DataFrame(rows, columns=["column", "method", "score", "threshold", "drifted"])
+
+
+def drift_report(
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    columns: Sequence[str],
+    reference_scores: np.ndarray | None = None,
+    current_scores: np.ndarray | None = None,
+    threshold: float | None = None,
+    seed: int = 0,
+) -> DriftResult:
+    """Compare ``current`` with ``reference`` column by column, and the model's scores.
+
+    Args:
+        reference: The champion's training reference (e.g. a sample of its training rows).
+        current: The recent window.
+        columns: Columns to compare (both frames must hold them).
+        reference_scores: The model's anomaly scores on ``reference`` (prediction drift).
+        current_scores: The model's anomaly scores on ``current``.
+        threshold: The model's alarm threshold, for the alarm rates.
+        seed: Seed of the row sampling.
+
+    Raises:
+        ValueError: When a column is missing or a window is empty.
+    """
+    from evidently import Report
+    from evidently.presets import DataDriftPreset
+
+    for name, frame in (("reference", reference), ("current", current)):
+        missing = [c for c in columns if c not in frame.columns]
+        if missing:
+            raise ValueError(f"drift: the {name} window lacks column(s) {missing}")
+        if frame.empty:
+            raise ValueError(f"drift: the {name} window is empty")
+    ref = _sample(reference.loc[:, list(columns)], seed).astype("float64")
+    cur = _sample(current.loc[:, list(columns)], seed).astype("float64")
+    prediction: dict[str, float] = {}
+    if reference_scores is not None and current_scores is not None:
+        ref = ref.assign(anomaly_score=pd.Series(reference_scores, index=reference.index).reindex(ref.index))
+        cur = cur.assign(anomaly_score=pd.Series(current_scores, index=current.index).reindex(cur.index))
+        if threshold is not None:
+            prediction["reference_alarm_rate"] = float(np.mean(np.asarray(reference_scores) >= threshold))
+            prediction["current_alarm_rate"] = float(np.mean(np.asarray(current_scores) >= threshold))
+    # All-missing columns carry no distribution to compare.
+    usable = [c for c in ref.columns if ref[c].notna().any() and cur[c].notna().any()]
+    snapshot = Report([DataDriftPreset()]).run(reference_data=ref[usable], current_data=cur[usable])
+    table = _column_results(snapshot.dict())
+    if "anomaly_score" in set(table["column"]):
+        row = table.set_index("column").loc["anomaly_score"]
+        prediction.update({"score_drift": float(row["score"]), "score_drifted": float(bool(row["drifted"]))})
+    features = table[table["column"] != "anomaly_score"]
+    share = float(features["drifted"].mean()) if len(features) else 0.0
+    return DriftResult(drift_share=share, columns=table, prediction=prediction, snapshot=snapshot)
+
+
+@dataclass
+class DriftDecision:
+    """Whether to retrain, why, and the evidence."""
+
+    retrain: bool
+    reason: str
+    champion_version: str | None
+    result: DriftResult | None = None
+
+
+def check_against_champion(
+    features: pd.DataFrame,
+    model_name: str,
+    tracking_uri: str,
+    *,
+    alias: str = "champion",
+    window: str = "1D",
+    max_drift_share: float = 0.5,
+    force: bool = False,
+) -> DriftDecision:
+    """Compare the latest ``window`` of ``features`` with the champion's training reference.
+
+    The reference is the sample of training rows stored with the champion
+    (``reference_sample.parquet`` on its model run); the champion itself scores both windows
+    for the prediction-drift part.
+
+    Raises:
+        FileNotFoundError: When the champion has no stored reference (registered before drift
+            checks existed): retrain with ``force=True`` to give it one.
+    """
+    import mlflow
+
+    from aiops.model import DetectorBundle
+    from aiops.publish import REFERENCE_ARTIFACT
+    from aiops.pyfunc import bundle_dir
+    from aiops.registry import alias_version, configure, mlflow_client
+
+    configure(tracking_uri)
+    version = alias_version(model_name, alias, tracking_uri)
+    if version is None:
+        return DriftDecision(True, f"no {alias} for {model_name} yet: train one", None)
+    client = mlflow_client(tracking_uri)
+    model_run = client.get_model_version(model_name, version).tags.get("model_run_id", "")
+    names = {a.path for a in client.list_artifacts(model_run)} if model_run else set()
+    if REFERENCE_ARTIFACT not in names:
+        raise FileNotFoundError(
+            f"{model_name} v{version} stores no {REFERENCE_ARTIFACT}; retrain with force=True to give the "
+            f"champion a drift reference"
+        )
+    reference = pd.read_parquet(client.download_artifacts(model_run, REFERENCE_ARTIFACT))
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{model_name}/{version}"))
+    bundle = DetectorBundle.load(bundle_dir(local))
+    latest = features["timestamp"].max()
+    current = features[features["timestamp"] > latest - pd.Timedelta(window)].reset_index(drop=True)
+    with np.errstate(all="ignore"):
+        result = drift_report(
+            reference,
+            current,
+            bundle.contract.signals,
+            reference_scores=bundle.score(reference),
+            current_scores=bundle.score(current),
+            threshold=bundle.threshold,
+        )
+    drifted = result.drifted(max_drift_share)
+    reason = (
+        f"drift share {result.drift_share:.2f} {'>' if drifted else '<='} {max_drift_share:.2f} over the "
+        f"last {window} vs {model_name} v{version}'s training reference"
+    )
+    if force and not drifted:
+        reason += "; retraining forced"
+    return DriftDecision(force or drifted, reason, version, result)
+
+
+DRIFT_EXPERIMENT = "aiops-drift-checks"
+
+
+def log_drift_check(
+    decision: DriftDecision,
+    tracking_uri: str,
+    model_name: str,
+    window: str,
+    max_drift_share: float,
+    report_html: str | Path | None = None,
+) -> str:
+    """Record a drift check in MLflow (one run per check); return the run id."""
+    import mlflow
+
+    from aiops.registry import configure, ensure_experiment
+
+    configure(tracking_uri)
+    experiment_id = ensure_experiment(DRIFT_EXPERIMENT, tracking_uri)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"drift {model_name}") as run:
+        mlflow.log_params(
+            {
+                "model_name": model_name,
+                "champion_version": decision.champion_version or "none",
+                "window": window,
+                "max_drift_share": max_drift_share,
+            }
+        )
+        mlflow.set_tags({"decision": "retrain" if decision.retrain else "keep", "reason": decision.reason})
+        if decision.result is not None:
+            mlflow.log_metric("drift_share", decision.result.drift_share)
+            mlflow.log_metrics({k: float(v) for k, v in decision.result.prediction.items()})
+            mlflow.log_text(decision.result.columns.to_csv(index=False), "drift_columns.csv")
+        if report_html is not None and Path(report_html).exists():
+            mlflow.log_artifact(str(report_html), artifact_path="report")
+    return str(run.info.run_id)
