@@ -12,13 +12,14 @@ export MLFLOW_DISABLE_TELEMETRY := true
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
 
-$(STAMP): requirements.lock pyproject.toml
+$(STAMP): requirements.lock requirements-nodeps.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install CPython 3.11 or set PYTHON=..."; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade "pip==25.3"
 	# torch first and exactly: a looser request would pull several GB of CUDA wheels.
 	$(BIN)/pip install --quiet "torch==2.13.0"
 	$(BIN)/pip install --quiet -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps -r requirements-nodeps.txt
 	$(BIN)/pip install --quiet --no-deps -e .
 	@touch $(STAMP)
 
@@ -53,7 +54,7 @@ lock: ## Re-resolve requirements.lock from pyproject.toml in a scratch venv
 	/tmp/aiops-lock/bin/pip install --quiet "torch==2.13.0" && /tmp/aiops-lock/bin/pip install --quiet ".[dev]"
 	{ echo "# Full lock of the development and runtime environment (CPython 3.11, x86_64)."; \
 	  echo "# Regenerate with: make lock   (after changing pyproject.toml)"; \
-	  /tmp/aiops-lock/bin/pip freeze --exclude aiops-selfheal; } > requirements.lock
+	  /tmp/aiops-lock/bin/pip freeze --exclude aiops-selfheal --exclude drain3; } > requirements.lock
 
 clean: ## Remove build outputs and local pipeline outputs (keeps mlruns/)
 	rm -rf build .kfp_local .pytest_cache .ruff_cache .mypy_cache
