@@ -14,12 +14,14 @@ import typer
 
 from aiops.benchmark_cli import benchmark_app
 from aiops.models_cli import models_app
+from aiops.schedule_cli import schedule_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 run_app = typer.Typer(no_args_is_help=True, help="Run a pipeline end to end with the local KFP runner.")
 app.add_typer(run_app, name="run")
 app.add_typer(benchmark_app, name="benchmark")
 app.add_typer(models_app, name="models")
+app.add_typer(schedule_app, name="schedule")
 
 
 def _fail(message: str) -> None:
@@ -146,7 +148,119 @@ def run_training(
     _print_summary(uri, model_name, str(version), wall)
 
 
-def _print_summary(uri: str, model_name: str, version: str, wall: float) -> None:
+@run_app.command("retraining")
+def run_retraining(
+    source: Annotated[str, typer.Option(help="Telemetry source of the recent window.")] = "synthetic",
+    data: Annotated[Path | None, typer.Option(help="Folder of recorded data (nezha).")] = None,
+    prometheus_url: Annotated[str, typer.Option(help="Prometheus/thanos-querier URL.")] = "",
+    start: Annotated[str, typer.Option(help="Synthetic: first simulated instant (ISO 8601 UTC).")] = (
+        "2026-01-09T00:00:00Z"
+    ),
+    end: Annotated[str, typer.Option(help="Prometheus: end of the window (default now).")] = "",
+    duration: Annotated[str, typer.Option(help="Length of the window read (and retrained on).")] = "4D",
+    concept_drift: Annotated[
+        str, typer.Option(help="Synthetic: drift to simulate (workload_doubles, daily_shift), or ''.")
+    ] = "",
+    drift_start: Annotated[str, typer.Option(help="Synthetic: when the drift begins, after --start.")] = "2D",
+    drift_window: Annotated[
+        str, typer.Option(help="Latest span compared with the champion's reference.")
+    ] = "1D",
+    max_drift_share: Annotated[
+        float, typer.Option(help="Retrain when more columns than this share drifted.")
+    ] = 0.5,
+    force: Annotated[bool, typer.Option(help="Retrain whatever the drift check says.")] = False,
+    model_name: Annotated[str, typer.Option(help="Registered model name.")] = "aiops-anomaly-detector",
+    tracking_uri: Annotated[str, typer.Option(help="MLflow tracking URI (default: ./mlruns).")] = "",
+    pipeline_root: Annotated[Path, typer.Option(help="Where the local runner keeps task outputs.")] = Path(
+        ".kfp_local"
+    ),
+    param: Annotated[
+        list[str] | None, typer.Option(help="Any other pipeline parameter as key=value.")
+    ] = None,
+) -> None:
+    """Check a recent window for drift against the champion; retrain, gate and register if it drifted."""
+    from aiops import registry
+    from aiops.ingest import check_source
+    from pipelines.runner import git_commit, run_local
+
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    try:
+        check_source(source, str(data.resolve()) if data else "", prometheus_url)
+    except ValueError as exc:
+        _fail(str(exc))
+    uri = registry.resolve_tracking_uri(tracking_uri, Path.cwd())
+    before = {v.version for v in _versions(model_name, uri)}
+    typer.secho(
+        f"Retraining pipeline: source={source}, window {duration}, drift check over the last {drift_window}",
+        bold=True,
+    )
+    started = time.perf_counter()
+    try:
+        task = run_local(
+            "retraining",
+            {
+                "source": source,
+                "data_path": str(data.resolve()) if data else "",
+                "prometheus_url": prometheus_url,
+                "start": start if source == "synthetic" else "",
+                "end": end,
+                "duration": duration,
+                "concept_drift": concept_drift,
+                "drift_start": drift_start,
+                "drift_window": drift_window,
+                "max_drift_share": max_drift_share,
+                "force": force,
+                "model_name": model_name,
+                "mlflow_tracking_uri": uri,
+                "git_commit": git_commit(Path.cwd()),
+                "image": "local (this virtualenv)",
+                **_parse_params(param or []),
+            },
+            pipeline_root,
+        )
+    except RuntimeError as exc:
+        _fail(f"the retraining pipeline failed; the failing task's log is above. ({exc})")
+    wall = time.perf_counter() - started
+    new = sorted(
+        (v for v in _versions(model_name, uri) if v.version not in before), key=lambda v: int(v.version)
+    )
+    retrained = bool(getattr(task, "output", False))
+    typer.secho(f"\nRetraining pipeline finished in {wall:.1f} s", bold=True, fg=typer.colors.GREEN)
+    typer.echo(f"  drift     {_last_drift_reason(uri)}")
+    if retrained and new:
+        _print_summary(uri, model_name, new[-1].version, wall, header=False)
+    else:
+        typer.echo(
+            f"  model     not retrained; champion stays {registry.alias_version(model_name, 'champion', uri)}"
+        )
+
+
+def _versions(model_name: str, uri: str) -> list[Any]:
+    from mlflow.exceptions import MlflowException
+
+    from aiops.registry import list_versions
+
+    try:
+        return list_versions(model_name, uri)
+    except MlflowException:
+        return []  # no such model yet
+
+
+def _last_drift_reason(uri: str) -> str:
+    from aiops.drift import DRIFT_EXPERIMENT
+    from aiops.registry import mlflow_client
+
+    client = mlflow_client(uri)
+    experiment = client.get_experiment_by_name(DRIFT_EXPERIMENT)
+    if experiment is None:
+        return "no drift check recorded"
+    [run] = client.search_runs(
+        [experiment.experiment_id], order_by=["attributes.start_time DESC"], max_results=1
+    )
+    return f"{run.data.tags.get('decision', '?')}: {run.data.tags.get('reason', '')}"
+
+
+def _print_summary(uri: str, model_name: str, version: str, wall: float, header: bool = True) -> None:
     from aiops.registry import CHAMPION, mlflow_client
 
     client = mlflow_client(uri)
@@ -163,7 +277,8 @@ def _print_summary(uri: str, model_name: str, version: str, wall: float) -> None
     def pct(key: str) -> str:
         return f"{m.get(key, float('nan')):.3f}"
 
-    typer.secho(f"\nTraining pipeline finished in {wall:.1f} s", bold=True, fg=typer.colors.GREEN)
+    if header:
+        typer.secho(f"\nTraining pipeline finished in {wall:.1f} s", bold=True, fg=typer.colors.GREEN)
     typer.echo(
         f"  data      {int(float(tags.get('lineage.data_rows', 0))):,} rows, "
         f"hash {tags.get('lineage.dataset_hash', '?')[:12]}, source {tags.get('lineage.source', '?')}"

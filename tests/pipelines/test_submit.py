@@ -115,3 +115,99 @@ def test_cli_submit_reads_the_token_from_the_environment(kfp_api, monkeypatch):
 def test_cli_rejects_unknown_pipeline():
     result = CliRunner().invoke(app, ["submit", "nope", "--host", "http://127.0.0.1:1"])
     assert result.exit_code == 2 and "unknown pipeline 'nope'" in result.output
+
+
+# --------------------------------------------------------------------------- recurring runs
+
+
+def _recurring_handlers():
+    """Extend the recorded API with the v2beta1 recurring-run calls."""
+    original_get, original_post = _RecordedKfpApi.do_GET, _RecordedKfpApi.do_POST
+
+    def do_post(self):
+        if self.path == "/apis/v2beta1/recurringruns":
+            entry = self._record()
+            self._reply(
+                200,
+                {
+                    "recurring_run_id": "rr-1",
+                    "display_name": entry["body"]["display_name"],
+                    "status": "ENABLED",
+                },
+            )
+        else:
+            original_post(self)
+
+    def do_get(self):
+        if self.path.startswith("/apis/v2beta1/recurringruns"):
+            self._record()
+            self._reply(
+                200,
+                {
+                    "recurringRuns": [
+                        {
+                            "recurring_run_id": "rr-1",
+                            "display_name": "aiops-retraining-weekly",
+                            "status": "ENABLED",
+                            "trigger": {"cron_schedule": {"cron": "0 0 2 * * 0"}},
+                        }
+                    ],
+                    "total_size": 1,
+                },
+            )
+        else:
+            original_get(self)
+
+    def do_delete(self):
+        self._record()
+        self._reply(200, {})
+
+    return do_get, do_post, do_delete
+
+
+def test_schedule_retraining_creates_a_recurring_run(kfp_api, monkeypatch):
+    do_get, do_post, do_delete = _recurring_handlers()
+    monkeypatch.setattr(_RecordedKfpApi, "do_GET", do_get)
+    monkeypatch.setattr(_RecordedKfpApi, "do_POST", do_post)
+    monkeypatch.setattr(_RecordedKfpApi, "do_DELETE", do_delete, raising=False)
+    monkeypatch.setenv("KFP_TOKEN", "sched-token")
+    host, requests = kfp_api
+    runner = CliRunner()
+    result = runner.invoke(
+        app,
+        [
+            "schedule",
+            "retraining",
+            "--cron",
+            "0 2 * * 0",
+            "--host",
+            host,
+            "--job-name",
+            "aiops-retraining-weekly",
+            "--param",
+            "max_drift_share=0.4",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "recurring run rr-1" in result.output
+    [created] = [r for r in requests if r["method"] == "POST" and r["path"].endswith("/recurringruns")]
+    body = created["body"]
+    assert created["auth"] == "Bearer sched-token"
+    assert body["trigger"]["cron_schedule"]["cron"] == "0 0 2 * * 0", "KFP takes six cron fields"
+    assert body["max_concurrency"] == "1" or body["max_concurrency"] == 1
+    assert body["no_catchup"] is True
+    assert body["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == "aiops-retraining"
+    assert body["runtime_config"]["parameters"]["max_drift_share"] == 0.4
+    listed = runner.invoke(app, ["schedule", "list", "--host", host])
+    assert listed.exit_code == 0 and "rr-1" in listed.output and "0 0 2 * * 0" in listed.output
+    deleted = runner.invoke(app, ["schedule", "delete", "rr-1", "--host", host])
+    assert deleted.exit_code == 0 and any(
+        r["method"] == "DELETE" and r["path"].endswith("/rr-1") for r in requests
+    )
+
+
+def test_schedule_rejects_a_bad_cron():
+    result = CliRunner().invoke(
+        app, ["schedule", "retraining", "--cron", "every sunday", "--host", "http://127.0.0.1:1"]
+    )
+    assert result.exit_code == 2 and "expected 5" in result.output
