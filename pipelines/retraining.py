@@ -38,7 +38,7 @@ def retraining_pipeline(
     image: str = PIPELINE_IMAGE,
 ) -> bool:
     """Retraining pipeline; returns whether it retrained (the reason is in MLflow and the dashboard)."""
-    telemetry, validate, features = ingest_validate_features(
+    telemetry, validate, store = ingest_validate_features(
         source,
         data_path,
         prometheus_url,
@@ -53,7 +53,7 @@ def retraining_pipeline(
         drift_start=drift_start,
     )
     drift = check_drift(
-        features=features.outputs["features"],
+        features=store.outputs["training"],
         model_name=model_name,
         tracking_uri=mlflow_tracking_uri,
         window=drift_window,
@@ -65,10 +65,11 @@ def retraining_pipeline(
     with dsl.If(drift.outputs["Output"] == True, name="drifted or forced"):  # noqa: E712 - a KFP condition, not Python
         train_and_register(
             telemetry=telemetry,
-            features=features.outputs["features"],
+            features=store.outputs["training"],
             dataset_hash=validate.outputs["dataset_hash"],
             data_rows=validate.outputs["rows"],
             source=source,
+            feature_service=store.outputs["Output"],
             seed=seed,
             forecaster=forecaster,
             lstm_epochs=lstm_epochs,

@@ -2,6 +2,7 @@ from kfp import dsl
 from kfp.dsl import Dataset, Input
 
 from components.evaluate import evaluate_detector
+from components.feature_store import sync_feature_store
 from components.features import build_features
 from components.image import PIPELINE_IMAGE
 from components.ingest import ingest_telemetry
@@ -26,6 +27,7 @@ def train_and_register(
     dataset_hash: str,
     data_rows: int,
     source: str,
+    feature_service: str = "in-pipeline (aiops.features)",
     seed: int = 42,
     validation_fraction: float = 0.2,
     test_fraction: float = 0.25,
@@ -98,6 +100,7 @@ def train_and_register(
         data_rows=data_rows,
         source=source,
         seed=seed,
+        feature_service=feature_service,
         model_name=model_name,
         experiment=experiment,
         tracking_uri=mlflow_tracking_uri,
@@ -127,7 +130,11 @@ def ingest_validate_features(
     concept_drift: str = "",
     drift_start: str = "0min",
 ):
-    """The entry steps both pipelines share (a plain helper: called inside a pipeline body)."""
+    """The entry steps both pipelines share (a plain helper: called inside a pipeline body).
+
+    Returns the telemetry artifact, the validate task and the feature-store task, whose
+    ``training`` output is the table read back from Feast (point-in-time) that training uses.
+    """
     ingest = ingest_telemetry(
         source=source,
         data_path=data_path,
@@ -146,7 +153,8 @@ def ingest_validate_features(
     telemetry = ingest.outputs["telemetry"]
     validate = validate_telemetry(telemetry=telemetry).set_display_name("validate")
     features = build_features(telemetry=telemetry).after(validate).set_display_name("features")
-    return telemetry, validate, features
+    store = sync_feature_store(features=features.outputs["features"]).set_display_name("feature store")
+    return telemetry, validate, store
 
 
 @dsl.pipeline(
@@ -188,15 +196,16 @@ def training_pipeline(
 
     ``image`` is only recorded as lineage; the image that runs is fixed at compile time.
     """
-    telemetry, validate, features = ingest_validate_features(
+    telemetry, validate, store = ingest_validate_features(
         source, data_path, prometheus_url, prometheus_catalog, end, seed, duration, step, n_anomalies
     )
     trained = train_and_register(
         telemetry=telemetry,
-        features=features.outputs["features"],
+        features=store.outputs["training"],
         dataset_hash=validate.outputs["dataset_hash"],
         data_rows=validate.outputs["rows"],
         source=source,
+        feature_service=store.outputs["Output"],
         seed=seed,
         validation_fraction=validation_fraction,
         test_fraction=test_fraction,
