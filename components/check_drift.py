@@ -15,6 +15,7 @@ def check_drift(
     window: str = "1D",
     max_drift_share: float = 0.5,
     force: bool = False,
+    job: str = "aiops-retraining",
 ) -> bool:
     """Compare the latest window with the champion's training reference (Evidently); True = retrain.
 
@@ -26,6 +27,7 @@ def check_drift(
 
     from aiops.drift import check_against_champion, log_drift_check
     from aiops.features import load_features
+    from aiops.monitoring import DRIFT_SHARE, push_run_metrics
 
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
     if not uri:
@@ -47,4 +49,6 @@ def check_drift(
             f"## Drift check\n\n**{'retrain' if result.retrain else 'keep the champion'}**: {result.reason}\n"
         )
     log_drift_check(result, uri, model_name, window, max_drift_share, report_html=report.path)
+    if result.result is not None:  # pushed when AIOPS_PUSHGATEWAY_URL is set
+        push_run_metrics(job, {DRIFT_SHARE: result.result.drift_share}, grouping_key={"step": "check-drift"})
     return result.retrain

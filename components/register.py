@@ -27,6 +27,8 @@ def register_model(
     kfp_run_id: str = "local",
     git_commit: str = "unknown",
     image: str = "local",
+    job: str = "aiops-training",
+    pipeline_started_at: str = "",
 ) -> NamedTuple(
     "Registered", model_name=str, version=str, aliases=str, promoted=bool, run_id=str, reason=str
 ):
@@ -43,6 +45,7 @@ def register_model(
     from collections import namedtuple
 
     from aiops.features import load_features
+    from aiops.monitoring import report_registration
     from aiops.publish import Lineage, publish_detector
     from aiops.telemetry import Telemetry
 
@@ -75,6 +78,16 @@ def register_model(
         reference=load_features(train.path)[0],
     )
     reg = result.registration
+    # Run metrics for the Pushgateway (when AIOPS_PUSHGATEWAY_URL is set; otherwise a no-op).
+    report_registration(
+        job,
+        reg.name,
+        reg.version,
+        reg.challenger_metrics,
+        reg.decision.promote,
+        data_rows,
+        pipeline_started_at,
+    )
     out = namedtuple("Registered", ["model_name", "version", "aliases", "promoted", "run_id", "reason"])
     return out(
         reg.name, reg.version, ",".join(reg.aliases), reg.decision.promote, result.run_id, reg.decision.reason

@@ -59,6 +59,21 @@ def with_prometheus_credentials(task: PipelineTask) -> PipelineTask:
     return task
 
 
+#: ConfigMap with key AIOPS_PUSHGATEWAY_URL (optional: without it nothing is pushed).
+MONITORING_CONFIGMAP = "aiops-monitoring"
+
+
+def with_pushgateway(task: PipelineTask) -> PipelineTask:
+    """Tell a step where the Pushgateway is, when the platform has one."""
+    kubernetes.use_config_map_as_env(
+        task,
+        config_map_name=MONITORING_CONFIGMAP,
+        config_map_key_to_env={"AIOPS_PUSHGATEWAY_URL": "AIOPS_PUSHGATEWAY_URL"},
+        optional=True,
+    )
+    return task
+
+
 def on_gpu(task: PipelineTask, count: int = 1) -> PipelineTask:
     """Request GPUs and tolerate the taint OpenShift AI puts on GPU nodes."""
     task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(count)

@@ -2,7 +2,7 @@ from kfp import dsl
 
 from components.check_drift import check_drift
 from components.image import PIPELINE_IMAGE
-from pipelines.cluster import with_mlflow_credentials
+from pipelines.cluster import with_mlflow_credentials, with_pushgateway
 from pipelines.training import ingest_validate_features, train_and_register
 
 
@@ -62,6 +62,7 @@ def retraining_pipeline(
     ).set_display_name("drift check")
     drift.set_caching_options(False)
     with_mlflow_credentials(drift)
+    with_pushgateway(drift)
     with dsl.If(drift.outputs["Output"] == True, name="drifted or forced"):  # noqa: E712 - a KFP condition, not Python
         train_and_register(
             telemetry=telemetry,
@@ -80,5 +81,6 @@ def retraining_pipeline(
             promotion_margin=promotion_margin,
             git_commit=git_commit,
             image=image,
+            job="aiops-retraining",
         ).set_display_name("train and register")
     return drift.outputs["Output"]

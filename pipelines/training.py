@@ -13,7 +13,13 @@ from components.train_forecast import train_forecast
 from components.train_isolation_forest import train_isolation_forest
 from components.train_lstm_autoencoder import train_lstm_autoencoder
 from components.validate import validate_telemetry
-from pipelines.cluster import on_gpu, sized, with_mlflow_credentials, with_prometheus_credentials
+from pipelines.cluster import (
+    on_gpu,
+    sized,
+    with_mlflow_credentials,
+    with_prometheus_credentials,
+    with_pushgateway,
+)
 
 
 @dsl.pipeline(
@@ -47,6 +53,7 @@ def train_and_register(
     promotion_guards: dict = {"event_precision": 0.05},  # noqa: B006 - KFP literal default
     git_commit: str = "unknown",
     image: str = PIPELINE_IMAGE,
+    job: str = "aiops-training",
 ) -> str:
     """The training sub-DAG shared by the training and retraining pipelines; returns the version."""
     split = split_by_time(
@@ -110,9 +117,12 @@ def train_and_register(
         kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
         git_commit=git_commit,
         image=image,
+        job=job,
+        pipeline_started_at=dsl.PIPELINE_JOB_CREATE_TIME_UTC_PLACEHOLDER,
     ).set_display_name("register")
     register.set_caching_options(False)
     with_mlflow_credentials(register)
+    with_pushgateway(register)
     return register.outputs["version"]
 
 

@@ -37,6 +37,7 @@ import time
 import urllib.error
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -409,3 +410,49 @@ def write_prometheus_rule(rules_path: str | Path, out_path: str | Path, **kwargs
         source = rules_path.name
     out_path.write_text(render_prometheus_rule(manifest, source=source))
     return out_path
+
+
+# --------------------------------------------------------------------------- what the pipeline steps push
+
+_PUSHED_MODEL_METRICS = ("event_f1", "event_precision", "event_recall", "point_f1", "point_precision")
+
+
+def _seconds_since(started_at: str) -> float:
+    """Seconds since an ISO 8601 instant; NaN (left out of the push) when it cannot be parsed.
+
+    On a cluster the instant is KFP's pipeline creation time; the local runner leaves that
+    placeholder unresolved, so a local run pushes no duration rather than a wrong one.
+    """
+    try:
+        started = datetime.fromisoformat(started_at.replace("Z", "+00:00"))
+    except ValueError:
+        return float("nan")
+    if started.tzinfo is None:
+        started = started.replace(tzinfo=UTC)
+    return time.time() - started.timestamp()
+
+
+def report_registration(
+    job: str,
+    model: str,
+    version: str,
+    metrics: Mapping[str, float],
+    promoted: bool,
+    rows: int,
+    started_at: str = "",
+) -> bool:
+    """Push what the register step knows about its run.
+
+    That is: the run succeeded, the new version's test metrics, and the promotion time when the
+    gate promoted it (the champion-age alert reads it).
+    """
+    samples = pipeline_run_metrics(True, _seconds_since(started_at), rows)
+    samples += model_metric_samples(
+        model,
+        version,
+        {k: float(v) for k, v in metrics.items() if k in _PUSHED_MODEL_METRICS},
+        alias="challenger",
+    )
+    if promoted:
+        samples.append(champion_sample(model, version, time.time()))
+    return push_run_metrics(job, samples, grouping_key={"step": "register"})

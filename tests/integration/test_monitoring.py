@@ -513,3 +513,32 @@ def test_dashboard_queries_run_on_prometheus(stack: Stack) -> None:
             expr = expr.replace(variable, value)
         assert "$" not in expr, f"panel '{title}' uses a variable the test does not know: {expr}"
         _query(stack.prometheus, expr)  # raises with Prometheus' parse error
+
+
+@pytest.mark.integration
+def test_register_step_outcome_reaches_prometheus(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the pipeline's register step pushes, read back from Prometheus scraping the Pushgateway."""
+    from aiops.monitoring import report_registration
+
+    monkeypatch.setenv(PUSHGATEWAY_URL_ENV, stack.pushgateway)
+    started = "2026-01-01T00:00:00Z"
+    metrics = {"event_f1": 0.8, "event_precision": 0.9, "windows": 12.0}  # windows is not pushed
+    assert report_registration(
+        "t-register", "det", "3", metrics, promoted=True, rows=1234, started_at=started
+    )
+
+    def pushed() -> dict | None:
+        found = _series(stack.prometheus, '{job="t-register"}')
+        return found if len(found) >= 7 else None
+
+    got = {
+        (name, dict(labels).get("metric", "")): value for (name, labels), value in _eventually(pushed).items()
+    }
+    assert got[(PIPELINE_SUCCESS, "")] == 1.0 and got[(PIPELINE_ROWS, "")] == 1234.0
+    assert got[(PIPELINE_DURATION, "")] > 0  # seconds since the (cluster-provided) pipeline start
+    assert got[(MODEL_METRIC, "event_f1")] == 0.8 and (MODEL_METRIC, "windows") not in got
+    assert got[(CHAMPION_PROMOTED, "")] > 1.7e9
+    # the local runner leaves KFP's creation-time placeholder unresolved: no duration, no crash
+    assert report_registration(
+        "t-local", "det", "4", metrics, False, 10, "{{$.pipeline_job_create_time_utc}}"
+    )

@@ -35,7 +35,9 @@ def test_training_pipeline_runs_end_to_end(tmp_path):
     run = client.get_run(champion.tags["pipeline_run_id"])  # the pipeline-level (parent) run
     assert len(run.data.tags["lineage.dataset_hash"]) == 64
     assert run.data.tags["lineage.kfp_run_id"] not in ("", "local")
-    assert run.data.tags["lineage.feature_service"].startswith("anomaly_detector_v")  # read back through Feast
+    assert run.data.tags["lineage.feature_service"].startswith(
+        "anomaly_detector_v"
+    )  # read back through Feast
     assert int(run.data.tags["lineage.data_rows"]) > 1000
     assert {"test_event_f1", "test_point_f1", "test_forecast.event_f1", "test_forecast_mape"} <= set(
         run.data.metrics
