@@ -119,3 +119,34 @@ def rollback_model(
     except (ValueError, MlflowException) as exc:
         _fail(str(getattr(exc, "message", exc)))
     typer.echo(f"{name}: champion rolled back from version {demoted} to {restored}; reason recorded")
+
+
+@models_app.command("performance")
+def track_performance(
+    name: str,
+    predictions: Annotated[
+        Path, typer.Option(help="Parquet of served predictions: timestamp, keys, model_version, score, flag.")
+    ],
+    labels: Annotated[Path, typer.Option(help="Parquet of outcome labels (canonical label table).")],
+    period: Annotated[str, typer.Option(help="Scoring period (pandas offset).")] = "1D",
+    tracking_uri: TrackingUri = "",
+) -> None:
+    """Precision/recall of the served versions over time, from outcome labels; logged to MLflow."""
+    import pandas as pd
+
+    from aiops.performance import log_performance, score_periods
+    from aiops.schema import SchemaError
+
+    try:
+        scores = score_periods(pd.read_parquet(predictions), pd.read_parquet(labels), period)
+    except (SchemaError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    runs = log_performance(scores, name, _uri(tracking_uri), period)
+    typer.echo(f"{'version':>7}  {'period':<26} {'rows':>7} {'event P':>8} {'event R':>8} {'event F1':>8}")
+    for s in scores:
+        m = s.metrics
+        typer.echo(
+            f"{s.model_version:>7}  {s.period_start.isoformat():<26} {s.rows:>7} "
+            f"{m['event_precision']:>8.3f} {m['event_recall']:>8.3f} {m['event_f1']:>8.3f}"
+        )
+    typer.echo(f"logged to MLflow experiment aiops-model-performance: {runs}")
