@@ -7,6 +7,7 @@ from components.features import build_features
 from components.image import PIPELINE_IMAGE
 from components.ingest import ingest_telemetry
 from components.register import register_model
+from components.rollout import canary_rollout
 from components.split import split_by_time
 from components.train_ensemble import train_ensemble
 from components.train_forecast import train_forecast
@@ -201,8 +202,16 @@ def training_pipeline(
     promotion_guards: dict = {"event_precision": 0.05},  # noqa: B006 - KFP literal default
     git_commit: str = "unknown",
     image: str = PIPELINE_IMAGE,
+    deploy: bool = False,
+    rollout_mode: str = "local",
+    canary_percent: int = 30,
+    rollout_namespace: str = "",
+    rollout_prometheus_url: str = "",
 ) -> str:
     """Training pipeline; returns the registered model version.
+
+    With ``deploy=True`` the new version then goes through a canary rollout (promoted or rolled
+    back on measured evidence; see ``serving.rollout``).
 
     ``image`` is only recorded as lineage; the image that runs is fixed at compile time.
     """
@@ -236,4 +245,17 @@ def training_pipeline(
         git_commit=git_commit,
         image=image,
     ).set_display_name("train and register")
+    with dsl.If(deploy == True, name="deploy"):  # noqa: E712 - a KFP condition, not Python
+        rollout = canary_rollout(
+            features=store.outputs["training"],
+            version=trained.output,
+            model_name=model_name,
+            tracking_uri=mlflow_tracking_uri,
+            canary_percent=canary_percent,
+            mode=rollout_mode,
+            namespace=rollout_namespace,
+            prometheus_url=rollout_prometheus_url,
+        ).set_display_name("canary rollout")
+        rollout.set_caching_options(False)
+        with_mlflow_credentials(rollout)
     return trained.output

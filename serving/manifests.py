@@ -109,7 +109,7 @@ def serving_runtime(image: str, name: str = RUNTIME_NAME, namespace: str | None 
         name="kserve-container",
         image=image,
         command=["python", "-m", "serving"],
-        args=["--model", "/mnt/models", "--port", str(HTTP_PORT), "--name", "{{.Name}}"],
+        args=["--model", "/mnt/models", "--port", str(HTTP_PORT), "--host", "0.0.0.0", "--name", "{{.Name}}"],
         ports=[V1ContainerPort(container_port=HTTP_PORT, protocol="TCP")],
         readiness_probe=_probe("/v2/health/ready"),
         liveness_probe=_probe("/v2/health/live"),

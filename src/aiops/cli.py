@@ -90,6 +90,12 @@ def run_training(
     param: Annotated[
         list[str] | None, typer.Option(help="Any other pipeline parameter as key=value; repeatable.")
     ] = None,
+    deploy: Annotated[
+        bool,
+        typer.Option(
+            help="Then roll the new version out as a canary beside the champion (real model servers)."
+        ),
+    ] = False,
 ) -> None:
     """Train, evaluate and register a detector locally (the same DAG as on the cluster)."""
     from aiops import registry
@@ -137,6 +143,7 @@ def run_training(
                 "git_commit": git_commit(Path.cwd()),
                 "image": "local (this virtualenv)",
                 "threshold_policy": threshold_policy,
+                "deploy": deploy,
                 **_parse_params(param or []),
             },
             pipeline_root,
@@ -291,6 +298,9 @@ def _print_summary(uri: str, model_name: str, version: str, wall: float, header:
     typer.echo(f"  model     {model_name} version {version}, aliases: {', '.join(on_this) or '-'}")
     typer.echo(f"  champion  version {champion} ({tags.get('gate.reason', '')})")
     typer.echo(f"  run       {run_id} (experiment {run.info.experiment_id})")
+    if "rollout.decision" in mv.tags:
+        typer.echo(f"  rollout   {mv.tags['rollout.decision']}: {mv.tags.get('rollout.reason', '')}")
+        typer.echo(f"  serve     .venv/bin/aiops serve --model models:/{model_name}@champion --port 8080")
     if uri.startswith("sqlite:///"):
         typer.echo(
             f"  MLflow UI .venv/bin/mlflow ui --backend-store-uri {uri} --port 5000  (then open http://127.0.0.1:5000)"

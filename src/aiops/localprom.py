@@ -78,11 +78,33 @@ def _wait_ready(url: str, process: subprocess.Popen, log: Path, timeout_s: float
 
 
 @contextlib.contextmanager
-def serve(data: Path, workdir: Path, lookback: str = SCRAPE, timeout_s: float = 30.0) -> Iterator[str]:
-    """Run Prometheus over the TSDB in ``data``; yield its URL; stop it on exit."""
+def serve(
+    data: Path,
+    workdir: Path,
+    lookback: str = SCRAPE,
+    timeout_s: float = 30.0,
+    scrape_targets: dict[str, list[str]] | None = None,
+    scrape_interval: str = "30s",
+) -> Iterator[str]:
+    """Run Prometheus over the TSDB in ``data``; yield its URL; stop it on exit.
+
+    Args:
+        data: TSDB folder (backfilled blocks, or empty for a scraping Prometheus).
+        workdir: Folder for the config and the log.
+        lookback: ``--query.lookback-delta``.
+        timeout_s: How long to wait for readiness.
+        scrape_targets: Job name -> ``host:port`` targets to scrape (``None``: scrape nothing,
+            serve only the backfilled data).
+        scrape_interval: Scrape interval of those jobs.
+    """
     prometheus, _ = binaries()
     config = workdir / "prometheus.yml"
-    config.write_text("global:\n  scrape_interval: 30s\n")  # no scrape targets: only the backfilled data
+    lines = [f"global:\n  scrape_interval: {scrape_interval}\n"]
+    if scrape_targets:
+        lines.append("scrape_configs:\n")
+        for job, targets in scrape_targets.items():
+            lines.append(f"  - job_name: {job}\n    static_configs:\n      - targets: {list(targets)}\n")
+    config.write_text("".join(lines))
     url = f"http://127.0.0.1:{free_port()}"
     log = workdir / "prometheus.log"
     with log.open("w") as out:

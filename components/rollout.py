@@ -1,0 +1,77 @@
+from kfp import dsl
+from kfp.dsl import Dataset, Input
+
+from components.image import PIPELINE_IMAGE
+
+
+@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
+def canary_rollout(
+    features: Input[Dataset],
+    version: str,
+    model_name: str = "aiops-anomaly-detector",
+    tracking_uri: str = "",
+    canary_percent: int = 30,
+    requests: int = 600,
+    mode: str = "local",
+    namespace: str = "",
+    service_name: str = "aiops-anomaly-detector",
+    deployment_mode: str = "RawDeployment",
+    prometheus_url: str = "",
+    analysis_window: str = "15m",
+) -> bool:
+    """Roll ``version`` out as a canary beside the champion; promote or roll back on the evidence.
+
+    ``mode='local'``: two real model servers on this machine and a Prometheus scraping them,
+    replaying the latest feature rows as traffic. ``mode='cluster'``: KServeClient updates the
+    InferenceService (Serverless: ``canaryTrafficPercent``; RawDeployment: a second service behind
+    a weighted Route) and the evidence comes from ``prometheus_url`` over ``analysis_window``.
+    Returns True when the canary was promoted. The decision is recorded in MLflow either way.
+    """
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from aiops.canary import CanaryPolicy
+    from aiops.features import load_features
+    from aiops.registry import alias_version, mlflow_client
+    from serving.rollout import KServeCanary, run_cluster_rollout, run_local_rollout
+
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not uri:
+        raise ValueError("no MLflow tracking URI: pass tracking_uri or set MLFLOW_TRACKING_URI")
+    if mode == "local":
+        table, _ = load_features(features.path)
+        traffic = table[table["timestamp"] >= table["timestamp"].quantile(0.8)]
+        with tempfile.TemporaryDirectory() as tmp:
+            policy = CanaryPolicy(min_requests=min(200, requests // 5), min_rows=min(200, requests))
+            result = run_local_rollout(
+                model_name,
+                version,
+                traffic,
+                uri,
+                Path(tmp),
+                canary_percent=canary_percent,
+                requests=requests,
+                policy=policy,
+            )
+    elif mode == "cluster":
+        from serving.manifests import ServiceSpec
+
+        if not (namespace and prometheus_url):
+            raise ValueError("mode='cluster' needs namespace and prometheus_url")
+        client = mlflow_client(uri)
+        source = client.get_model_version(model_name, version).source
+        storage_uri = client.get_logged_model(source.rsplit("/", 1)[-1]).artifact_location
+        stable = alias_version(model_name, "champion", uri)
+        stable_source = client.get_model_version(model_name, stable).source if stable else source
+        stable_uri = client.get_logged_model(stable_source.rsplit("/", 1)[-1]).artifact_location
+        spec = ServiceSpec(
+            service_name, namespace, stable_uri, mode=deployment_mode, model_version=stable or version
+        )
+        canary = KServeCanary(spec, canary_percent, prometheus_url, analysis_window)
+        result = run_cluster_rollout(canary, model_name, version, storage_uri, stable or version, uri)
+    else:
+        raise ValueError(f"unknown rollout mode '{mode}'; choose 'local' or 'cluster'")
+    decision = "promoted" if result.promoted else "rolled back"
+    print(f"rollout of {model_name} v{version}: {decision}: {'; '.join(result.reasons)}")
+    return result.promoted
