@@ -19,7 +19,7 @@ def ingest_telemetry(
     start: str = "",
     concept_drift: str = "",
     drift_start: str = "0min",
-):
+) -> str:
     """Produce canonical telemetry (metrics, labels, events, logs) from an explicit source.
 
     - ``synthetic``: simulates a cluster from ``start`` (optional) and injects ``n_anomalies``
@@ -31,7 +31,11 @@ def ingest_telemetry(
       so the run can be evaluated.
 
     An unknown source, or one that cannot be read, fails here: nothing falls back to synthetic data.
+    Returns the UTC time the run started reading (later steps report the run's duration from it).
     """
+    from datetime import UTC, datetime
+
+    started_at = datetime.now(UTC).isoformat()
     from aiops.ingest import PrometheusRange, SyntheticSource, load_telemetry
 
     settings = SyntheticSource(
@@ -51,3 +55,4 @@ def ingest_telemetry(
     bundle = load_telemetry(source, data_path, settings, prometheus)
     bundle.save(telemetry.path)
     telemetry.metadata.update({"source": source, "rows": len(bundle.metrics), "labels": len(bundle.labels)})
+    return started_at

@@ -38,7 +38,7 @@ def retraining_pipeline(
     image: str = PIPELINE_IMAGE,
 ) -> bool:
     """Retraining pipeline; returns whether it retrained (the reason is in MLflow and the dashboard)."""
-    telemetry, validate, store = ingest_validate_features(
+    telemetry, validate, store, started_at = ingest_validate_features(
         source,
         data_path,
         prometheus_url,
@@ -82,5 +82,6 @@ def retraining_pipeline(
             git_commit=git_commit,
             image=image,
             job="aiops-retraining",
+            pipeline_started_at=started_at,
         ).set_display_name("train and register")
     return drift.outputs["Output"]

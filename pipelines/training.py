@@ -55,6 +55,7 @@ def train_and_register(
     git_commit: str = "unknown",
     image: str = PIPELINE_IMAGE,
     job: str = "aiops-training",
+    pipeline_started_at: str = "",
 ) -> str:
     """The training sub-DAG shared by the training and retraining pipelines; returns the version."""
     split = split_by_time(
@@ -119,7 +120,7 @@ def train_and_register(
         git_commit=git_commit,
         image=image,
         job=job,
-        pipeline_started_at=dsl.PIPELINE_JOB_CREATE_TIME_UTC_PLACEHOLDER,
+        pipeline_started_at=pipeline_started_at,
     ).set_display_name("register")
     register.set_caching_options(False)
     with_mlflow_credentials(register)
@@ -143,8 +144,10 @@ def ingest_validate_features(
 ):
     """The entry steps both pipelines share (a plain helper: called inside a pipeline body).
 
-    Returns the telemetry artifact, the validate task and the feature-store task, whose
-    ``training`` output is the table read back from Feast (point-in-time) that training uses.
+    Returns the telemetry artifact, the validate task, the feature-store task (whose
+    ``training`` output is the table read back from Feast, point-in-time, that training uses) and
+    the run's start time (from the ingest step: KFP's own creation-time placeholder is not
+    resolved by the local runner).
     """
     ingest = ingest_telemetry(
         source=source,
@@ -165,7 +168,7 @@ def ingest_validate_features(
     validate = validate_telemetry(telemetry=telemetry).set_display_name("validate")
     features = build_features(telemetry=telemetry).after(validate).set_display_name("features")
     store = sync_feature_store(features=features.outputs["features"]).set_display_name("feature store")
-    return telemetry, validate, store
+    return telemetry, validate, store, ingest.outputs["Output"]
 
 
 @dsl.pipeline(
@@ -215,7 +218,7 @@ def training_pipeline(
 
     ``image`` is only recorded as lineage; the image that runs is fixed at compile time.
     """
-    telemetry, validate, store = ingest_validate_features(
+    telemetry, validate, store, started_at = ingest_validate_features(
         source, data_path, prometheus_url, prometheus_catalog, end, seed, duration, step, n_anomalies
     )
     trained = train_and_register(
@@ -244,6 +247,7 @@ def training_pipeline(
         promotion_guards=promotion_guards,
         git_commit=git_commit,
         image=image,
+        pipeline_started_at=started_at,
     ).set_display_name("train and register")
     with dsl.If(deploy == True, name="deploy"):  # noqa: E712 - a KFP condition, not Python
         rollout = canary_rollout(

@@ -420,8 +420,8 @@ _PUSHED_MODEL_METRICS = ("event_f1", "event_precision", "event_recall", "point_f
 def _seconds_since(started_at: str) -> float:
     """Seconds since an ISO 8601 instant; NaN (left out of the push) when it cannot be parsed.
 
-    On a cluster the instant is KFP's pipeline creation time; the local runner leaves that
-    placeholder unresolved, so a local run pushes no duration rather than a wrong one.
+    The pipelines pass the time their ingest step started; anything unparseable means no
+    duration is pushed rather than a wrong one.
     """
     try:
         started = datetime.fromisoformat(started_at.replace("Z", "+00:00"))
