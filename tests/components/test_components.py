@@ -165,6 +165,7 @@ def test_register_promotes_first_version(chain, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     out = register_model.python_func(
         model=a["model"],
+        train=a["train"],
         test=a["test"],
         telemetry=a["telemetry"],
         plots=a["plots"],
@@ -188,6 +189,7 @@ def test_register_needs_a_tracking_uri(chain, monkeypatch):
     with pytest.raises(ValueError, match="no MLflow tracking URI"):
         register_model.python_func(
             model=a["model"],
+            train=a["train"],
             test=a["test"],
             telemetry=a["telemetry"],
             plots=a["plots"],

@@ -86,11 +86,13 @@ def artifacts(small_telemetry, tmp_path_factory):
     parts = time_split(feats, 0.2, 0.3)
     bundle = train_isolation_forest(parts.train, parts.validation, IsolationForestConfig(n_estimators=20))
     bundle.save(root / "model")
+    save_features(parts.train, config, root / "train")
     save_features(parts.test, config, root / "test")
     small_telemetry.save(root / "telemetry")
     (root / "plots").mkdir()
     return {
         "model": dsl.Model(name="model", uri=str(root / "model"), metadata={}),
+        "train": dsl.Dataset(name="train", uri=str(root / "train"), metadata={}),
         "test": dsl.Dataset(name="test", uri=str(root / "test"), metadata={}),
         "telemetry": dsl.Dataset(name="telemetry", uri=str(root / "telemetry"), metadata={}),
         "plots": dsl.Artifact(name="plots", uri=str(root / "plots"), metadata={}),
