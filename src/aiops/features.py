@@ -12,11 +12,23 @@ Per signal ``s`` (each present metric except the limits, plus the derived
 * ``s__mean_<w>``, ``s__std_<w>`` – rolling mean and standard deviation over
   the last ``w`` rows;
 * ``s__z_<w>`` – the value's z-score against the *previous* ``w`` rows, so a
-  spike is not hidden by its own contribution to the window;
+  spike is not hidden by its own contribution to the window; missing until at
+  least half the window (and 3 rows) of history exists, because a standard
+  deviation of two samples turns a new pod's first rows into huge z-scores;
 * ``s__lag_<k>`` – the value ``k`` rows earlier;
 * ``s__diff_1`` – change since the previous row;
 * ``s__slope_<w>`` – per-second rate of change over ``w`` rows (what a leak or
-  a filling disk looks like).
+  a filling disk looks like);
+* ``s__flat`` (when there are at least two windows) – ``log10`` of the rolling
+  standard deviation over the shortest window relative to its median over the
+  longest window before, capped at 0 (louder than usual is the z-score's job)
+  and floored at -3: how much quieter the signal has gone than its own recent
+  history. A stuck exporter repeating its last sample drives it to -3 within a
+  few rows, while a live signal's noise keeps it near 0;
+* ``s__run`` – how many rows in a row the value has repeated its predecessor
+  exactly (0 when it changed, capped at the longest window): the other face of
+  a stuck exporter, exact where a rolling standard deviation of tiny values is
+  not.
 
 Bump :data:`FEATURE_VERSION` whenever the output for the same input changes;
 models record it in their feature contract and the predictor refuses a
@@ -35,7 +47,7 @@ import pandas as pd
 
 from aiops.schema import ENTITY_KEYS, KEY_COLUMNS, TIMESTAMP, SchemaError, metric_columns
 
-FEATURE_VERSION = "1"
+FEATURE_VERSION = "2"
 
 #: Capacities are context, not behaviour: they only enter through utilisation.
 _EXCLUDED_SIGNALS = frozenset({"cpu_limit_cores", "memory_limit_bytes"})
@@ -43,8 +55,22 @@ _DERIVED = {
     "cpu_utilisation": ("cpu_usage_cores", "cpu_limit_cores"),
     "memory_utilisation": ("memory_working_set_bytes", "memory_limit_bytes"),
 }
+#: Signals whose normal range does not follow traffic: restart and error rates, saturation
+#: and fill ratios. Traffic-driven signals (requests, bytes, CPU, latency) move with the
+#: daily and weekly cycle and grow with the business; detectors that judge absolute levels
+#: without a model of that cycle (a forest, an autoencoder) look at these signals' levels only.
+HEALTH_SIGNALS: tuple[str, ...] = (
+    "restarts",
+    "error_ratio",
+    "network_errors_per_s",
+    "network_drops_per_s",
+    "cpu_throttled_ratio",
+    "memory_utilisation",
+    "disk_usage_ratio",
+)
 _EPS = 1e-9
 _Z_CAP = 50.0
+_FLAT_FLOOR = -3.0  # log10 of the short/long std ratio of a series that stopped moving
 
 
 @dataclass(frozen=True)
@@ -145,6 +171,9 @@ def feature_names(signals: Sequence[str], config: FeatureConfig = FeatureConfig(
         names += [f"{s}__lag_{k}" for k in config.lags]
         names.append(f"{s}__diff_1")
         names += [f"{s}__slope_{w}" for w in config.windows]
+        if len(config.windows) > 1:
+            names.append(f"{s}__flat")
+        names.append(f"{s}__run")
     return names
 
 
@@ -158,7 +187,7 @@ def _entity_features(values: pd.DataFrame, config: FeatureConfig) -> dict[str, n
             roll = x.rolling(w, min_periods=1)
             out[f"{s}__mean_{w}"] = roll.mean().to_numpy()
             out[f"{s}__std_{w}"] = x.rolling(w, min_periods=2).std().to_numpy()
-            prev = previous.rolling(w, min_periods=2)
+            prev = previous.rolling(w, min_periods=max(3, w // 2))
             z = (x - prev.mean()) / (prev.std() + _EPS)
             # A flat history (std 0) would turn float noise into 1e9; cap the evidence instead.
             out[f"{s}__z_{w}"] = np.clip(z.to_numpy(), -_Z_CAP, _Z_CAP)
@@ -167,7 +196,39 @@ def _entity_features(values: pd.DataFrame, config: FeatureConfig) -> dict[str, n
         out[f"{s}__diff_1"] = (x - previous).to_numpy()
         for w in config.windows:
             out[f"{s}__slope_{w}"] = ((x - x.shift(w)) / (w * config.step_seconds)).to_numpy()
+        if len(config.windows) > 1:
+            out[f"{s}__flat"] = _flatness(x, min(config.windows), max(config.windows))
+        out[f"{s}__run"] = _repeats(x, max(config.windows))
     return out
+
+
+def _repeats(x: pd.Series, cap: int) -> np.ndarray:
+    """Rows in a row (up to ``cap``) whose value equals the previous row's exactly; NaN where missing."""
+    same = (x == x.shift(1)).to_numpy()
+    # Count the run of True ending at each row: position minus the position of the last False.
+    index = np.arange(len(same))
+    last_change = np.maximum.accumulate(np.where(same, -1, index))
+    run = np.minimum(index - last_change, cap).astype(float)
+    return np.where(x.isna().to_numpy(), np.nan, run)
+
+
+def _flatness(x: pd.Series, short: int, long: int) -> np.ndarray:
+    """``log10`` of the short rolling std over its own median in the ``long`` rows before; ``[-3, 0]``.
+
+    The reference is a *median* of past short-window stds, so the aftermath of a jump (which
+    inflates a long-window std for ``long`` rows) does not look like the signal went quiet. A
+    series that never moves (a counter that stays at 0) has no noise to lose and gets 0 (no
+    evidence) rather than -3.
+    """
+    short_std = x.rolling(short, min_periods=short).std()
+    reference = short_std.shift(1).rolling(long, min_periods=max(2, long // 2)).median().to_numpy()
+    current = short_std.to_numpy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # Rolling sums leave float dust (~1e-17) where a window is exactly constant.
+        moving = reference > _EPS * (1.0 + np.abs(x.to_numpy()))
+        ratio = np.where(moving, np.log10(np.maximum(current, 0.0) / reference), 0.0)
+    ratio = np.clip(np.nan_to_num(ratio, nan=0.0, neginf=_FLAT_FLOOR), _FLAT_FLOOR, 0.0)
+    return np.where(np.isnan(current) | np.isnan(reference), np.nan, ratio)
 
 
 def build_features(metrics: pd.DataFrame, config: FeatureConfig = FeatureConfig()) -> pd.DataFrame:

@@ -7,25 +7,30 @@ policy:
 * ``event_f1`` – the threshold that maximises event-wise F1 on the validation period's
   labelled windows. It uses labels, but only those of the validation period, never the
   test period the model is judged on; it refuses to run when validation holds no labels.
+
+An ensemble can also choose how it combines its members (``mean`` or ``max`` of weighted
+surprises) and the members' weights by the same criterion (``select_weights=True``), again
+on the validation period's labels only.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from aiops.detectors.ensemble import EnsembleDetector
+from aiops.detectors.ensemble import COMBINE_RULES, EnsembleDetector
 from aiops.detectors.forecast import ForecastConfig, ForecastDetector
 from aiops.detectors.isolation_forest import IsolationForestConfig, IsolationForestDetector
 from aiops.detectors.lstm_autoencoder import LstmAutoencoderDetector, LstmConfig
-from aiops.evaluation import evaluate
 from aiops.features import FeatureConfig, contract_for
 from aiops.model import DetectorBundle
-from aiops.schema import label_masks
+from aiops.schema import ENTITY_KEYS, TIMESTAMP, label_masks, row_labels
 
 THRESHOLD_POLICIES = ("quantile", "event_f1")
 #: Training metadata that is measured (tracked as metrics); every other entry is a setting (a param).
@@ -47,6 +52,53 @@ _DETECTORS: dict[str, tuple[type, type]] = {
     "lstm_autoencoder": (LstmAutoencoderDetector, LstmConfig),
 }
 DETECTOR_KINDS = tuple(_DETECTORS)
+#: Weights tried per member by ``train_ensemble(select_weights=True)``.
+WEIGHT_GRID = (0.0, 0.5, 1.0)
+
+
+@dataclass(frozen=True)
+class _EventScorer:
+    """Event-wise F1 of ``scores >= threshold`` for many thresholds, as :func:`aiops.evaluation.evaluate`.
+
+    The label masks, the (entity, time) row order and the row truth are computed once, so
+    each threshold costs a few vector operations instead of a full evaluation.
+    """
+
+    window_rows: list[np.ndarray]  # rows of each labelled window present in the frame
+    order: np.ndarray  # rows sorted by entity, then time
+    continues: np.ndarray  # in that order: the row has the same entity as the one before
+    truth: np.ndarray  # in that order: the row lies inside a labelled window
+
+    @classmethod
+    def of(cls, frame: pd.DataFrame, labels: pd.DataFrame) -> _EventScorer:
+        frame = frame.reset_index(drop=True)
+        windows = [np.flatnonzero(mask) for _, mask in label_masks(frame, labels) if mask.any()]
+        ordered = frame.sort_values([*ENTITY_KEYS, TIMESTAMP], kind="stable")
+        order = ordered.index.to_numpy()
+        keys = ordered[list(ENTITY_KEYS)].to_numpy()
+        continues = np.r_[False, (keys[1:] == keys[:-1]).all(axis=1)] if len(order) else np.array([], bool)
+        return cls(windows, order, continues, row_labels(frame, labels)[order])
+
+    def f1(self, scores: np.ndarray, threshold: float) -> float:
+        alarms = np.asarray(scores, dtype=float)[self.order] >= threshold
+        starts = alarms & ~(np.r_[False, alarms[:-1]] & self.continues)
+        n_events = int(starts.sum())
+        run = np.cumsum(starts)
+        n_true = len(np.unique(run[alarms & self.truth]))
+        detected = sum(bool((scores[rows] >= threshold).any()) for rows in self.window_rows)
+        precision = n_true / n_events if n_events else 0.0
+        recall = detected / len(self.window_rows) if self.window_rows else 0.0
+        return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+
+    def best_threshold(self, scores: np.ndarray) -> tuple[float, float]:
+        """``(event F1, threshold)`` over upper quantiles of ``scores`` (10% to 0.01% alarm rates)."""
+        candidates = np.unique(np.quantile(scores, 1 - np.geomspace(0.1, 1e-4, 60)))
+        best = (-1.0, 0.0)
+        for threshold in candidates:
+            f1 = self.f1(scores, float(threshold))
+            if f1 >= best[0]:  # ties go to the higher threshold: fewer alarms for the same F1
+                best = (f1, float(threshold))
+        return best
 
 
 def _check_quantile(alarm_quantile: float) -> None:
@@ -81,13 +133,8 @@ def choose_threshold(
             "none; use threshold_policy='quantile' (an alarm budget) for unlabelled data"
         )
     # Candidates: upper quantiles of the validation scores, from a 10% to a 0.01% alarm rate.
-    candidates = np.unique(np.quantile(scores, 1 - np.geomspace(0.1, 1e-4, 60)))
-    best = (-1.0, 0.0)
-    for threshold in candidates:
-        f1 = evaluate(frame, scores >= threshold, labels).metrics["event_f1"]
-        if f1 >= best[0]:  # ties go to the higher threshold: fewer alarms for the same F1
-            best = (f1, float(threshold))
-    return best[1], {"validation_event_f1": best[0], "threshold_quantile": float(np.mean(scores < best[1]))}
+    f1, threshold = _EventScorer.of(frame, labels).best_threshold(scores)
+    return threshold, {"validation_event_f1": f1, "threshold_quantile": float(np.mean(scores < threshold))}
 
 
 def make_detector(kind: str, config: DetectorConfig | None = None) -> Any:
@@ -118,6 +165,23 @@ def train_detector(
         feature_config: The transform settings the features were built with.
         alarm_quantile: Share of validation rows expected to stay quiet.
     """
+    bundle, _ = train_detector_scored(kind, train, validation, config, feature_config, alarm_quantile)
+    return bundle
+
+
+def train_detector_scored(
+    kind: str,
+    train: pd.DataFrame,
+    validation: pd.DataFrame,
+    config: DetectorConfig | None = None,
+    feature_config: FeatureConfig = FeatureConfig(),
+    alarm_quantile: float = 0.99,
+) -> tuple[DetectorBundle, np.ndarray]:
+    """:func:`train_detector`, also returning the validation scores it set the threshold on.
+
+    An ensemble calibrates on the same scores (``train_ensemble(validation_scores=...)``), so
+    they need not be computed twice.
+    """
     _check_quantile(alarm_quantile)
     if validation.empty:
         raise ValueError("the validation split is empty; the threshold cannot be set")
@@ -126,7 +190,7 @@ def train_detector(
     started = time.perf_counter()
     detector.fit(train, contract)
     fit_seconds = time.perf_counter() - started
-    val_scores = detector.score(validation)
+    val_scores = np.asarray(detector.score(validation), dtype=float)
     threshold, basis = choose_threshold(val_scores, validation, pd.DataFrame(), "quantile", alarm_quantile)
     meta = {
         **detector.config.params(),
@@ -141,7 +205,8 @@ def train_detector(
         "fit_seconds": round(fit_seconds, 3),
         "validation_score_median": float(np.median(val_scores)),
     }
-    return DetectorBundle(detector=detector, contract=contract, threshold=threshold, meta=meta)
+    bundle = DetectorBundle(detector=detector, contract=contract, threshold=threshold, meta=meta)
+    return bundle, val_scores
 
 
 def train_isolation_forest(
@@ -162,6 +227,9 @@ def train_ensemble(
     weights: Mapping[str, float] | None = None,
     threshold_policy: str = "quantile",
     alarm_quantile: float = 0.99,
+    combine: str = "max",
+    select_weights: bool = False,
+    validation_scores: Mapping[str, np.ndarray] | None = None,
 ) -> DetectorBundle:
     """Combine fitted detectors into one deployable ensemble with one threshold.
 
@@ -172,9 +240,23 @@ def train_ensemble(
         weights: Weight per member (equal when ``None``).
         threshold_policy: ``quantile`` or ``event_f1``.
         alarm_quantile: Quantile for the ``quantile`` policy.
+        combine: ``max`` (default: the members specialise in different faults) or ``mean`` of
+            the weighted surprises.
+        select_weights: Choose the combine rule and the weights (from :data:`WEIGHT_GRID`) by
+            event F1 on the validation period, preferring fewer members and equal weights
+            unless more buys at least one window's worth of F1; needs
+            ``threshold_policy='event_f1'`` and no explicit ``weights``.
+        validation_scores: Members' raw scores of ``validation`` when already computed.
     """
     if not members:
         raise ValueError("an ensemble needs at least one member")
+    if combine not in COMBINE_RULES:
+        raise ValueError(f"unknown combine rule '{combine}'; choose one of {COMBINE_RULES}")
+    if select_weights and (threshold_policy != "event_f1" or weights):
+        raise ValueError(
+            "select_weights chooses weights by validation event F1: use it with "
+            "threshold_policy='event_f1' and without explicit weights"
+        )
     contracts = {b.contract.feature_names for b in members.values()}
     if len(contracts) != 1:
         raise ValueError("ensemble members were trained on different feature contracts")
@@ -183,15 +265,22 @@ def train_ensemble(
         members={name: bundle.detector for name, bundle in members.items()},
         weights=dict(weights or {}),
         member_thresholds={name: bundle.threshold for name, bundle in members.items()},
-    ).calibrate(validation)
-    scores = ensemble.score(validation)
+        combine=combine,
+    ).calibrate(validation, validation_scores)
+    surprises = ensemble.member_surprise(validation, validation_scores)
+    extra: dict[str, Any] = {}
+    if select_weights:
+        extra = _select_weights(ensemble, surprises, validation, labels)
+    scores = ensemble.combine_surprises(surprises)
     threshold, basis = choose_threshold(scores, validation, labels, threshold_policy, alarm_quantile)
     contract = next(iter(members.values())).contract
     meta: dict[str, Any] = {
         "members": ",".join(members),
         "weights": ",".join(f"{k}={v:g}" for k, v in ensemble.weights.items()),
+        "combine": ensemble.combine,
         "threshold_policy": threshold_policy,
         **basis,
+        **extra,
         "calibration_seconds": round(time.perf_counter() - started, 3),
         "validation_rows": len(validation),
         "feature_transform_version": contract.transform_version,
@@ -199,6 +288,47 @@ def train_ensemble(
     for name, bundle in members.items():
         meta.update({f"{name}.{k}": v for k, v in bundle.meta.items()})
     return DetectorBundle(detector=ensemble, contract=contract, threshold=threshold, meta=meta)
+
+
+def _select_weights(
+    ensemble: EnsembleDetector,
+    surprises: Mapping[str, np.ndarray],
+    validation: pd.DataFrame,
+    labels: pd.DataFrame,
+) -> dict[str, Any]:
+    """Set the ensemble's combine rule and weights by validation event F1 (in place).
+
+    Candidates go from the simplest (one member) to the most elaborate (all members, unequal
+    weights); a candidate displaces the current choice only if it gains more than one
+    labelled window's worth of F1 (``1 / windows``): with a few dozen validation windows,
+    smaller gains are noise, and a member kept for noise adds its false alarms on new data.
+    """
+    events = _EventScorer.of(validation, labels)
+    if not events.window_rows:
+        raise ValueError("select_weights needs labelled windows in the validation period and there are none")
+    names = list(ensemble.members)
+    rules = [ensemble.combine, *(r for r in COMBINE_RULES if r != ensemble.combine)]
+    candidates: dict[tuple[str, tuple[float, ...]], tuple[tuple[int, int, int], dict[str, float]]] = {}
+    for rule_index, rule in enumerate(rules):
+        for values in itertools.product(WEIGHT_GRID, repeat=len(names)):
+            total = sum(values)
+            if total <= 0:
+                continue
+            key = (rule, tuple(round(v / total, 9) for v in values))
+            used = [v for v in values if v > 0]
+            order = (len(used), int(len(set(used)) > 1), rule_index)
+            if key not in candidates or order < candidates[key][0]:
+                candidates[key] = (order, dict(zip(names, values, strict=True)))
+    tolerance = 1.0 / len(events.window_rows)
+    best: tuple[float, str, dict[str, float]] | None = None
+    for (rule, _), (_, weights) in sorted(candidates.items(), key=lambda item: item[1][0]):
+        ensemble.combine, ensemble.weights = rule, weights
+        f1, _ = events.best_threshold(ensemble.combine_surprises(surprises))
+        if best is None or f1 > best[0] + tolerance:
+            best = (f1, rule, weights)
+    assert best is not None
+    ensemble.combine, ensemble.weights = best[1], best[2]
+    return {"selection_validation_event_f1": best[0], "selection_candidates": len(candidates)}
 
 
 def train_from_folders(

@@ -208,7 +208,7 @@ def test_live_view_runs_the_shared_transform_online_and_offline(embedded):
 
 def test_clear_errors(embedded):
     entity_df = fs.entity_frame(embedded.features)
-    with pytest.raises(fs.FeatureStoreError, match=r"unknown feature service 'nope'.*anomaly_detector_v1"):
+    with pytest.raises(fs.FeatureStoreError, match=r"unknown feature service 'nope'.*anomaly_detector_v\d+"):
         fs.training_frame(embedded.repo, entity_df, "nope")
     with pytest.raises(fs.FeatureStoreError, match="unknown feature service 'nope'"):
         fs.online_features(embedded.repo, entity_df, "nope")

@@ -14,15 +14,18 @@ from aiops.detectors.forecast import (
     ForecastConfig,
     ForecastDetector,
     ProphetForecaster,
+    forecast_errors,
     time_to_exhaustion,
     workload_of,
 )
 from aiops.detectors.isolation_forest import IsolationForestConfig, IsolationForestDetector
 from aiops.detectors.lstm_autoencoder import LstmAutoencoderDetector, LstmConfig, resolve_device
+from aiops.evaluation import evaluate
 from aiops.features import build_features, contract_for
+from aiops.model import DetectorBundle
 from aiops.schema import row_labels
 from aiops.split import time_split
-from aiops.training import choose_threshold, train_detector, train_ensemble
+from aiops.training import _EventScorer, choose_threshold, train_detector, train_ensemble
 from tests.conftest import labels_frame, make_label
 
 
@@ -57,6 +60,44 @@ def test_isolation_forest_ignores_irrelevant_columns(parts):
     det = IsolationForestDetector(IsolationForestConfig(n_estimators=30)).fit(split.train, contract)
     noisy = split.test.assign(unrelated=np.random.default_rng(1).normal(size=len(split.test)))
     np.testing.assert_array_equal(det.score(split.test), det.score(noisy))
+
+
+def test_isolation_forest_health_view_ignores_traffic_levels(parts):
+    """A workload that has grown since training is the forecaster's business, not the forest's."""
+    split, contract, _ = parts
+    det = IsolationForestDetector(IsolationForestConfig(n_estimators=30)).fit(split.train, contract)
+    assert "request_rate" not in det.input_names and "stall" in det.input_names
+    busier = split.test.copy()
+    for column in ("request_rate", "network_rx_bytes_per_s", "cpu_usage_cores", "latency_p95_seconds"):
+        busier[column] *= 1.5
+    np.testing.assert_array_equal(det.score(split.test), det.score(busier))
+
+
+def test_isolation_forest_sees_a_stuck_exporter(small_telemetry):
+    metrics = small_telemetry.metrics.copy()
+    pod = metrics["pod"].iloc[-1]
+    rows = metrics.index[metrics["pod"] == pod][-60:-40]
+    metrics.loc[rows, "request_rate"] = metrics.loc[rows[0] - 1, "request_rate"]  # frozen sample
+    feats = build_features(metrics)
+    split = time_split(feats, 0.2, 0.3)
+    det = IsolationForestDetector(IsolationForestConfig(n_estimators=100)).fit(
+        split.train, contract_for(feats)
+    )
+    test = split.test.reset_index(drop=True)
+    stuck = (test["pod"] == pod).to_numpy() & (test["request_rate__run"] >= 5).to_numpy()
+    scores = det.score(test)
+    assert stuck.sum() >= 10
+    assert np.median(scores[stuck]) > np.quantile(scores[~stuck], 0.99)
+
+
+def test_isolation_forest_views(parts):
+    split, contract, _ = parts
+    det = IsolationForestDetector(IsolationForestConfig(n_estimators=10, features="all")).fit(
+        split.train, contract
+    )
+    assert det.input_names == contract.feature_names
+    with pytest.raises(ValueError, match="unknown feature view"):
+        IsolationForestDetector(IsolationForestConfig(features="everything")).fit(split.train, contract)
 
 
 # --------------------------------------------------------------------------- forecasting
@@ -110,9 +151,82 @@ def test_forecast_detector_flags_a_level_shift_and_is_causal(three_days):
     shifted.loc[rows, "request_rate"] *= 3
     after = det.score(shifted)
     assert np.median(after[rows] - base[rows]) > 3.0  # several forecast sigmas further out
-    # each row's score depends on its own value and the training-period forecast only
-    untouched = np.setdiff1d(np.arange(len(test)), rows)
-    np.testing.assert_array_equal(base[untouched], after[untouched])
+    # causal: rows before the change keep their scores
+    earlier = (test["timestamp"] < test.loc[rows, "timestamp"].min()).to_numpy()
+    np.testing.assert_array_equal(base[earlier], after[earlier])
+    # later rows of other pods move only through the level correction, a robust median
+    others = np.setdiff1d(np.flatnonzero(~earlier), rows)
+    assert np.max(np.abs(after[others] - base[others])) < 0.5
+
+
+def _weekly(days: int, seed: int = 0) -> tuple[pd.Series, np.ndarray]:
+    """A daily cycle that drops to 60% on Saturdays and Sundays, from Monday 2026-01-05."""
+    ts, y = _seasonal(days=days, seed=seed)
+    weekend = (ts.dt.dayofweek >= 5).to_numpy()
+    return ts, np.where(weekend, 0.6, 1.0) * y
+
+
+@pytest.mark.parametrize("forecaster", [ProphetForecaster, ArimaForecaster])
+def test_forecasters_learn_the_weekend_from_a_week_of_history(forecaster):
+    ts, y = _weekly(days=14)
+    cut = 9 * 288  # Monday to Tuesday of the next week: one weekend seen
+    model = forecaster().fit(ts[:cut], y[:cut])
+    assert model.weekly
+    out = model.predict(ts[cut:].reset_index(drop=True))
+    weekend = (ts[cut:].dt.dayofweek >= 5).to_numpy()
+    ape = np.abs(out["yhat"].to_numpy() - y[cut:]) / y[cut:]
+    assert ape[weekend].mean() < 0.08 and ape[~weekend].mean() < 0.08
+
+
+def test_no_weekly_cycle_from_less_than_a_week():
+    ts, y = _weekly(days=6)
+    assert not ProphetForecaster().fit(ts, y).weekly
+
+
+def test_prophet_predicts_in_the_order_asked():
+    ts, y = _seasonal(days=3)
+    model = ProphetForecaster().fit(ts, y)
+    instants = ts.iloc[[700, 10, 400]].reset_index(drop=True)
+    forward = model.predict(instants.sort_values().reset_index(drop=True))["yhat"].to_numpy()
+    np.testing.assert_allclose(model.predict(instants)["yhat"].to_numpy(), forward[[2, 0, 1]])
+
+
+def test_level_correction_absorbs_a_workload_wide_drift(three_days):
+    """Traffic 30% above the training forecast for every pod: the trailing median takes it in."""
+    split, contract = three_days
+    test = split.test.reset_index(drop=True)
+    grown = test.assign(request_rate=test["request_rate"] * 1.3)
+    late = (grown["timestamp"] >= grown["timestamp"].min() + pd.Timedelta("3h")).to_numpy()
+    scores = {}
+    for window in ("6h", ""):
+        config = ForecastConfig(
+            forecaster="arima", signals=("request_rate",), level_window=window, persistence=1
+        )
+        det = ForecastDetector(config).fit(split.train, contract)
+        scores[window] = det.score(grown)
+        mape = forecast_errors(det, grown, np.ones(len(grown), dtype=bool))["mape"]
+        assert (mape < 10) if window else (mape > 15)
+    assert np.median(scores["6h"][late]) < 0.5 * np.median(scores[""][late])
+
+
+def test_persistence_accumulates_a_lasting_deviation(three_days):
+    split, contract = three_days
+    test = split.test.reset_index(drop=True)
+    fitted = {
+        k: ForecastDetector(ForecastConfig(forecaster="arima", signals=("request_rate",), persistence=k)).fit(
+            split.train, contract
+        )
+        for k in (1, 5)
+    }
+    model = next(iter(fitted[5].models.values()))
+    rows = test.index[test["pod"] == test["pod"].iloc[0]][-30:]
+    nudged = test.copy()
+    nudged.loc[rows, "request_rate"] *= np.exp(2.0 * model.sigma)  # two sigmas: within the noise
+    single, lasting = fitted[1].score(nudged), fitted[5].score(nudged)
+    assert np.median(lasting[rows[5:]]) > 1.5 * np.median(single[rows[5:]])
+    # the running mean is causal too: rows before the nudge do not move
+    earlier = (test["timestamp"] < test.loc[rows, "timestamp"].min()).to_numpy()
+    np.testing.assert_array_equal(fitted[5].score(test)[earlier], lasting[earlier])
 
 
 @pytest.mark.parametrize("forecaster", ["arima", "prophet"])
@@ -162,6 +276,26 @@ def test_lstm_pickles_through_torchscript(lstm, parts):
     assert lstm.trained_on == resolve_device("auto") == "cpu"
 
 
+def test_lstm_has_no_opinion_without_a_full_window(lstm, parts):
+    split, *_ = parts
+    test = split.test.reset_index(drop=True)
+    scores = lstm.score(test)
+    age = test.sort_values(["pod", "timestamp"]).groupby("pod").cumcount().reindex(test.index).to_numpy()
+    assert np.all(scores[age < lstm.config.window - 1] == 0.0)
+    assert np.all(scores[age >= lstm.config.window - 1] > 0.0)
+
+
+def test_lstm_judges_traffic_by_shape_not_level(lstm, parts):
+    """A pod carrying 50% more traffic throughout looks the same; a health signal's level counts."""
+    split, *_ = parts
+    test = split.test.reset_index(drop=True)
+    base = lstm.score(test)
+    busier = lstm.score(test.assign(request_rate=test["request_rate"] * 1.5))
+    np.testing.assert_allclose(busier, base, rtol=0.02, atol=1e-6)
+    failing = lstm.score(test.assign(error_ratio=test["error_ratio"] + 0.5))
+    assert np.median(failing[base > 0]) > 10 * np.median(base[base > 0])
+
+
 def test_cuda_request_without_gpu_is_a_clear_error():
     with pytest.raises(RuntimeError, match="no GPU is visible"):
         resolve_device("cuda")
@@ -193,6 +327,57 @@ def test_ensemble_weights_and_errors():
     np.testing.assert_allclose(ens.score(frame), surprise(ens.reference["a"], frame["a"].to_numpy()))
     with pytest.raises(ValueError, match="unknown member"):
         EnsembleDetector({"a": _Const("a")}, weights={"z": 1.0}).calibrate(frame)
+
+
+def test_ensemble_max_and_precomputed_scores():
+    frame = pd.DataFrame({"a": np.arange(100.0), "b": np.arange(100.0)[::-1]})
+    ens = EnsembleDetector({"a": _Const("a"), "b": _Const("b")}, combine="max").calibrate(frame)
+    parts = ens.member_surprise(frame)
+    np.testing.assert_allclose(ens.score(frame), np.maximum(parts["a"], parts["b"]))
+    given = EnsembleDetector({"a": _Const("a"), "b": _Const("b")}, combine="max").calibrate(
+        frame, {"a": frame["a"].to_numpy()}
+    )
+    np.testing.assert_array_equal(given.reference["a"], ens.reference["a"])
+    with pytest.raises(ValueError, match="unknown combine rule"):
+        EnsembleDetector({"a": _Const("a")}, combine="median").calibrate(frame)
+    with pytest.raises(ValueError, match="3 validation scores"):
+        EnsembleDetector({"a": _Const("a")}).calibrate(frame, {"a": np.zeros(3)})
+
+
+def test_event_scorer_matches_evaluate(parts):
+    split, _, labels = parts
+    val = split.validation.reset_index(drop=True)
+    truth = row_labels(val, labels)
+    rng = np.random.default_rng(0)
+    scorer = _EventScorer.of(val, labels)
+    for _ in range(3):
+        scores = rng.random(len(val)) + truth * rng.random()
+        for threshold in np.quantile(scores, [0.9, 0.99, 0.999]):
+            expected = evaluate(val, scores >= threshold, labels).metrics["event_f1"]
+            assert scorer.f1(scores, threshold) == pytest.approx(expected, abs=1e-12)
+
+
+def _bundle(detector, contract, threshold=1.0):
+    return DetectorBundle(detector=detector, contract=contract, threshold=threshold)
+
+
+def test_select_weights_drops_a_member_that_only_adds_noise(parts):
+    split, contract, labels = parts
+    val = split.validation.reset_index(drop=True)
+    rng = np.random.default_rng(0)
+    truth = row_labels(val, labels)
+    val = val.assign(good=truth * 3.0 + rng.random(len(val)), noise=rng.random(len(val)))
+    members = {"good": _bundle(_Const("good"), contract), "noise": _bundle(_Const("noise"), contract)}
+    bundle = train_ensemble(members, val, labels, threshold_policy="event_f1", select_weights=True)
+    assert bundle.detector.weights["noise"] == 0.0 and bundle.detector.weights["good"] > 0
+    assert bundle.meta["selection_validation_event_f1"] == pytest.approx(1.0)
+    assert bundle.meta["validation_event_f1"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="select_weights"):
+        train_ensemble(members, val, labels, threshold_policy="quantile", select_weights=True)
+    with pytest.raises(ValueError, match="select_weights"):
+        train_ensemble(
+            members, val, labels, weights={"good": 1.0}, threshold_policy="event_f1", select_weights=True
+        )
 
 
 def test_threshold_policies(parts):

@@ -124,3 +124,64 @@ def test_bad_config(bad):
 def test_missing_keys_rejected():
     with pytest.raises(SchemaError, match="key column"):
         build_features(make_metrics().drop(columns=["node"]))
+
+
+# --------------------------------------------------------------------------- warm-up, stalls
+
+TWO = FeatureConfig(windows=(3, 8), lags=(1,), step_seconds=60.0)
+
+
+def test_z_needs_half_a_window_of_history():
+    """A z-score of a new pod's second row against one sample would be noise turned into evidence."""
+    feats = build_features(one_series(np.arange(1.0, 21.0) + np.sin(np.arange(20))), TWO)
+    z8 = feats["cpu_usage_cores__z_8"].to_numpy()
+    assert np.isnan(z8[:4]).all()  # 4 previous rows are needed (half of 8)
+    assert np.isfinite(z8[4:]).all()
+
+
+def test_run_counts_exact_repeats():
+    feats = build_features(one_series([1, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3, 4]), CFG)
+    np.testing.assert_array_equal(feats["cpu_usage_cores__run"], [0, 0, 1, 2, 0, 1, 2, 3, 3, 3, 3, 3, 0])
+
+
+def test_run_is_missing_where_the_sample_is():
+    values = np.array([1, 1, np.nan, 1, 1])
+    run = build_features(one_series(values), CFG)["cpu_usage_cores__run"].to_numpy()
+    np.testing.assert_array_equal(run[[0, 1, 3, 4]], [0, 1, 0, 1])
+    assert np.isnan(run[2])
+
+
+def _noisy(n: int, seed: int = 0) -> np.ndarray:
+    return 10 + np.random.default_rng(seed).normal(size=n)
+
+
+def test_flat_marks_a_stall_and_nothing_else():
+    values = _noisy(60)
+    values[30:45] = values[29]  # a stuck exporter repeats its last sample
+    flat = build_features(one_series(values), TWO)["cpu_usage_cores__flat"].to_numpy()
+    # From the first short window inside the stall until half the long window's stds are 0.
+    np.testing.assert_array_equal(flat[31:35], -3.0)
+    assert np.nanmin(flat[:30]) > -1.5 and np.nanmin(flat[48:]) > -1.5
+    assert np.all((flat[np.isfinite(flat)] <= 0) & (flat[np.isfinite(flat)] >= -3))
+
+
+def test_flat_ignores_the_aftermath_of_a_jump():
+    """After a level shift the long window is loud; the median of short stds is not fooled."""
+    values = _noisy(80)
+    values[40:] += 50.0
+    flat = build_features(one_series(values), TWO)["cpu_usage_cores__flat"].to_numpy()
+    assert np.nanmin(flat[44:]) > -1.5
+
+
+def test_flat_is_neutral_for_a_series_that_never_moves():
+    flat = build_features(one_series(np.zeros(20)), TWO)["cpu_usage_cores__flat"].to_numpy()
+    np.testing.assert_array_equal(flat[np.isfinite(flat)], 0.0)
+
+
+def test_new_features_are_causal():
+    base = one_series(_noisy(50))
+    changed = base.copy()
+    changed.loc[30:, "cpu_usage_cores"] = 5.0  # a stall in the future
+    a, b = build_features(base, TWO), build_features(changed, TWO)
+    pd.testing.assert_frame_equal(a.iloc[:30], b.iloc[:30])
+    assert (b["cpu_usage_cores__run"].iloc[31:] > 0).all()

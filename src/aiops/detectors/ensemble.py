@@ -4,12 +4,15 @@ Raw scores of different detectors live on different scales (isolation depth, for
 z-scores, reconstruction errors), so each member's score is first mapped through the
 empirical distribution of its own validation scores to a *surprise*,
 ``-log10(P[score >= s])``: 1 means "rarer than 90% of validation rows", 3 means "rarer than
-99.9%". The ensemble score is the weighted mean of the members' surprises. All members
-score causally, so the ensemble does too.
+99.9%". The ensemble score combines the members' weighted surprises: their weighted mean
+(``combine="mean"``: members must agree) or their maximum (``combine="max"``: one member
+that sees a fault is enough, which suits members that specialise in different faults).
+All members score causally, so the ensemble does too.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 _MAX_REFERENCE = 20000  # validation scores kept per member (evenly spaced order statistics)
+COMBINE_RULES = ("mean", "max")
 
 
 def surprise(reference: np.ndarray, scores: np.ndarray) -> np.ndarray:
@@ -28,13 +32,14 @@ def surprise(reference: np.ndarray, scores: np.ndarray) -> np.ndarray:
 
 @dataclass
 class EnsembleDetector:
-    """Weighted mean of calibrated member scores.
+    """Weighted combination of calibrated member scores.
 
     Attributes:
         members: Fitted detectors by name (each with ``score(frame)``).
         weights: Weight per member (normalised when scoring).
         reference: Sorted validation scores per member (the calibration).
         member_thresholds: Each member's own alarm threshold (for per-member reports).
+        combine: ``mean`` or ``max`` of the weighted surprises (see :data:`COMBINE_RULES`).
     """
 
     members: dict[str, Any]
@@ -44,13 +49,30 @@ class EnsembleDetector:
     combine: str = "mean"
     kind: str = "ensemble"
 
-    def calibrate(self, validation: pd.DataFrame) -> EnsembleDetector:
-        """Record each member's validation score distribution (no labels involved)."""
+    def calibrate(
+        self, validation: pd.DataFrame, scores: Mapping[str, np.ndarray] | None = None
+    ) -> EnsembleDetector:
+        """Record each member's validation score distribution (no labels involved).
+
+        Args:
+            validation: Feature table of the validation period.
+            scores: Members' scores of ``validation`` when already computed (saves scoring it
+                again); members missing from it are scored here.
+        """
+        if self.combine not in COMBINE_RULES:
+            raise ValueError(f"unknown combine rule '{self.combine}'; choose one of {COMBINE_RULES}")
+        known = scores or {}
         for name, detector in self.members.items():
-            scores = np.sort(np.asarray(detector.score(validation), dtype=float))
-            if len(scores) > _MAX_REFERENCE:
-                scores = scores[np.linspace(0, len(scores) - 1, _MAX_REFERENCE).round().astype(int)]
-            self.reference[name] = scores
+            raw = known[name] if name in known else detector.score(validation)
+            if len(raw) != len(validation):
+                raise ValueError(
+                    f"{len(raw)} validation scores given for member {name}, {len(validation)} rows"
+                )
+            scores_sorted = np.sort(np.asarray(raw, dtype=float))
+            if len(scores_sorted) > _MAX_REFERENCE:
+                keep = np.linspace(0, len(scores_sorted) - 1, _MAX_REFERENCE).round().astype(int)
+                scores_sorted = scores_sorted[keep]
+            self.reference[name] = scores_sorted
         if not self.weights:
             self.weights = {name: 1.0 for name in self.members}
         unknown = set(self.weights) - set(self.members)
@@ -60,15 +82,24 @@ class EnsembleDetector:
             )
         return self
 
-    def member_surprise(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
-        """Calibrated score of every member for each row."""
+    def member_surprise(
+        self, frame: pd.DataFrame, scores: Mapping[str, np.ndarray] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Calibrated score of every member for each row (``scores``: raw member scores, if known)."""
         if not self.reference:
             raise RuntimeError("calibrate the ensemble on validation data first")
-        return {name: surprise(self.reference[name], det.score(frame)) for name, det in self.members.items()}
+        known = scores or {}
+        return {
+            name: surprise(self.reference[name], known[name] if name in known else det.score(frame))
+            for name, det in self.members.items()
+        }
 
     def score(self, frame: pd.DataFrame) -> np.ndarray:
-        """Weighted mean of the members' surprises."""
-        parts = self.member_surprise(frame)
+        """Combined weighted surprise of the members (see the module docstring)."""
+        return self.combine_surprises(self.member_surprise(frame))
+
+    def combine_surprises(self, parts: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The ensemble score from the members' surprises, by :attr:`combine` and :attr:`weights`."""
         total = sum(self.weights.get(name, 0.0) for name in parts)
         if total <= 0:
             raise ValueError("ensemble weights sum to zero")
