@@ -197,9 +197,23 @@ class LocalCanary:
             sent[arm] += 1
         return sent
 
-    def evidence(self, settle_s: float = 2.5) -> tuple[ArmStats, ArmStats]:
-        """Both arms' stats, after waiting for the last scrape."""
-        time.sleep(settle_s)
+    def evidence(self, timeout_s: float = 60.0) -> tuple[ArmStats, ArmStats]:
+        """Both arms' stats, once Prometheus has scraped both after the last request was answered."""
+        answered = time.time()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            scraped = {
+                r["metric"].get("job"): float(r["value"][1])
+                for r in _query(self.prometheus, 'timestamp(up{job=~"stable|canary"} == 1)')
+            }
+            if all(scraped.get(arm, 0.0) > answered for arm in ARMS):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"Prometheus at {self.prometheus} did not scrape both arms within {timeout_s:.0f} s "
+                    f"after the traffic (last scrapes: {scraped}); see {self.workdir / 'prometheus.log'}"
+                )
+            time.sleep(0.5)
         return arm_stats(self.prometheus, 'job="stable"'), arm_stats(self.prometheus, 'job="canary"')
 
 

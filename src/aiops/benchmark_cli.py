@@ -153,8 +153,10 @@ def benchmark_synthetic(
     seed: Annotated[
         int, typer.Option(help="Seed of the simulated cluster; use one not used in development.")
     ] = 2027,
-    duration: Annotated[str, typer.Option(help="Simulated time span.")] = "8D",
-    n_anomalies: Annotated[int, typer.Option(help="Injected anomalies.")] = 60,
+    duration: Annotated[
+        str, typer.Option(help="Simulated time span (three weeks: training holds a whole week).")
+    ] = "21D",
+    n_anomalies: Annotated[int, typer.Option(help="Injected anomalies.")] = 160,
     threshold_policy: Annotated[
         str, typer.Option(help="Ensemble threshold policy: event_f1 or quantile.")
     ] = ("event_f1"),
@@ -177,4 +179,28 @@ def benchmark_synthetic(
         f"on normal test rows; {report['data']['labelled_windows']} labelled windows, "
         f"{int(report['detectors']['ensemble']['windows'])} in the test period"
     )
+    _write(report, output)
+
+
+@benchmark_app.command("serving")
+def benchmark_serving(
+    output: Annotated[Path, typer.Option(help="JSON report to write.")],
+    model: Annotated[
+        str, typer.Option(help="models:/NAME@ALIAS, models:/NAME/VERSION or a model folder.")
+    ] = "models:/aiops-anomaly-detector@champion",
+    tracking_uri: Annotated[
+        str, typer.Option(help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else ./mlruns).")
+    ] = "",
+    requests: Annotated[int, typer.Option(help="Single-row requests per round, server and protocol.")] = 1000,
+    rounds: Annotated[int, typer.Option(help="Rounds per measurement (medians are reported).")] = 5,
+) -> None:
+    """Latency and throughput of the predictor next to a do-nothing KServe model, both over HTTP."""
+    from aiops.serving_bench import ServingBenchmark, format_summary, run_serving_benchmark
+
+    settings = ServingBenchmark(requests=requests, rounds=rounds)
+    try:
+        report = run_serving_benchmark(model, tracking_uri=tracking_uri or None, settings=settings)
+    except RuntimeError as exc:
+        _fail(str(exc))
+    typer.echo(format_summary(report))
     _write(report, output)

@@ -309,6 +309,46 @@ def _print_summary(uri: str, model_name: str, version: str, wall: float, header:
         typer.echo(f"  MLflow UI {uri}")
 
 
+@app.command("serve")
+def serve_model(
+    model: Annotated[
+        str, typer.Option(help="models:/NAME@ALIAS, models:/NAME/VERSION, or a model folder.")
+    ] = "models:/aiops-anomaly-detector@champion",
+    port: Annotated[int, typer.Option(help="HTTP port (v1, v2 and /metrics).")] = 8080,
+    name: Annotated[str, typer.Option(help="Model name on the endpoints.")] = "aiops-anomaly-detector",
+    host: Annotated[str, typer.Option(help="Address to bind (0.0.0.0 to listen beyond this machine).")] = (
+        "127.0.0.1"
+    ),
+    tracking_uri: Annotated[
+        str, typer.Option(help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else ./mlruns).")
+    ] = "",
+    max_batch: Annotated[int, typer.Option(help="Most rows one request may carry.")] = 1024,
+    feature_repo: Annotated[
+        str, typer.Option(help="Feast repository whose online store answers 'entities' requests.")
+    ] = "",
+) -> None:
+    """Serve a registered model with the real KServe model server until Ctrl-C."""
+    from serving.errors import ModelLoadError
+    from serving.server import serve
+
+    typer.echo(
+        f"serving {model} on http://{host}:{port}: POST /v1/models/{name}:predict, "
+        f"/v2/models/{name}/infer; GET /metrics"
+    )
+    try:
+        serve(
+            model,
+            port,
+            name=name,
+            tracking_uri=tracking_uri or None,
+            max_batch=max_batch,
+            host=host,
+            feature_repo=feature_repo or None,
+        )
+    except ModelLoadError as exc:
+        _fail(str(exc))
+
+
 @app.command("compile")
 def compile_pipelines(
     output_dir: Annotated[Path, typer.Option(help="Folder for the IR YAML files.")] = Path("build/pipelines"),

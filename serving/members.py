@@ -1,0 +1,573 @@
+"""Fast scorers for the ensemble's members: the same numbers as ``detector.score``, on numpy arrays.
+
+Each detector's own ``score(frame)`` takes a pandas feature table. That costs several
+milliseconds per call whatever the batch size (scikit-learn's input validation and joblib
+dispatch, the forecaster's per-workload DataFrames, the LSTM's group-by), which is most of a
+single-row request. These scorers compute the same values from a :class:`~serving.batch.Batch`:
+
+* :class:`CompiledForest` walks every tree of the Isolation Forest at once with array indexing
+  (or calls each tree's compiled ``apply`` for larger batches), and explains rows by the
+  isolation each feature's splits bought.
+* :class:`ForecastScorer` looks the forecasts up in a :class:`CachedForecaster` and applies
+  the detector's residual z-scores (level correction and running mean included).
+* :class:`LstmScorer` lays the rows out from arrays and runs the detector's own windowing,
+  preparation and TorchScript network.
+* :class:`GenericScorer` calls the detector's own ``score`` (any other member kind, or a fast
+  scorer that failed its check).
+
+They read fitted attributes of the detectors, some of them private, so
+:func:`serving.scoring.build_scorer` checks every fast scorer against the detector's own
+``score`` when the model loads and falls back to :class:`GenericScorer` on any difference.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+
+from aiops.detectors import forecast as forecast_module
+from aiops.detectors.forecast import workload_of
+from serving.batch import Batch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MemberOutput:
+    """A member's verdict on the target rows of a batch.
+
+    Attributes:
+        raw: The detector's own anomaly score per target row.
+        signal: The signal that drove the score per target row, where the detector can tell
+            (forecast: the worst residual; LSTM: the worst reconstructed signal), else ``None``.
+        credit: Per-feature isolation credit ``(n_targets, n_features)`` (Isolation Forest only).
+    """
+
+    raw: np.ndarray
+    signal: np.ndarray | None = None
+    credit: np.ndarray | None = None
+
+
+class MemberScorer(Protocol):
+    """Scores the target rows of a batch the way one detector's ``score`` does."""
+
+    kind: str
+
+    def score(self, batch: Batch, explain: bool = False) -> MemberOutput:
+        """Raw scores (and what drove them) for ``batch.targets``."""
+        ...
+
+
+class GenericScorer:
+    """The detector's own ``score`` on a DataFrame built from the batch (always correct, slower)."""
+
+    kind = "generic"
+
+    def __init__(self, detector: Any, feature_names: tuple[str, ...]) -> None:
+        self.detector = detector
+        self.feature_names = feature_names
+
+    def score(self, batch: Batch, explain: bool = False) -> MemberOutput:
+        """Score every row (history included) and keep the targets."""
+        raw = np.asarray(self.detector.score(batch.to_frame(self.feature_names)), dtype=float)
+        return MemberOutput(raw=raw[batch.targets])
+
+
+# --------------------------------------------------------------------------- Isolation Forest
+
+
+#: From this many rows the trees' compiled ``apply`` beats walking all trees at once.
+_CYTHON_MIN_ROWS = 64
+#: Forest views up to this many inputs keep a dense per-node credit table (nodes x inputs).
+_DENSE_CREDIT_MAX_FEATURES = 64
+
+
+class CompiledForest:
+    """A fitted ``SimpleImputer`` + ``IsolationForest`` pipeline, evaluated tree-parallel.
+
+    All trees are packed into flat node arrays. Leaves point to themselves with an infinite
+    threshold, so one loop of ``max_depth`` steps moves every (tree, row) pair to its leaf
+    without branching. Scores equal ``-pipeline.score_samples(X)``, which is what
+    :class:`~aiops.detectors.isolation_forest.IsolationForestDetector` returns.
+
+    With ``explain=True`` every split on a row's path credits its feature with the bits of
+    isolation it bought, ``log2(training samples at the node / samples on the row's side)``,
+    averaged over trees. A split that sends the row away from almost every training sample
+    earns many bits, one that keeps it with the crowd earns about one, so the features that
+    isolate a row carry most of its credit (in the spirit of DIFFI, Carletti et al. 2020, which
+    credits splits by inverse depth).
+    """
+
+    kind = "isolation_forest"
+
+    def __init__(self, detector: Any, feature_index: Mapping[str, int]) -> None:
+        pipeline = detector._pipeline  # fitted by IsolationForestDetector.fit
+        imputer, forest = pipeline.named_steps["impute"], pipeline.named_steps["forest"]
+        # The forest reads a view of the contract, in its own order, possibly with columns the
+        # detector derives (e.g. a stall indicator); those come from the detector's own code.
+        inputs = tuple(
+            getattr(detector, "input_names", None) or getattr(detector, "columns", None) or feature_index
+        )
+        self.detector = detector
+        self.contract_names = tuple(feature_index)
+        self.feature_ids = np.array([feature_index.get(name, -1) for name in inputs], dtype=np.int64)
+        self.direct = bool((self.feature_ids >= 0).all())
+        self.stall_ids = self._stall_columns(detector, inputs, feature_index)
+        self.medians = np.asarray(imputer.statistics_, dtype=np.float64)
+        n_features = self.n_features = len(self.medians)
+        if n_features != len(inputs):
+            raise ValueError(f"the imputer saw {n_features} features, the detector names {len(inputs)}")
+        known = self.feature_ids >= 0
+        #: Training medians in contract order (NaN for features the forest does not read).
+        self.contract_medians = np.full(len(feature_index), np.nan)
+        self.contract_medians[self.feature_ids[known]] = self.medians[known]
+        lefts, rights, feats, thresholds, leaf_depths, bits_left, bits_right = [], [], [], [], [], [], []
+        offset = 0
+        for tree_idx, (estimator, columns) in enumerate(
+            zip(forest.estimators_, forest.estimators_features_, strict=True)
+        ):
+            tree = estimator.tree_
+            nodes = np.arange(tree.node_count)
+            is_leaf = tree.children_left < 0
+            lefts.append(np.where(is_leaf, nodes, tree.children_left) + offset)
+            rights.append(np.where(is_leaf, nodes, tree.children_right) + offset)
+            # Trees of a feature-subsampled forest index their own column subset.
+            columns = np.asarray(columns) if forest._max_features != n_features else np.arange(n_features)
+            feats.append(np.where(is_leaf, 0, columns[np.maximum(tree.feature, 0)]))
+            thresholds.append(np.where(is_leaf, np.inf, tree.threshold))
+            samples = tree.n_node_samples.astype(np.float64)
+            left_n = np.where(is_leaf, samples, samples[np.maximum(tree.children_left, 0)])
+            right_n = np.where(is_leaf, samples, samples[np.maximum(tree.children_right, 0)])
+            bits_left.append(np.log2(samples / np.maximum(left_n, 1.0)))
+            bits_right.append(np.log2(samples / np.maximum(right_n, 1.0)))
+            # Exactly sklearn's per-leaf depth: decision path + average path of the leaf's samples - 1.
+            leaf_depths.append(
+                forest._decision_path_lengths[tree_idx] + forest._average_path_length_per_tree[tree_idx] - 1.0
+            )
+            offset += tree.node_count
+        self.feature = np.concatenate(feats).astype(np.int32)
+        self.threshold = np.concatenate(thresholds)
+        self.leaf_depth = np.concatenate(leaf_depths)
+        # Interleaved per node: [right, left], indexed by 2 * node + (goes left).
+        children = np.column_stack([np.concatenate(rights), np.concatenate(lefts)]).ravel()
+        if len(children) >= np.iinfo(np.int32).max:
+            raise ValueError("forest too large for 32-bit node indices")
+        self.children = children.astype(np.int32)
+        self.bits = np.column_stack([np.concatenate(bits_right), np.concatenate(bits_left)]).ravel()
+        self.roots = np.cumsum([0] + [len(x) for x in lefts[:-1]]).astype(np.int32)
+        self.max_depth = max(estimator.tree_.max_depth for estimator in forest.estimators_)
+        from sklearn.ensemble._iforest import _average_path_length
+
+        self.denominator = len(forest.estimators_) * float(_average_path_length([forest._max_samples])[0])
+        self.trees = [estimator.tree_ for estimator in forest.estimators_]
+        self.subsampled = forest._max_features != n_features
+        self.columns_per_tree = [np.asarray(c) for c in forest.estimators_features_]
+        # Per-node isolation bits by input feature along the root-to-node path: a leaf fixes the
+        # path, so a row's explanation is a sum of its leaves' rows. Dense only for small views.
+        self.leaf_credit = self._path_credit() if n_features <= _DENSE_CREDIT_MAX_FEATURES else None
+
+    def _path_credit(self) -> np.ndarray:
+        credit = np.zeros((len(self.feature), self.n_features))
+        for root in self.roots.tolist():
+            stack = [root]
+            while stack:
+                node = stack.pop()
+                for side in (0, 1):  # 0: right child, 1: left child
+                    child = int(self.children[2 * node + side])
+                    if child != node:  # a leaf is its own child
+                        credit[child] = credit[node]
+                        credit[child, self.feature[node]] += self.bits[2 * node + side]
+                        stack.append(child)
+        return credit
+
+    def score(self, batch: Batch, explain: bool = False) -> MemberOutput:
+        """Anomaly score (higher = more anomalous) of the target rows."""
+        x = self._inputs(batch)
+        x = np.where(np.isnan(x), self.medians, x)
+        # sklearn validates the input as float32 before walking the trees; so do we.
+        x32 = np.ascontiguousarray(x, dtype=np.float32)
+        n = len(x32)
+        path: list[tuple[np.ndarray, np.ndarray]] | None = None
+        if n >= _CYTHON_MIN_ROWS and not (explain and self.leaf_credit is None):
+            node = self._leaves_per_tree(x32)
+        else:
+            path = [] if explain and self.leaf_credit is None else None
+            node = self._walk(x32, path)
+        depths = self.leaf_depth.take(node)
+        # Summing over axis 0 of a C-ordered array adds tree by tree, in sklearn's order.
+        total = depths.sum(axis=0)
+        # sklearn's guard for a one-sample forest: every score is 2 ** -1.
+        raw = 2.0 ** -(total / self.denominator) if self.denominator else np.full(n, 0.5)
+        if self.stall_ids is not None:
+            raw = raw + self.detector.stall_bonus(x[:, -1])
+        credit = None
+        if explain:
+            credit = self._credit(path, n) if path is not None else self._leaf_sum(node)
+        return MemberOutput(raw=raw, credit=credit)
+
+    def _walk(self, x32: np.ndarray, path: list[tuple[np.ndarray, np.ndarray]] | None) -> np.ndarray:
+        """Global leaf index ``(trees, rows)`` by walking all trees at once (cheap for few rows)."""
+        values = x32.ravel()
+        n = len(x32)
+        offsets = (np.arange(n, dtype=np.int32) * self.n_features)[None, :]
+        node = np.repeat(self.roots[:, None], n, axis=1)
+        # int32 indices and take(): the walk is memory-bound gathers, half the bytes of int64.
+        for _ in range(self.max_depth):
+            feature = self.feature.take(node)
+            # Child slot 2*node + 1 is the left child, 2*node the right one.
+            step = 2 * node + (values.take(offsets + feature) <= self.threshold.take(node))
+            if path is not None:
+                # Leaves earn no bits (both sides hold all their samples).
+                path.append((feature, self.bits.take(step)))
+            node = self.children.take(step)
+        return node
+
+    def _leaves_per_tree(self, x32: np.ndarray) -> np.ndarray:
+        """Global leaf index ``(trees, rows)`` from each tree's compiled ``apply`` (cheaper for many rows)."""
+        leaves = np.empty((len(self.trees), len(x32)), dtype=np.int64)
+        for t, tree in enumerate(self.trees):
+            rows = np.ascontiguousarray(x32[:, self.columns_per_tree[t]]) if self.subsampled else x32
+            leaves[t] = tree.apply(rows)
+        return leaves + self.roots[:, None]
+
+    def _leaf_sum(self, node: np.ndarray) -> np.ndarray:
+        assert self.leaf_credit is not None
+        credit = self.leaf_credit.take(node, axis=0).sum(axis=0) / len(self.roots)  # (rows, inputs)
+        return self._to_contract(credit)
+
+    @staticmethod
+    def _stall_columns(
+        detector: Any, inputs: tuple[str, ...], feature_index: Mapping[str, int]
+    ) -> np.ndarray | None:
+        """Contract positions of the ``<signal>__run`` features behind a trailing stall input.
+
+        IsolationForestDetector's ``health`` view appends one derived input: the longest run
+        of repeated values over its ``stall_signals``. Reading it from the arrays saves the
+        DataFrame the detector would need (a millisecond per request); the load-time check
+        catches any change of that definition.
+        """
+        stall = tuple(getattr(detector, "stall_signals", ()) or ())
+        runs = [f"{signal}__run" for signal in stall]
+        derived = [name for name in inputs if name not in feature_index]
+        if not stall or derived != [inputs[-1]] or not all(run in feature_index for run in runs):
+            return None
+        return np.array([feature_index[run] for run in runs], dtype=np.int64)
+
+    def _inputs(self, batch: Batch) -> np.ndarray:
+        if self.direct:
+            return batch.features[np.ix_(batch.targets, self.feature_ids)]
+        if self.stall_ids is not None:
+            x = batch.features[np.ix_(batch.targets, self.feature_ids[:-1])]
+            runs = batch.features[np.ix_(batch.targets, self.stall_ids)]
+            return np.column_stack([x, np.log1p(np.max(np.nan_to_num(runs, nan=0.0), axis=1))])
+        frame = batch.to_frame(self.contract_names).iloc[batch.targets]
+        return np.asarray(self.detector._matrix(frame), dtype=np.float64)
+
+    def _credit(self, path: list[tuple[np.ndarray, np.ndarray]], n: int) -> np.ndarray:
+        """Isolation bits per (row, contract feature), averaged over trees: ``(n, n_contract)``."""
+        features = np.stack([feature for feature, _ in path])  # (depth, trees, rows)
+        bits = np.stack([gained for _, gained in path])
+        rows = np.broadcast_to(np.arange(n), features.shape)
+        flat = (rows * self.n_features + features).ravel()
+        summed = np.bincount(flat, weights=bits.ravel(), minlength=n * self.n_features)
+        return self._to_contract(summed.reshape(n, self.n_features) / len(self.roots))
+
+    def _to_contract(self, credit: np.ndarray) -> np.ndarray:
+        # Derived inputs (no contract feature of their own) are left out of the explanation.
+        known = self.feature_ids >= 0
+        full = np.zeros((len(credit), len(self.contract_names)))
+        full[:, self.feature_ids[known]] = credit[:, known]
+        return full
+
+
+# --------------------------------------------------------------------------- forecasts
+
+
+#: Steps fetched after (and before) a missed instant: 12 h ahead and 1 h back at a 1-minute step.
+#: A forecaster call costs about the same for 1 or 800 instants (Prophet ~40 ms, ARIMA less).
+DEFAULT_PREFETCH_STEPS = 720
+DEFAULT_LOOKBACK_STEPS = 60
+
+
+class CachedForecaster:
+    """Memoises a forecaster's ``predict`` per instant; a miss also fills the next steps.
+
+    The forecast detector's forecasts depend only on the training period (both forecasters
+    are deterministic functions of the instant), so the forecast for a (workload, signal,
+    instant) never changes. Live traffic asks for the same few instants again and again
+    (every pod of a workload, every scrape of the same minute), and a forecaster call costs
+    tens of milliseconds whatever the number of instants, so one call fills ``prefetch``
+    steps ahead (and ``lookback`` behind, for replays) and later requests are dictionary
+    lookups.
+
+    Not thread-safe: the predictor scores on one thread (the server's event loop).
+    """
+
+    def __init__(
+        self,
+        inner: Any,
+        step_ns: int,
+        prefetch: int = DEFAULT_PREFETCH_STEPS,
+        lookback: int = DEFAULT_LOOKBACK_STEPS,
+        max_entries: int = 200_000,
+    ) -> None:
+        self.inner = inner
+        self.step_ns = int(step_ns)
+        self.prefetch = prefetch
+        self.lookback = lookback
+        self.max_entries = max_entries
+        self.columns: list[str] = []
+        self._cache: dict[int, tuple[float, ...]] = {}
+        self.misses = 0
+
+    def predict(self, ts: pd.Series) -> pd.DataFrame:
+        """The wrapped forecaster's interface: its columns (``yhat``, ...) for each instant, in order."""
+        instants = pd.DatetimeIndex(pd.to_datetime(ts, utc=True)).as_unit("ns").asi8
+        values = self.lookup(instants)
+        return pd.DataFrame(values, columns=self.columns)
+
+    def lookup(self, instants: np.ndarray) -> np.ndarray:
+        """Forecasts ``(len(instants), len(columns))`` for int64 nanosecond instants."""
+        missing = [t for t in set(instants.tolist()) if t not in self._cache]
+        if missing:
+            self._fill(missing)
+        cache = self._cache
+        return np.array([cache[t] for t in instants.tolist()], dtype=np.float64).reshape(len(instants), -1)
+
+    def column(self, name: str) -> int:
+        """Position of one of the forecaster's output columns (after the first lookup)."""
+        return self.columns.index(name)
+
+    def _fill(self, missing: list[int]) -> None:
+        self.misses += 1
+        steps = range(-self.lookback, self.prefetch + 1)
+        wanted = {t + k * self.step_ns for t in missing for k in steps}
+        instants = np.array(sorted(wanted - self._cache.keys()), dtype=np.int64)
+        table = self.inner.predict(pd.Series(pd.to_datetime(instants, utc=True)))
+        self.columns = [str(c) for c in table.columns]
+        values = table.to_numpy(dtype=np.float64)
+        if len(self._cache) + len(instants) > self.max_entries:
+            # Oldest first (dicts keep insertion order): live traffic moves forward in time.
+            for key in list(self._cache)[: len(self._cache) // 2 + len(instants)]:
+                del self._cache[key]
+        self._cache.update(zip(instants.tolist(), map(tuple, values.tolist()), strict=True))
+
+
+def install_forecast_cache(
+    detector: Any, step_seconds: float, prefetch: int = DEFAULT_PREFETCH_STEPS
+) -> None:
+    """Wrap every fitted forecaster of a forecast detector in a :class:`CachedForecaster` (in place).
+
+    Both the fast scorer and the detector's own ``score`` then read the same cache, so the
+    load-time check compares the scoring arithmetic, not two forecaster calls.
+    """
+    for model in detector.models.values():
+        if not isinstance(model.forecaster, CachedForecaster):
+            model.forecaster = CachedForecaster(model.forecaster, int(step_seconds * 1e9), prefetch)
+
+
+@functools.lru_cache(maxsize=65_536)
+def _workload(pod: str) -> str:
+    return workload_of(pod)
+
+
+def _log(values: np.ndarray) -> np.ndarray:
+    return np.log1p(np.clip(values, 0.0, None))
+
+
+class ForecastScorer:
+    """``ForecastDetector.score`` on arrays: log-scale residual against the corrected workload forecast.
+
+    Per signal, a row's expected value is its workload's forecast (from the cache) plus the
+    detector's online level correction, the trailing median residual of the workload's rows
+    *in the same request* before the row's instant; its score is the residual in units of the
+    workload's training residual spread, maxed over signals. A workload with a single instant
+    in the request has no correction (the detector's window excludes the instant itself), so
+    only workloads with history in the request pay for it. A pod with ``persistence`` rows in
+    the request also gets the detector's running-mean score (its mean residual over those
+    rows against the training spread of such means). History rows (telemetry input) are read
+    for both but not scored.
+    """
+
+    kind = "forecast"
+
+    def __init__(self, detector: Any, feature_index: Mapping[str, int]) -> None:
+        self.detector = detector
+        self.signals: tuple[str, ...] = tuple(detector.signals)
+        self.columns = [feature_index[s] for s in self.signals]
+        self.models: dict[tuple[str, str], Any] = detector.models
+        # The level correction's settings: with them the correction of all signals takes one
+        # pandas call per workload; without them, the detector's own method per signal.
+        self.persistence = int(getattr(detector.config, "persistence", 1))
+        self.min_instants = max(1, int(getattr(forecast_module, "_LEVEL_MIN_INSTANTS", 1)))
+        window = getattr(detector.config, "level_window", None)
+        has_constant = hasattr(forecast_module, "_LEVEL_MIN_INSTANTS")
+        self.window: str | None = str(window) if window and has_constant else None
+        if not window:
+            self.min_instants = 1 << 62  # no correction configured: always 0
+        for model in self.models.values():
+            if not isinstance(model.forecaster, CachedForecaster):
+                raise TypeError("install_forecast_cache() first: the fast scorer reads the cache")
+            float(model.sigma)  # the residual spread this scorer divides by
+
+    def score(self, batch: Batch, explain: bool = False) -> MemberOutput:
+        """Max over signals of ``|log1p(value) - log1p(forecast) - level| / sigma``; 0 without a forecast."""
+        cluster, namespace, pod, _ = batch.entities
+        groups = np.array(
+            [f"{c}/{ns}/{_workload(p)}" for c, ns, p in zip(cluster, namespace, pod, strict=True)],
+            dtype=object,
+        )
+        targets = batch.targets
+        values = _log(batch.features[:, self.columns])  # (rows, signals)
+        mean = np.full(values.shape, np.nan)
+        sigma = np.full(values.shape, np.nan)
+        for group in set(groups[targets].tolist()):
+            known = np.array(
+                [j for j, s in enumerate(self.signals) if (group, s) in self.models], dtype=np.int64
+            )
+            if not len(known):
+                continue
+            rows = np.flatnonzero(groups == group)  # history rows of the workload included
+            codes, position = np.unique(batch.timestamps[rows], return_inverse=True)
+            base = np.column_stack([self._forecast(group, self.signals[j], codes) for j in known])
+            residual = values[np.ix_(rows, known)] - base[position]
+            mean[np.ix_(rows, known)] = base[position] + self._levels(codes, residual, position)
+            sigma[np.ix_(rows, known)] = [self.models[(group, self.signals[j])].sigma for j in known]
+        z = np.nan_to_num(np.abs(values[targets] - mean[targets]) / sigma[targets], nan=0.0)
+        if self.persistence > 1:
+            z = np.fmax(z, self._running(batch, groups, values - mean))
+        # z >= 0, so the max over signals is the detector's running fmax from 0.
+        scores = z.max(axis=1) if z.shape[1] else np.zeros(len(targets))
+        strongest = np.where(scores > 0, z.argmax(axis=1) if z.shape[1] else -1, -1)
+        names = np.array([*self.signals, None], dtype=object)
+        return MemberOutput(raw=scores, signal=names[strongest])
+
+    def _running(self, batch: Batch, groups: np.ndarray, residual: np.ndarray) -> np.ndarray:
+        """``|mean of the pod's last persistence residuals| / sigma_mean`` per target row and signal.
+
+        NaN (so 0) until an entity has ``persistence`` rows in the request: only entities with
+        that much history pay for the rolling mean.
+        """
+        targets = batch.targets
+        out = np.zeros((len(targets), len(self.signals)))
+        codes = _entity_codes(batch)
+        if np.bincount(codes).max() < self.persistence:
+            return out
+        # Windows of each target row's last `persistence` rows of its entity, in time order;
+        # a NaN residual in a window makes its mean NaN, as the detector's min_periods does.
+        order, age, ends = _entity_layout(batch, codes)
+        ready = np.flatnonzero(age[ends] >= self.persistence - 1)
+        steps = ends[ready, None] - (self.persistence - 1) + np.arange(self.persistence)[None, :]
+        running = residual[order[steps]].mean(axis=1)
+        spread_of = {
+            group: np.array([self._sigma_mean(group, signal) for signal in self.signals])
+            for group in set(groups[targets[ready]].tolist())
+        }
+        spread = np.array([spread_of[group] for group in groups[targets[ready]].tolist()])
+        out[ready] = np.nan_to_num(np.abs(running) / spread.reshape(running.shape), nan=0.0)
+        return out
+
+    def _sigma_mean(self, group: str, signal: str) -> float:
+        model = self.models.get((group, signal))
+        spread = float(getattr(model, "sigma_mean", 0.0)) if model is not None else 0.0
+        return spread if spread > 0 else np.nan
+
+    def _forecast(self, group: str, signal: str, codes: np.ndarray) -> np.ndarray:
+        forecaster = self.models[(group, signal)].forecaster
+        return _log(forecaster.lookup(codes)[:, forecaster.column("yhat")])
+
+    def _levels(self, codes: np.ndarray, residual: np.ndarray, position: np.ndarray) -> np.ndarray:
+        """The detector's online level correction for every signal of one workload at once."""
+        if len(codes) <= self.min_instants:
+            # Every instant's window (which excludes the instant) holds too few instants.
+            return np.zeros(residual.shape)
+        instants = pd.DatetimeIndex(pd.to_datetime(codes, utc=True))
+        if self.window is None:
+            return np.column_stack(
+                [
+                    np.asarray(self.detector._level(instants, column, position))[position]
+                    for column in residual.T
+                ]
+            )
+        # ForecastDetector._level (a time-based rolling median) for all signals at once, in numpy.
+        finite = np.isfinite(residual)
+        sums = np.stack(
+            [np.bincount(position, weights=c, minlength=len(codes)) for c in np.nan_to_num(residual).T],
+            axis=1,
+        )
+        counts = np.stack([np.bincount(position, weights=c, minlength=len(codes)) for c in finite.T], axis=1)
+        means = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+        # Trailing window [t - window, t) over the workload's instants (sorted, unique), median
+        # of the per-instant means once min_instants of them are there, else 0.
+        low = np.searchsorted(codes, codes - pd.Timedelta(self.window).value, side="left")
+        level = np.zeros(means.shape)
+        for i in np.flatnonzero(np.arange(len(codes)) - low >= self.min_instants).tolist():
+            block = means[low[i] : i]
+            enough = np.isfinite(block).sum(axis=0) >= self.min_instants
+            if enough.any():
+                level[i, enough] = np.nanmedian(block[:, enough], axis=0)
+        return level[position]
+
+
+# --------------------------------------------------------------------------- LSTM autoencoder
+
+
+def _entity_layout(batch: Batch, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows in (entity, time) order, each ordered row's age within its entity, targets' positions."""
+    order = np.lexsort((batch.timestamps, codes))  # stable: ties keep request order
+    sorted_codes = codes[order]
+    first = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
+    age = np.arange(len(order)) - np.repeat(first, np.diff(np.r_[first, len(order)]))
+    position = np.empty(len(order), dtype=np.int64)
+    position[order] = np.arange(len(order))
+    return order, age, position[batch.targets]
+
+
+def _entity_codes(batch: Batch) -> np.ndarray:
+    codes: dict[tuple[str, ...], int] = {}
+    return np.array(
+        [codes.setdefault(key, len(codes)) for key in zip(*batch.entities, strict=True)], dtype=np.int64
+    )
+
+
+class LstmScorer:
+    """Reconstruction error of each target row's own step, in a window of its entity's rows.
+
+    The rows are laid out as the detector lays out a frame (entity by entity, in time order,
+    signals ``log1p``-transformed, each row's age within its entity), from the arrays instead
+    of a DataFrame; the windows, their preparation and the network are the detector's own
+    (``_last_step_errors``). A row without a full window of its entity's history *in the
+    request* scores 0 (no opinion): a lone feature row gets no LSTM opinion, telemetry input
+    carries the history.
+    """
+
+    kind = "lstm_autoencoder"
+
+    def __init__(self, detector: Any, feature_index: Mapping[str, int]) -> None:
+        self.detector = detector
+        self.signals: tuple[str, ...] = tuple(detector.signals)
+        self.columns = np.array([feature_index[s] for s in self.signals], dtype=np.int64)
+        self.window = int(detector.config.window)
+        self.error_scale = np.asarray(detector.error_scale, dtype=np.float64)
+        if detector._scripted is None or not callable(getattr(detector, "_last_step_errors", None)):
+            raise TypeError("the LSTM detector holds no trained network or no array-level scoring")
+
+    def score(self, batch: Batch, explain: bool = False) -> MemberOutput:
+        """Mean over signals of the last step's squared error relative to the training error."""
+        order, age, ends = _entity_layout(batch, _entity_codes(batch))
+        full = age[ends] >= self.window - 1
+        raw = np.zeros(batch.n_targets)
+        signal = np.full(batch.n_targets, None, dtype=object)
+        if full.any():
+            values = batch.features[np.ix_(order, self.columns)]
+            logged = np.log1p(np.clip(values, 0.0, None)).astype(np.float32)
+            errors = self.detector._last_step_errors(logged, age, ends[full]) / self.error_scale
+            raw[full] = errors.mean(axis=1)
+            signal[full] = np.array(self.signals, dtype=object)[errors.argmax(axis=1)]
+        return MemberOutput(raw=raw, signal=signal)

@@ -1,0 +1,86 @@
+"""Feature rows from the Feast online store, for the ``entities`` request kind.
+
+A request that names entities instead of sending features gets the latest materialized
+features of each from the online store (``aiops.feature_store.online_features``), scored at the
+time of the request: the online store keeps one row per entity, not its history.
+
+The lookup checks at start-up, before the server becomes ready, that the feature service
+serves exactly the model's feature contract (same transform version, names and order); a
+mismatch stops the server instead of scoring the wrong columns.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from aiops.features import FeatureContract
+from aiops.schema import ENTITY_KEYS, TIMESTAMP
+from serving.errors import ModelLoadError, RequestError
+
+log = logging.getLogger(__name__)
+
+
+class FeastLookup:
+    """Reads feature rows for entity keys from a Feast repository's online store.
+
+    Args:
+        repo_path: The Feast repository (``feature_repo/``, or the folder it is mounted at).
+        feature_service: The service to read; default ``anomaly_detector_v<transform version>``
+            of the served model.
+        fs_yaml: Another ``feature_store.yaml`` (e.g. the production one with Redis).
+    """
+
+    def __init__(
+        self, repo_path: str | Path, feature_service: str | None = None, fs_yaml: str | Path | None = None
+    ) -> None:
+        self.repo_path = Path(repo_path)
+        self.feature_service = feature_service
+        self.fs_yaml = fs_yaml
+        self._store: Any = None
+
+    def bind(self, contract: FeatureContract) -> None:
+        """Open the store and check that the service serves ``contract``; called once at load."""
+        from aiops import feature_store as fs
+
+        service = self.feature_service or f"anomaly_detector_v{contract.transform_version}"
+        try:
+            fs.check_contract(self.repo_path, contract, service, self.fs_yaml)
+            self._store = fs.open_store(self.repo_path, self.fs_yaml)
+        except fs.FeatureStoreError as exc:
+            raise ModelLoadError(f"feature store {self.repo_path}: {exc}") from exc
+        self.feature_service = service
+        log.info("online features from %s, service %s", self.repo_path, service)
+
+    def __call__(self, rows: list[dict[str, Any]]) -> pd.DataFrame:
+        """Feature rows (key columns first) for the entities in ``rows``, stamped with the current minute."""
+        from aiops import feature_store as fs
+
+        if self._store is None or self.feature_service is None:
+            raise RuntimeError("FeastLookup.bind() was not called")
+        keys = []
+        for i, row in enumerate(rows):
+            missing = [k for k in ENTITY_KEYS if not isinstance(row.get(k), str)]
+            if missing:
+                raise RequestError(
+                    f"entities[{i}]: needs the entity keys {list(ENTITY_KEYS)} as strings; missing {missing}"
+                )
+            keys.append({k: row[k] for k in ENTITY_KEYS})
+        try:
+            found = fs.online_features(self._store, keys, self.feature_service)
+        except fs.FeatureStoreError as exc:
+            raise RequestError(f"online feature lookup: {exc}") from exc
+        features = [c for c in found.columns if c not in ENTITY_KEYS]
+        unknown = np.flatnonzero(found[features].isna().all(axis=1).to_numpy())
+        if unknown.size:
+            shown = [keys[i] for i in unknown[:3]]
+            raise RequestError(
+                f"no features in the online store for {unknown.size} of the entities, e.g. {shown}; "
+                "materialize them (aiops.feature_store.materialize) or send 'instances'"
+            )
+        now = pd.DataFrame({TIMESTAMP: [pd.Timestamp.now(tz="UTC").floor("min")] * len(found)})
+        return pd.concat([now, found.reset_index(drop=True)], axis=1)

@@ -1,0 +1,152 @@
+"""The KServe predictor in-process: loading from each source, both protocols, error mapping."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from serving.errors import ModelLoadError
+from tests.serving.conftest import instances, v2_inputs
+
+NAME = "detector"
+
+
+@pytest.fixture
+def predictor_cls(kserve_ready):
+    from serving.predictor import AnomalyPredictor
+
+    return AnomalyPredictor
+
+
+def loaded(predictor_cls, uri: str, **kwargs):
+    predictor = predictor_cls(NAME, uri, registry=CollectorRegistry(), **kwargs)
+    assert predictor.ready is False
+    assert predictor.load() is True and predictor.ready is True
+    return predictor
+
+
+def v1_scores(predictor, frame) -> np.ndarray:
+    answer = predictor.predict({"instances": instances(frame)})
+    return np.array([p["anomaly_score"] for p in answer["predictions"]])
+
+
+def test_bundle_folder(predictor_cls, trained):
+    predictor = loaded(predictor_cls, str(trained.bundle_dir))
+    rows = trained.split.test.iloc[::25]
+    np.testing.assert_array_equal(v1_scores(predictor, rows), trained.bundle.score(rows))
+    assert predictor.service.version.startswith("sha256:")
+    assert predictor.service.scorer.scorer_kinds == {"isolation_forest": "fast", "forecast": "fast"}
+
+
+@pytest.mark.parametrize("reference", ["@champion", "/1"])
+def test_registered_model_by_alias_or_version(predictor_cls, trained, registered, reference):
+    uri = f"models:/{registered.name}{reference}"
+    predictor = loaded(predictor_cls, uri, tracking_uri=registered.tracking_uri)
+    assert predictor.service.version == registered.version
+    assert predictor.service.loaded.example is not None  # the input example became the probe rows
+    rows = trained.split.test.iloc[::25]
+    np.testing.assert_array_equal(v1_scores(predictor, rows), trained.bundle.score(rows))
+
+
+def test_mlflow_model_folder_as_kserve_mounts_it(predictor_cls, trained, registered, tmp_path):
+    import mlflow.artifacts
+
+    from aiops.registry import mlflow_client
+
+    client = mlflow_client(registered.tracking_uri)
+    source = client.get_model_version_download_uri(registered.name, registered.version)
+    mounted = tmp_path / "mnt" / "models"
+    mlflow.artifacts.download_artifacts(
+        artifact_uri=source,
+        dst_path=str(mounted),
+        tracking_uri=registered.tracking_uri,
+        registry_uri=registered.tracking_uri,
+    )
+    predictor = loaded(predictor_cls, str(tmp_path / "mnt"), model_version="7")  # found one level down
+    assert predictor.service.version == "7"
+    rows = trained.split.test.iloc[::40]
+    np.testing.assert_array_equal(v1_scores(predictor, rows), trained.bundle.score(rows))
+
+
+def test_v2_request_gives_the_v1_numbers_as_tensors(predictor_cls, trained):
+    from kserve import InferInput, InferRequest
+
+    predictor = loaded(predictor_cls, str(trained.bundle_dir))
+    rows = trained.split.test.iloc[10:13]
+    inputs = [
+        InferInput(t["name"], t["shape"], t["datatype"], t["data"])
+        for t in v2_inputs(rows, predictor.service.decoder.names)
+    ]
+    response = predictor.predict(InferRequest(NAME, inputs, request_id="r1", parameters={"top_k": 2}))
+    body, _ = response.to_rest()
+    outputs = {o["name"]: o for o in body["outputs"]}
+    np.testing.assert_array_equal(outputs["anomaly_score"]["data"], trained.bundle.score(rows))
+    assert outputs["is_anomaly"]["datatype"] == "BOOL"
+    assert outputs["top_features"]["shape"] == [3, 2]
+    assert {"isolation_forest.surprise", "forecast.raw", "forecast.signal", "pod"} <= set(outputs)
+    assert body["model_version"] == predictor.service.version and body["id"] == "r1"
+
+
+def test_client_errors_become_400_and_the_unconfigured_501(predictor_cls, trained):
+    from kserve.errors import InvalidInput
+
+    predictor = loaded(predictor_cls, str(trained.bundle_dir))
+    with pytest.raises(InvalidInput, match="1 unknown"):
+        predictor.predict({"instances": [{**instances(trained.split.test.head(1))[0], "extra": 1.0}]})
+    with pytest.raises(NotImplementedError, match="not configured"):
+        predictor.predict({"entities": [{"cluster": "c", "namespace": "n", "pod": "p", "node": ""}]})
+
+
+def test_metrics_count_rows_and_anomalies_under_the_model_version(predictor_cls, trained):
+    registry = CollectorRegistry()
+    predictor = predictor_cls(NAME, str(trained.bundle_dir), registry=registry)
+    predictor.load()
+    rows = trained.split.test.head(7)
+    flagged = int(trained.bundle.predict(rows)["is_anomaly"].sum())
+    predictor.predict({"instances": instances(rows)})
+    labels = {"model_name": NAME, "model_version": predictor.service.version}
+    assert registry.get_sample_value("aiops_serving_rows_total", labels) == 7
+    assert registry.get_sample_value("aiops_serving_anomalies_total", labels) == flagged
+    ok = registry.get_sample_value(
+        "aiops_serving_requests_total", {**labels, "protocol": "v1", "outcome": "ok"}
+    )
+    assert ok == 1
+
+
+def test_a_model_that_cannot_load_leaves_the_predictor_unready(predictor_cls, registered, tmp_path):
+    predictor = predictor_cls(NAME, str(tmp_path / "nothing-here"), registry=CollectorRegistry())
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        predictor.load()
+    assert predictor.ready is False
+    unknown = predictor_cls(NAME, f"models:/{registered.name}@nobody", tracking_uri=registered.tracking_uri)
+    with pytest.raises(ModelLoadError, match="not found in the registry"):
+        unknown.load()
+
+
+def test_a_model_of_another_feature_transform_is_refused(predictor_cls, trained, tmp_path):
+    copy = shutil.copytree(trained.bundle_dir, tmp_path / "old")
+    contract = json.loads((copy / "feature_contract.json").read_text())
+    (copy / "feature_contract.json").write_text(json.dumps({**contract, "transform_version": "0"}))
+    with pytest.raises(ModelLoadError, match="feature transform v0"):
+        predictor_cls(NAME, str(copy), registry=CollectorRegistry()).load()
+
+
+def test_command_line_exits_2_with_the_reason_when_the_model_is_missing(kserve_ready, tmp_path, capsys):
+    from serving.__main__ import main
+
+    assert main(["--model", str(tmp_path / "missing"), "--port", "8080"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_aiops_serve_exits_2_with_the_reason_when_the_model_is_missing(kserve_ready, tmp_path):
+    from typer.testing import CliRunner
+
+    from aiops.cli import app
+
+    result = CliRunner().invoke(app, ["serve", "--model", str(tmp_path / "missing"), "--port", "8080"])
+    assert result.exit_code == 2
+    assert "does not exist" in result.output

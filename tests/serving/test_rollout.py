@@ -1,0 +1,68 @@
+"""The canary rollout end to end on this machine: real model servers, a real Prometheus, MLflow.
+
+Promote path: the canary serves exactly like the champion, so it takes over. Roll-back path:
+the canary's score calibration is broken (it calls far more rows anomalous), which the score-
+distribution check catches; the champion alias stays where it was.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from aiops.canary import CanaryPolicy
+from aiops.model import DetectorBundle
+from aiops.publish import Lineage, publish_detector
+from aiops.registry import alias_version, mlflow_client
+from serving.rollout import ROLLOUT_EXPERIMENT, run_local_rollout
+from tests.conftest import need_binary
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+MODEL = "rollout-model"
+POLICY = CanaryPolicy(min_requests=60, min_rows=400)
+
+
+def _publish(folder, trained, labels, uri):
+    return publish_detector(
+        folder,
+        trained.split.test,
+        labels,
+        tracking_uri=uri,
+        experiment="rollout-tests",
+        model_name=MODEL,
+        lineage=Lineage(dataset_hash="t", data_rows=1, source="synthetic", seed=0),
+    ).registration.version
+
+
+def test_canary_promotes_a_healthy_model_and_rolls_back_a_miscalibrated_one(
+    trained, small_telemetry, tmp_path
+):
+    need_binary("prometheus", "prometheus")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    labels = small_telemetry.labels
+    assert _publish(trained.bundle_dir, trained, labels, uri) == "1"  # champion
+    assert _publish(trained.bundle_dir, trained, labels, uri) == "2"  # same model: the gate keeps v1
+    assert alias_version(MODEL, "champion", uri) == "1"
+    traffic = trained.split.test
+
+    healthy = run_local_rollout(MODEL, "2", traffic, uri, tmp_path / "r1", requests=240, policy=POLICY)
+    assert healthy.promoted, healthy.reasons
+    assert alias_version(MODEL, "champion", uri) == "2" and alias_version(MODEL, "previous", uri) == "1"
+    sent = healthy.evidence["requests_sent"]
+    assert sent["canary"] > 40 and sent["stable"] > sent["canary"]  # 30% of the traffic went to the canary
+
+    broken = DetectorBundle.load(trained.bundle_dir)
+    # A calibration bug: every member's reference scores shrunk, so every row looks rarer than it is.
+    broken.detector.reference = {k: np.sort(v) * 0.2 for k, v in broken.detector.reference.items()}
+    folder = broken.save(tmp_path / "broken")
+    assert _publish(folder, trained, labels, uri) == "3"
+    bad = run_local_rollout(MODEL, "3", traffic, uri, tmp_path / "r2", requests=240, policy=POLICY)
+    assert not bad.promoted
+    assert any("distribution shifted" in r for r in bad.reasons), bad.reasons
+    assert alias_version(MODEL, "champion", uri) == "2", "a rolled-back canary leaves the champion alone"
+
+    client = mlflow_client(uri)
+    assert client.get_model_version(MODEL, "3").tags["rollout.decision"] == "rolled_back"
+    runs = client.search_runs([client.get_experiment_by_name(ROLLOUT_EXPERIMENT).experiment_id])
+    assert {r.data.tags["decision"] for r in runs} == {"promoted", "rolled_back"}
+    assert all("canary_evidence.json" in {a.path for a in client.list_artifacts(r.info.run_id)} for r in runs)

@@ -1,0 +1,151 @@
+"""The fast scorers give the detectors' own numbers; the explanation points at the faulty signal."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from aiops.detectors.isolation_forest import IsolationForestConfig
+from aiops.schema import label_masks
+from aiops.training import train_detector
+from serving.batch import Batch
+from serving.members import CachedForecaster, CompiledForest, GenericScorer, LstmScorer
+from serving.scoring import build_scorer, probe_batch
+
+
+@pytest.fixture(scope="module")
+def scorer(trained):
+    return build_scorer(trained.bundle, probe_batch(trained.bundle))
+
+
+def test_every_member_gets_a_fast_scorer(scorer):
+    assert scorer.scorer_kinds == {"isolation_forest": "fast", "forecast": "fast"}
+
+
+def test_fast_path_equals_the_bundle_on_every_test_row(trained, scorer):
+    test = trained.split.test
+    scores = scorer.score(Batch.from_frame(test, trained.bundle.contract.feature_names))
+    # Equal to rounding: numpy means where the detector uses pandas' running sums.
+    np.testing.assert_allclose(scores.score, trained.bundle.score(test), rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(scores.is_anomaly, trained.bundle.predict(test)["is_anomaly"].to_numpy())
+    for name, detector in trained.bundle.detector.members.items():
+        np.testing.assert_allclose(scores.members[name].raw, detector.score(test), rtol=1e-12, atol=1e-12)
+
+
+def test_row_order_does_not_change_a_row_score(trained, scorer):
+    names = trained.bundle.contract.feature_names
+    test = trained.split.test.iloc[:300]
+    shuffled = test.sample(frac=1.0, random_state=1)
+    in_order = pd.Series(scorer.score(Batch.from_frame(test, names)).score, index=test.index)
+    reordered = pd.Series(scorer.score(Batch.from_frame(shuffled, names)).score, index=shuffled.index)
+    pd.testing.assert_series_equal(reordered.sort_index(), in_order)
+
+
+def test_a_row_alone_scores_as_the_bundle_scores_it_alone(trained, scorer):
+    """No history in the request: no level correction, in both paths."""
+    names = trained.bundle.contract.feature_names
+    for i in (0, 250, 999):
+        row = trained.split.test.iloc[[i]]
+        assert scorer.score(Batch.from_frame(row, names)).score[0] == trained.bundle.score(row)[0]
+
+
+def test_compiled_forest_matches_sklearn_with_missing_and_extreme_values(trained):
+    forest_member = trained.bundle.detector.members["isolation_forest"]
+    names = trained.bundle.contract.feature_names
+    frame = trained.split.test.head(200).copy()
+    rng = np.random.default_rng(0)
+    values = frame.loc[:, list(names)].to_numpy()
+    values[rng.random(values.shape) < 0.2] = np.nan
+    values[rng.random(values.shape) < 0.05] *= 1e6
+    frame.loc[:, list(names)] = values
+    compiled = CompiledForest(forest_member, {name: i for i, name in enumerate(names)})
+    np.testing.assert_array_equal(
+        compiled.score(Batch.from_frame(frame, names)).raw, forest_member.score(frame)
+    )
+
+
+def test_forecast_cache_is_filled_ahead_and_reused(trained, scorer):
+    forecaster = next(iter(trained.bundle.detector.members["forecast"].models.values())).forecaster
+    assert isinstance(forecaster, CachedForecaster)
+    names = trained.bundle.contract.feature_names
+    later = trained.split.test.copy()
+    later["timestamp"] += pd.Timedelta("3D")  # instants nobody asked for yet
+    before = scorer.forecast_cache_misses
+    scorer.score(Batch.from_frame(later.head(1), names))
+    assert scorer.forecast_cache_misses > before
+    first_miss = scorer.forecast_cache_misses
+    following = later[later["timestamp"] <= later["timestamp"].iloc[0] + pd.Timedelta("30min")]
+    scorer.score(Batch.from_frame(following.head(20), names))
+    assert scorer.forecast_cache_misses == first_miss  # the next hour was fetched with the first miss
+
+
+def test_a_disagreeing_fast_scorer_is_replaced_by_the_detectors_own(trained, monkeypatch):
+    from serving import members
+
+    original = members.ForecastScorer.score
+
+    def off_by_one(self, batch, explain=False):
+        out = original(self, batch, explain)
+        return members.MemberOutput(raw=out.raw + 1.0, signal=out.signal)
+
+    monkeypatch.setattr(members.ForecastScorer, "score", off_by_one)
+    scorer = build_scorer(trained.bundle, probe_batch(trained.bundle))
+    assert isinstance(scorer.scorers["forecast"], GenericScorer)
+    test = trained.split.test.head(50)
+    scores = scorer.score(Batch.from_frame(test, trained.bundle.contract.feature_names))
+    np.testing.assert_array_equal(scores.score, trained.bundle.score(test))
+
+
+def test_probe_rows_without_an_input_example_reach_the_forecasters(trained):
+    probe = probe_batch(trained.bundle)
+    forecast = trained.bundle.detector.members["forecast"]
+    raw = forecast.score(probe.to_frame(trained.bundle.contract.feature_names))
+    assert (raw > 0).any(), "probe rows should land on workloads the forecaster knows"
+
+
+@pytest.fixture(scope="module")
+def forest_scorer(trained):
+    """200 trees over every feature: 20 trees explain too noisily to test directions."""
+    config = IsolationForestConfig(n_estimators=200, features="all")
+    bundle = train_detector("isolation_forest", trained.split.train, trained.split.validation, config)
+    return build_scorer(bundle, probe_batch(bundle)), bundle.contract.feature_names
+
+
+@pytest.mark.parametrize(
+    ("anomaly_type", "signal"),
+    [("spike", "latency_p95_seconds"), ("network_degradation", "network_"), ("crash_loop", "restarts")],
+)
+def test_top_features_name_the_faulty_signal(trained, forest_scorer, small_telemetry, anomaly_type, signal):
+    """Directional: on the row the forest finds most anomalous in an injected fault, its signal leads."""
+    scorer, names = forest_scorer
+    masks = [
+        mask
+        for label, mask in label_masks(trained.features, small_telemetry.labels)
+        if label["anomaly_type"] == anomaly_type
+    ]
+    assert masks, f"the seeded data holds no {anomaly_type}"
+    scores = scorer.score(Batch.from_frame(trained.features[masks[0]], names), top_k=3)
+    worst = int(np.argmax(scores.members["isolation_forest"].raw))
+    top = [names[i] for i in scores.top_features[worst]]
+    assert top[0].startswith(signal) or top[1].startswith(signal), top
+    assert 0 < scores.top_shares[worst].sum() <= 1.0 + 1e-12
+
+
+def test_lstm_scorer_matches_the_detector_with_and_without_history(trained):
+    """Windows per entity, in time order; rows without a full window score 0, as in the detector."""
+    from aiops.detectors.lstm_autoencoder import LstmAutoencoderDetector, LstmConfig
+
+    names = trained.bundle.contract.feature_names
+    config = LstmConfig(window=6, hidden=8, latent=4, epochs=1, max_windows=200, device="cpu")
+    detector = LstmAutoencoderDetector(config).fit(trained.split.train.head(600), trained.bundle.contract)
+    index = {n: i for i, n in enumerate(names)}
+    frame = trained.split.test.head(80).sample(frac=1.0, random_state=3)  # shuffled: entities interleave
+    fast = LstmScorer(detector, index).score(Batch.from_frame(frame, names))
+    np.testing.assert_allclose(
+        fast.raw, detector.score(frame), rtol=1e-4, atol=1e-9
+    )  # float32, batch-size dependent kernels
+    assert (fast.raw > 0).any() and (fast.raw == 0).any()
+    assert set(fast.signal[fast.raw > 0]) <= set(detector.signals)
+    lone = LstmScorer(detector, index).score(Batch.from_frame(frame.head(1), names))
+    assert lone.raw.tolist() == [0.0] == detector.score(frame.head(1)).tolist()
