@@ -29,6 +29,7 @@ def register_model(
     image: str = "local",
     job: str = "aiops-training",
     pipeline_started_at: str = "",
+    hold_for_canary: bool = False,
 ) -> NamedTuple(
     "Registered", model_name=str, version=str, aliases=str, promoted=bool, run_id=str, reason=str
 ):
@@ -37,6 +38,8 @@ def register_model(
     The gate promotes only if ``primary_metric`` beats the champion's by more than ``margin``
     on the same test data and no metric in ``guards`` drops by more than its tolerance.
     Re-running this step for the same KFP run reuses the version it registered.
+    ``hold_for_canary``: a canary rollout follows; a passed gate then tags the version
+    ``gate.decision=passed`` and leaves ``champion`` to the canary's verdict.
 
     ``tracking_uri`` empty means ``MLFLOW_TRACKING_URI`` from the environment
     (on a cluster: injected from a Kubernetes secret).
@@ -76,6 +79,7 @@ def register_model(
         guards={k: float(v) for k, v in guards.items()},
         artifacts_dir=plots.path,
         reference=load_features(train.path)[0],
+        move_champion=not hold_for_canary,
     )
     reg = result.registration
     # Run metrics for the Pushgateway (when AIOPS_PUSHGATEWAY_URL is set; otherwise a no-op).
@@ -84,11 +88,16 @@ def register_model(
         reg.name,
         reg.version,
         reg.challenger_metrics,
-        reg.decision.promote,
+        "champion" in reg.aliases,
         data_rows,
         pipeline_started_at,
     )
     out = namedtuple("Registered", ["model_name", "version", "aliases", "promoted", "run_id", "reason"])
     return out(
-        reg.name, reg.version, ",".join(reg.aliases), reg.decision.promote, result.run_id, reg.decision.reason
+        reg.name,
+        reg.version,
+        ",".join(reg.aliases),
+        "champion" in reg.aliases,
+        result.run_id,
+        reg.decision.reason,
     )

@@ -26,6 +26,7 @@ def canary_rollout(
     InferenceService (Serverless: ``canaryTrafficPercent``; RawDeployment: a second service behind
     a weighted Route) and the evidence comes from ``prometheus_url`` over ``analysis_window``.
     Returns True when the canary was promoted. The decision is recorded in MLflow either way.
+    A version the promotion gate rejected is not rolled out at all (returns False).
     """
     import os
     import tempfile
@@ -39,6 +40,13 @@ def canary_rollout(
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
     if not uri:
         raise ValueError("no MLflow tracking URI: pass tracking_uri or set MLFLOW_TRACKING_URI")
+    tags = mlflow_client(uri).get_model_version(model_name, version).tags
+    if tags.get("gate.decision") == "rejected":
+        print(
+            f"rollout of {model_name} v{version} skipped: the promotion gate kept the champion "
+            f"({tags.get('gate.reason', 'no reason recorded')})"
+        )
+        return False
     if mode == "local":
         table, _ = load_features(features.path)
         traffic = table[table["timestamp"] >= table["timestamp"].quantile(0.8)]
@@ -72,6 +80,16 @@ def canary_rollout(
         result = run_cluster_rollout(canary, model_name, version, storage_uri, stable or version, uri)
     else:
         raise ValueError(f"unknown rollout mode '{mode}'; choose 'local' or 'cluster'")
+    if result.promoted:  # the champion-age alert reads this (a no-op without a Pushgateway)
+        import time
+
+        from aiops.monitoring import champion_sample, push_run_metrics
+
+        push_run_metrics(
+            "aiops-rollout",
+            [champion_sample(model_name, version, time.time())],
+            grouping_key={"step": "rollout"},
+        )
     decision = "promoted" if result.promoted else "rolled back"
     print(f"rollout of {model_name} v{version}: {decision}: {'; '.join(result.reasons)}")
     return result.promoted

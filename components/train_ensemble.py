@@ -18,11 +18,14 @@ def train_ensemble(
     weight_isolation_forest: float = 1.0,
     weight_forecast: float = 1.0,
     weight_lstm_autoencoder: float = 1.0,
+    select_weights: bool = True,
 ):
     """Calibrate the members on validation, combine them with weights, pick one threshold.
 
     ``threshold_policy='event_f1'`` uses the labelled windows of the validation period only
-    (never the test period); ``quantile`` uses no labels at all.
+    (never the test period); ``quantile`` uses no labels at all. With ``event_f1`` and
+    ``select_weights`` (the default) the combine rule and the member weights are also chosen by
+    validation event F1, and the ``weight_*`` parameters are ignored.
     """
     from aiops.features import load_features
     from aiops.model import DetectorBundle
@@ -41,7 +44,12 @@ def train_ensemble(
     }
     table, _ = load_features(validation.path)
     labels = Telemetry.load(telemetry.path).labels
-    bundle = train_ensemble(members, table, labels, weights, threshold_policy, alarm_quantile)
+    if select_weights and threshold_policy == "event_f1":
+        bundle = train_ensemble(
+            members, table, labels, threshold_policy=threshold_policy, select_weights=True
+        )
+    else:
+        bundle = train_ensemble(members, table, labels, weights, threshold_policy, alarm_quantile)
     bundle.save(model.path)
     model.metadata.update({"detector": "ensemble", "threshold": bundle.threshold, "policy": threshold_policy})
     metrics.log_metric("threshold", bundle.threshold)

@@ -11,7 +11,7 @@ def train_isolation_forest(
     model: Output[Model],
     metrics: Output[Metrics],
     n_estimators: int = 200,
-    max_samples: int = 512,
+    max_samples: int = 4096,
     seed: int = 42,
     alarm_quantile: float = 0.99,
 ):

@@ -3,13 +3,14 @@ from kfp import dsl
 from components.check_drift import check_drift
 from components.image import PIPELINE_IMAGE
 from pipelines.cluster import with_mlflow_credentials, with_pushgateway
-from pipelines.training import ingest_validate_features, train_and_register
+from pipelines.training import ingest_validate_features, roll_out, train_and_register
 
 
 @dsl.pipeline(
     name="aiops-retraining",
     description="Read a recent window, check it for drift against the champion's training reference, and "
-    "when it drifted (or force=True) run the training sub-DAG: train, gate, register.",
+    "when it drifted (or force=True) run the training sub-DAG: train, gate, register; with deploy=True "
+    "the new version then goes through a canary rollout.",
 )
 def retraining_pipeline(
     source: str = "synthetic",
@@ -36,6 +37,11 @@ def retraining_pipeline(
     promotion_margin: float = 0.0,
     git_commit: str = "unknown",
     image: str = PIPELINE_IMAGE,
+    deploy: bool = False,
+    rollout_mode: str = "local",
+    canary_percent: int = 30,
+    rollout_namespace: str = "",
+    rollout_prometheus_url: str = "",
 ) -> bool:
     """Retraining pipeline; returns whether it retrained (the reason is in MLflow and the dashboard)."""
     telemetry, validate, store, started_at = ingest_validate_features(
@@ -64,7 +70,7 @@ def retraining_pipeline(
     with_mlflow_credentials(drift)
     with_pushgateway(drift)
     with dsl.If(drift.outputs["Output"] == True, name="drifted or forced"):  # noqa: E712 - a KFP condition, not Python
-        train_and_register(
+        trained = train_and_register(
             telemetry=telemetry,
             features=store.outputs["training"],
             dataset_hash=validate.outputs["dataset_hash"],
@@ -83,5 +89,17 @@ def retraining_pipeline(
             image=image,
             job="aiops-retraining",
             pipeline_started_at=started_at,
+            hold_for_canary=deploy,
         ).set_display_name("train and register")
+        with dsl.If(deploy == True, name="deploy"):  # noqa: E712 - a KFP condition, not Python
+            roll_out(
+                store.outputs["training"],
+                trained.output,
+                model_name,
+                mlflow_tracking_uri,
+                canary_percent,
+                rollout_mode,
+                rollout_namespace,
+                rollout_prometheus_url,
+            )
     return drift.outputs["Output"]

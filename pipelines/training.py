@@ -1,3 +1,5 @@
+from typing import Any
+
 from kfp import dsl
 from kfp.dsl import Dataset, Input
 
@@ -39,7 +41,7 @@ def train_and_register(
     validation_fraction: float = 0.2,
     test_fraction: float = 0.25,
     n_estimators: int = 200,
-    max_samples: int = 512,
+    max_samples: int = 4096,
     forecaster: str = "prophet",
     lstm_window: int = 30,
     lstm_epochs: int = 5,
@@ -56,8 +58,13 @@ def train_and_register(
     image: str = PIPELINE_IMAGE,
     job: str = "aiops-training",
     pipeline_started_at: str = "",
+    hold_for_canary: bool = False,
 ) -> str:
-    """The training sub-DAG shared by the training and retraining pipelines; returns the version."""
+    """The training sub-DAG shared by the training and retraining pipelines; returns the version.
+
+    ``hold_for_canary=True`` (a canary rollout follows): a passed gate leaves ``champion`` to the
+    canary's verdict.
+    """
     split = split_by_time(
         features=features, validation_fraction=validation_fraction, test_fraction=test_fraction
     ).set_display_name("time split")
@@ -121,6 +128,7 @@ def train_and_register(
         image=image,
         job=job,
         pipeline_started_at=pipeline_started_at,
+        hold_for_canary=hold_for_canary,
     ).set_display_name("register")
     register.set_caching_options(False)
     with_mlflow_credentials(register)
@@ -171,6 +179,33 @@ def ingest_validate_features(
     return telemetry, validate, store, ingest.outputs["Output"]
 
 
+def roll_out(
+    features: Any,
+    version: Any,
+    model_name: Any,
+    tracking_uri: Any,
+    canary_percent: Any,
+    mode: Any,
+    namespace: Any,
+    prometheus_url: Any,
+) -> Any:
+    """The canary rollout task of a newly registered version (training and retraining pipelines)."""
+    rollout = canary_rollout(
+        features=features,
+        version=version,
+        model_name=model_name,
+        tracking_uri=tracking_uri,
+        canary_percent=canary_percent,
+        mode=mode,
+        namespace=namespace,
+        prometheus_url=prometheus_url,
+    ).set_display_name("canary rollout")
+    rollout.set_caching_options(False)
+    with_mlflow_credentials(rollout)
+    with_pushgateway(rollout)
+    return rollout
+
+
 @dsl.pipeline(
     name="aiops-training",
     description="Ingest telemetry, validate, build features, split by time, train Isolation Forest, "
@@ -190,7 +225,7 @@ def training_pipeline(
     validation_fraction: float = 0.2,
     test_fraction: float = 0.25,
     n_estimators: int = 200,
-    max_samples: int = 512,
+    max_samples: int = 4096,
     forecaster: str = "prophet",
     lstm_window: int = 30,
     lstm_epochs: int = 5,
@@ -248,18 +283,17 @@ def training_pipeline(
         git_commit=git_commit,
         image=image,
         pipeline_started_at=started_at,
+        hold_for_canary=deploy,
     ).set_display_name("train and register")
     with dsl.If(deploy == True, name="deploy"):  # noqa: E712 - a KFP condition, not Python
-        rollout = canary_rollout(
-            features=store.outputs["training"],
-            version=trained.output,
-            model_name=model_name,
-            tracking_uri=mlflow_tracking_uri,
-            canary_percent=canary_percent,
-            mode=rollout_mode,
-            namespace=rollout_namespace,
-            prometheus_url=rollout_prometheus_url,
-        ).set_display_name("canary rollout")
-        rollout.set_caching_options(False)
-        with_mlflow_credentials(rollout)
+        roll_out(
+            store.outputs["training"],
+            trained.output,
+            model_name,
+            mlflow_tracking_uri,
+            canary_percent,
+            rollout_mode,
+            rollout_namespace,
+            rollout_prometheus_url,
+        )
     return trained.output

@@ -70,7 +70,17 @@ class CanaryPolicy:
         alpha: Significance level of the tests.
         max_error_rate_increase: Tolerated absolute error-rate increase.
         max_latency_ratio: Tolerated canary p95 / stable p95.
-        max_score_js_distance: Tolerated Jensen-Shannon distance between score distributions.
+        max_score_js_distance: Jensen-Shannon distance between the arms' score distributions
+            above which the shift is reported as such.
+        max_anomaly_rate_ratio: Tolerated canary / stable anomaly rate.
+        max_anomaly_rate_increase: Tolerated absolute anomaly-rate increase.
+
+    Scores are judged by what they do to alarms: a canary is rolled back when it flags
+    significantly more rows than the stable arm (beyond both tolerances). A shifted score
+    distribution alone is not a fault: a model retrained because the traffic changed is expected
+    to score it differently from the stale one, and the promotion gate has already shown on
+    labelled data that it detects better. The distance and its chi-square test are recorded as
+    evidence either way.
     """
 
     min_requests: int = 200
@@ -79,6 +89,8 @@ class CanaryPolicy:
     max_error_rate_increase: float = 0.005
     max_latency_ratio: float = 1.5
     max_score_js_distance: float = 0.2
+    max_anomaly_rate_ratio: float = 1.5
+    max_anomaly_rate_increase: float = 0.01
 
 
 @dataclass(frozen=True)
@@ -194,11 +206,29 @@ def analyse(stable: ArmStats, canary: ArmStats, policy: CanaryPolicy = CanaryPol
         )
 
     p_shift, distance = score_shift(stable.score_buckets, canary.score_buckets)
-    evidence["scores"] = {"chi2_p_value": p_shift, "js_distance": distance}
-    if p_shift < policy.alpha and distance > policy.max_score_js_distance:
-        reasons.append(
+    shifted = p_shift < policy.alpha and distance > policy.max_score_js_distance
+    p_rate = two_proportion_pvalue(stable.anomalies, stable.rows, canary.anomalies, canary.rows)
+    rate_ratio = canary.anomaly_rate / max(stable.anomaly_rate, 1.0 / max(stable.rows, 1.0))
+    evidence["scores"] = {
+        "chi2_p_value": p_shift,
+        "js_distance": distance,
+        "shifted": shifted,
+        "anomaly_rate_p_value": p_rate,
+        "anomaly_rate_ratio": rate_ratio,
+    }
+    if (
+        p_rate < policy.alpha
+        and rate_ratio > policy.max_anomaly_rate_ratio
+        and canary.anomaly_rate - stable.anomaly_rate > policy.max_anomaly_rate_increase
+    ):
+        shift = (
             f"anomaly-score distribution shifted (JS distance {distance:.3f}, p={p_shift:.2g}); "
-            f"anomaly rate {canary.anomaly_rate:.4f} vs stable {stable.anomaly_rate:.4f}"
+            if shifted
+            else ""
+        )
+        reasons.append(
+            f"{shift}anomaly rate {canary.anomaly_rate:.4f} vs stable {stable.anomaly_rate:.4f} "
+            f"(x{rate_ratio:.2f}, p={p_rate:.2g}): the canary would raise far more alarms"
         )
     if reasons:
         return CanaryVerdict(False, tuple(reasons), evidence)

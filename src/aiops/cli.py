@@ -176,6 +176,9 @@ def run_retraining(
         float, typer.Option(help="Retrain when more columns than this share drifted.")
     ] = 0.5,
     force: Annotated[bool, typer.Option(help="Retrain whatever the drift check says.")] = False,
+    deploy: Annotated[
+        bool, typer.Option(help="Roll a retrained version out as a canary beside the champion.")
+    ] = False,
     model_name: Annotated[str, typer.Option(help="Registered model name.")] = "aiops-anomaly-detector",
     tracking_uri: Annotated[str, typer.Option(help="MLflow tracking URI (default: ./mlruns).")] = "",
     pipeline_root: Annotated[Path, typer.Option(help="Where the local runner keeps task outputs.")] = Path(
@@ -217,6 +220,7 @@ def run_retraining(
                 "drift_window": drift_window,
                 "max_drift_share": max_drift_share,
                 "force": force,
+                "deploy": deploy,
                 "model_name": model_name,
                 "mlflow_tracking_uri": uri,
                 "git_commit": git_commit(Path.cwd()),

@@ -123,6 +123,7 @@ def publish_detector(
     artifacts_dir: str | Path | None = None,
     run_name: str | None = None,
     reference: pd.DataFrame | None = None,
+    move_champion: bool = True,
 ) -> PublishResult:
     """Track a training run in MLflow, register its model and run the promotion gate.
 
@@ -146,6 +147,7 @@ def publish_detector(
         run_name: MLflow run name of the parent run.
         reference: Training-period feature rows; a sample is stored with the model
             (``reference_sample.parquet``) as the baseline of later drift checks.
+        move_champion: Let a passed gate move ``champion`` (``False``: a canary decides later).
 
     """
     import mlflow
@@ -178,6 +180,7 @@ def publish_detector(
             run_id=parent_id or None,
             tracking_uri=tracking_uri,
             existing_version=existing,
+            move_champion=move_champion,
         )
         return PublishResult(parent_id, experiment_id, registration)
 
@@ -217,6 +220,7 @@ def publish_detector(
                 "model_run_id": model_run.info.run_id,
             },
             tracking_uri=tracking_uri,
+            move_champion=move_champion,
         )
         # The gate's numbers (scored through the registry) are authoritative; the report adds per-member ones.
         measured_test = {

@@ -232,6 +232,7 @@ def register_and_gate(
     version_tags: Mapping[str, str] | None = None,
     tracking_uri: str | None = None,
     existing_version: str | None = None,
+    move_champion: bool = True,
 ) -> Registration:
     """Register ``model_uri`` as a new version (or reuse ``existing_version``) and run the gate.
 
@@ -247,6 +248,9 @@ def register_and_gate(
         tracking_uri: Tracking/registry URI; the configured one when ``None``.
         existing_version: A version registered by an earlier attempt of the same pipeline
             run; re-running the step must not create a duplicate.
+        move_champion: Move ``champion`` when the gate passes. ``False`` when a canary rollout
+            follows and decides: the version is then tagged ``gate.decision=passed`` and keeps
+            only ``challenger``.
     """
     import mlflow
 
@@ -285,13 +289,13 @@ def register_and_gate(
         champion_error=champion_error,
     )
     aliases = [CHALLENGER]
-    if decision.promote:
+    if decision.promote and move_champion:
         current = alias_version(name, CHAMPION, tracking_uri)
         if current is not None and current != version:
             client.set_registered_model_alias(name, PREVIOUS, current)
         client.set_registered_model_alias(name, CHAMPION, version)
         aliases.append(CHAMPION)
-    verdict = "promoted" if decision.promote else "rejected"
+    verdict = ("promoted" if move_champion else "passed") if decision.promote else "rejected"
     client.set_model_version_tag(name, version, "gate.decision", verdict)
     client.set_model_version_tag(name, version, "gate.reason", decision.reason)
     if run_id is not None:

@@ -1,4 +1,8 @@
-"""The retraining loop, end to end with the local runner: drift retrains, no drift does not."""
+"""The retraining loop, end to end with the local runner: drift retrains, no drift does not.
+
+The drifted run deploys: its new version passes the gate, then a canary rollout against the
+champion (two real model servers and a real Prometheus) decides whether it takes over.
+"""
 
 from __future__ import annotations
 
@@ -31,15 +35,20 @@ def test_drift_triggers_retraining_and_no_drift_does_not(tmp_path):
             "concept_drift": "workload_doubles",
             "drift_start": "1D",
             "mlflow_tracking_uri": uri,
+            "deploy": True,
         },
         root,
     )
     assert drifted.output is True
     assert [v.version for v in list_versions("loop", uri)] == ["2", "1"]
-    # the model that knows the new traffic beats the stale one on the drifted test period
+    # the model that knows the new traffic beats the stale one on the drifted test period (the
+    # gate), then serves as well as the champion on live traffic (the canary), and takes over
+    client = mlflow_client(uri)
+    new = client.get_model_version("loop", "2").tags
+    assert new["gate.decision"] == "passed", new.get("gate.reason")
+    assert new["rollout.decision"] == "promoted", new.get("rollout.reason")
     assert alias_version("loop", "champion", uri) == "2" and alias_version("loop", "previous", uri) == "1"
 
-    client = mlflow_client(uri)
     checks = client.search_runs(
         [client.get_experiment_by_name(DRIFT_EXPERIMENT).experiment_id],
         order_by=["attributes.start_time ASC"],

@@ -76,6 +76,14 @@ def test_score_distribution_shift_rolls_back():
     assert p < 1e-6 and distance > 0.2
 
 
+def test_a_shifted_distribution_with_the_usual_alarm_rate_promotes():
+    """A model retrained on changed traffic scores differently; what matters is how often it alarms."""
+    reshaped = arm(scores=(100, 100, 200, 250, 250, 100), anomalies=12)
+    verdict = analyse(arm(), reshaped)
+    assert verdict.promote, verdict.reasons
+    assert verdict.evidence["scores"]["shifted"] and verdict.evidence["scores"]["js_distance"] > 0.2
+
+
 def test_too_little_traffic_is_inconclusive():
     verdict = analyse(arm(), arm(requests=50), CanaryPolicy(min_requests=200))
     assert not verdict.promote and verdict.reasons[0].startswith("inconclusive: canary")

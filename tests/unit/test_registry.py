@@ -137,6 +137,30 @@ def test_registry_flow(trained, tmp_path, monkeypatch):
     assert "# gate-model v1" in version.description and "## Known limits" in version.description
 
 
+def test_a_gate_followed_by_a_canary_leaves_the_champion_to_the_canary(trained, tmp_path):
+    """With a rollout to follow, a passed gate only marks the version; the canary moves the alias."""
+    from components.rollout import canary_rollout
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = registry_client(uri)
+    _publish(trained, uri)
+    held = _publish(trained, uri, margin=-1.0, move_champion=False)
+    assert held.registration.decision.promote and "champion" not in held.registration.aliases
+    assert client.get_model_version("gate-model", "2").tags["gate.decision"] == "passed"
+    assert alias_version(client, "champion") == "1" and alias_version(client, "challenger") == "2"
+
+    # a version the gate rejected is never rolled out (no servers start; nothing moves)
+    rejected = _publish(trained, uri, move_champion=False)
+    assert client.get_model_version("gate-model", "3").tags["gate.decision"] == "rejected"
+    assert (
+        canary_rollout.python_func(
+            features=None, version=rejected.registration.version, model_name="gate-model", tracking_uri=uri
+        )
+        is False
+    )
+    assert alias_version(client, "champion") == "1"
+
+
 def test_rerunning_a_pipeline_step_does_not_duplicate_versions(trained, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = registry_client(uri)
