@@ -16,6 +16,7 @@ on the validation period's labels only.
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ from aiops.detectors.lstm_autoencoder import LstmAutoencoderDetector, LstmConfig
 from aiops.features import FeatureConfig, contract_for
 from aiops.model import DetectorBundle
 from aiops.schema import ENTITY_KEYS, TIMESTAMP, label_masks, row_labels
+
+log = logging.getLogger(__name__)
 
 THRESHOLD_POLICIES = ("quantile", "event_f1")
 #: Training metadata that is measured (tracked as metrics); every other entry is a setting (a param).
@@ -54,6 +57,9 @@ _DETECTORS: dict[str, tuple[type, type]] = {
 DETECTOR_KINDS = tuple(_DETECTORS)
 #: Weights tried per member by ``train_ensemble(select_weights=True)``.
 WEIGHT_GRID = (0.0, 0.5, 1.0)
+#: Labelled validation windows needed before weights are chosen on them: with a handful, the
+#: choice fits noise (a 4-day run has about five) and equal weights generalise better.
+MIN_SELECTION_WINDOWS = 20
 
 
 @dataclass(frozen=True)
@@ -245,7 +251,9 @@ def train_ensemble(
         select_weights: Choose the combine rule and the weights (from :data:`WEIGHT_GRID`) by
             event F1 on the validation period, preferring fewer members and equal weights
             unless more buys at least one window's worth of F1; needs
-            ``threshold_policy='event_f1'`` and no explicit ``weights``.
+            ``threshold_policy='event_f1'`` and no explicit ``weights``. Skipped, with a
+            warning and ``selection_skipped_windows`` in the metadata, when validation holds
+            fewer than :data:`MIN_SELECTION_WINDOWS` labelled windows.
         validation_scores: Members' raw scores of ``validation`` when already computed.
     """
     if not members:
@@ -270,7 +278,18 @@ def train_ensemble(
     surprises = ensemble.member_surprise(validation, validation_scores)
     extra: dict[str, Any] = {}
     if select_weights:
-        extra = _select_weights(ensemble, surprises, validation, labels)
+        windows = len(_EventScorer.of(validation, labels).window_rows)
+        if windows >= MIN_SELECTION_WINDOWS:
+            extra = _select_weights(ensemble, surprises, validation, labels)
+        else:
+            log.warning(
+                "ensemble weights not selected: %d labelled validation windows, fewer than %d; "
+                "equal weights, combine=%s",
+                windows,
+                MIN_SELECTION_WINDOWS,
+                ensemble.combine,
+            )
+            extra = {"selection_skipped_windows": windows}
     scores = ensemble.combine_surprises(surprises)
     threshold, basis = choose_threshold(scores, validation, labels, threshold_policy, alarm_quantile)
     contract = next(iter(members.values())).contract

@@ -361,13 +361,23 @@ def _bundle(detector, contract, threshold=1.0):
     return DetectorBundle(detector=detector, contract=contract, threshold=threshold)
 
 
-def test_select_weights_drops_a_member_that_only_adds_noise(parts):
+def test_select_weights_drops_a_member_that_only_adds_noise(parts, monkeypatch):
+    from aiops import training
+
     split, contract, labels = parts
     val = split.validation.reset_index(drop=True)
     rng = np.random.default_rng(0)
     truth = row_labels(val, labels)
     val = val.assign(good=truth * 3.0 + rng.random(len(val)), noise=rng.random(len(val)))
     members = {"good": _bundle(_Const("good"), contract), "noise": _bundle(_Const("noise"), contract)}
+    windows = len(_EventScorer.of(val, labels).window_rows)
+    assert 0 < windows < training.MIN_SELECTION_WINDOWS
+    # too few labelled windows to choose on: equal weights, and the metadata says why
+    kept = train_ensemble(members, val, labels, threshold_policy="event_f1", select_weights=True)
+    assert kept.detector.weights == {"good": 1.0, "noise": 1.0}
+    assert kept.meta["selection_skipped_windows"] == windows
+
+    monkeypatch.setattr(training, "MIN_SELECTION_WINDOWS", 1)
     bundle = train_ensemble(members, val, labels, threshold_policy="event_f1", select_weights=True)
     assert bundle.detector.weights["noise"] == 0.0 and bundle.detector.weights["good"] > 0
     assert bundle.meta["selection_validation_event_f1"] == pytest.approx(1.0)
