@@ -1,8 +1,9 @@
 """The canary rollout end to end on this machine: real model servers, a real Prometheus, MLflow.
 
-Promote path: the canary serves exactly like the champion, so it takes over. Roll-back path:
-the canary's score calibration is broken (it calls far more rows anomalous), which the score-
-distribution check catches; the champion alias stays where it was.
+Roll-back path: the canary's score calibration is broken (it calls far more rows anomalous),
+which the alarm-rate check catches; the champion alias stays where it was. The promote path runs
+inside the retraining pipeline's test (tests/pipelines/test_retraining.py), with a genuinely
+retrained model; the decision rules themselves are unit-tested in tests/unit/test_canary.py.
 """
 
 from __future__ import annotations
@@ -34,35 +35,27 @@ def _publish(folder, trained, labels, uri):
     ).registration.version
 
 
-def test_canary_promotes_a_healthy_model_and_rolls_back_a_miscalibrated_one(
-    trained, small_telemetry, tmp_path
-):
+def test_canary_rolls_back_a_miscalibrated_model_and_keeps_the_champion(trained, small_telemetry, tmp_path):
     need_binary("prometheus", "prometheus")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     labels = small_telemetry.labels
     assert _publish(trained.bundle_dir, trained, labels, uri) == "1"  # champion
-    assert _publish(trained.bundle_dir, trained, labels, uri) == "2"  # same model: the gate keeps v1
-    assert alias_version(MODEL, "champion", uri) == "1"
     traffic = trained.split.test
-
-    healthy = run_local_rollout(MODEL, "2", traffic, uri, tmp_path / "r1", requests=240, policy=POLICY)
-    assert healthy.promoted, healthy.reasons
-    assert alias_version(MODEL, "champion", uri) == "2" and alias_version(MODEL, "previous", uri) == "1"
-    sent = healthy.evidence["requests_sent"]
-    assert sent["canary"] > 40 and sent["stable"] > sent["canary"]  # 30% of the traffic went to the canary
 
     broken = DetectorBundle.load(trained.bundle_dir)
     # A calibration bug: every member's reference scores shrunk, so every row looks rarer than it is.
     broken.detector.reference = {k: np.sort(v) * 0.2 for k, v in broken.detector.reference.items()}
     folder = broken.save(tmp_path / "broken")
-    assert _publish(folder, trained, labels, uri) == "3"
-    bad = run_local_rollout(MODEL, "3", traffic, uri, tmp_path / "r2", requests=240, policy=POLICY)
+    assert _publish(folder, trained, labels, uri) == "2"
+    bad = run_local_rollout(MODEL, "2", traffic, uri, tmp_path / "r", requests=240, policy=POLICY)
     assert not bad.promoted
-    assert any("distribution shifted" in r for r in bad.reasons), bad.reasons
-    assert alias_version(MODEL, "champion", uri) == "2", "a rolled-back canary leaves the champion alone"
+    assert any("far more alarms" in r for r in bad.reasons), bad.reasons
+    sent = bad.evidence["requests_sent"]
+    assert sent["canary"] > 40 and sent["stable"] > sent["canary"]  # 30% of the traffic went to the canary
+    assert alias_version(MODEL, "champion", uri) == "1", "a rolled-back canary leaves the champion alone"
 
     client = mlflow_client(uri)
-    assert client.get_model_version(MODEL, "3").tags["rollout.decision"] == "rolled_back"
-    runs = client.search_runs([client.get_experiment_by_name(ROLLOUT_EXPERIMENT).experiment_id])
-    assert {r.data.tags["decision"] for r in runs} == {"promoted", "rolled_back"}
-    assert all("canary_evidence.json" in {a.path for a in client.list_artifacts(r.info.run_id)} for r in runs)
+    assert client.get_model_version(MODEL, "2").tags["rollout.decision"] == "rolled_back"
+    [run] = client.search_runs([client.get_experiment_by_name(ROLLOUT_EXPERIMENT).experiment_id])
+    assert run.data.tags["decision"] == "rolled_back"
+    assert "canary_evidence.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
