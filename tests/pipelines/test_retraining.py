@@ -1,10 +1,16 @@
 """The retraining loop, end to end with the local runner: drift retrains, no drift does not.
 
-The drifted run deploys: its new version passes the gate, then a canary rollout against the
-champion (two real model servers and a real Prometheus) decides whether it takes over.
+The first champion is trained in-process with the library functions the training pipeline's
+steps call (the training DAG itself runs in test_local_run.py), then registered with its training
+reference exactly as the register step does. The drifted run deploys: its new version passes the
+gate, then a canary rollout against the champion (two real model servers and a real Prometheus)
+decides whether it takes over.
 """
 
 from __future__ import annotations
+
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +19,45 @@ from aiops.registry import alias_version, list_versions, mlflow_client
 from pipelines.runner import run_local
 
 FAST = {"seed": 5, "n_anomalies": 10, "lstm_epochs": 1, "model_name": "loop"}
+
+
+def _first_champion(uri: str) -> None:
+    """Two simulated days (seed 5), trained and registered as the pipeline would (``FAST`` settings)."""
+    from aiops.detectors.forecast import ForecastConfig
+    from aiops.detectors.isolation_forest import IsolationForestConfig
+    from aiops.detectors.lstm_autoencoder import LstmConfig
+    from aiops.features import build_features
+    from aiops.ingest import SyntheticSource, synthetic_telemetry
+    from aiops.publish import Lineage, publish_detector
+    from aiops.split import time_split
+    from aiops.training import DETECTOR_KINDS, train_detector, train_ensemble
+
+    telemetry = synthetic_telemetry(SyntheticSource(seed=5, duration="2D", n_anomalies=10))
+    parts = time_split(build_features(telemetry.metrics), 0.2, 0.25)
+    configs = {
+        "isolation_forest": IsolationForestConfig(seed=5),
+        "forecast": ForecastConfig(seed=5),
+        "lstm_autoencoder": LstmConfig(window=10, epochs=1, seed=5),
+    }
+    members = {k: train_detector(k, parts.train, parts.validation, configs[k]) for k in DETECTOR_KINDS}
+    ensemble = train_ensemble(
+        members, parts.validation, telemetry.labels, threshold_policy="event_f1", select_weights=True
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        publish_detector(
+            ensemble.save(Path(tmp) / "ensemble"),
+            parts.test,
+            telemetry.labels,
+            tracking_uri=uri,
+            experiment="aiops-training",
+            model_name="loop",
+            lineage=Lineage(
+                dataset_hash="first", data_rows=len(telemetry.metrics), source="synthetic", seed=5
+            ),
+            reference=parts.train,
+        )
+
+
 WINDOW = {"start": "2026-01-07T00:00:00Z", "duration": "2D"}  # the two days after the champion's
 
 
@@ -20,7 +65,7 @@ WINDOW = {"start": "2026-01-07T00:00:00Z", "duration": "2D"}  # the two days aft
 def test_drift_triggers_retraining_and_no_drift_does_not(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     root = tmp_path / "kfp"
-    run_local("training", {**FAST, "duration": "2D", "lstm_window": 10, "mlflow_tracking_uri": uri}, root)
+    _first_champion(uri)
     assert alias_version("loop", "champion", uri) == "1"
 
     quiet = run_local("retraining", {**FAST, **WINDOW, "mlflow_tracking_uri": uri}, root)
