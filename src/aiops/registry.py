@@ -220,6 +220,20 @@ def alias_version(name: str, alias: str, tracking_uri: str | None = None) -> str
         return None
 
 
+def _transform_mismatch(client: Any, name: str, champion: str, challenger: str) -> str | None:
+    """Why the champion cannot be scored on the challenger's test features, if their transforms differ."""
+    tag = "lineage.feature_transform_version"
+    old = client.get_model_version(name, champion).tags.get(tag)
+    new = client.get_model_version(name, challenger).tags.get(tag)
+    if old is None or new is None or old == new:
+        return None
+    return (
+        f"the champion was trained on feature transform v{old} and cannot score this run's v{new} "
+        f"features; compare them by hand and promote with 'aiops models promote {name} --version "
+        f"{challenger} --reason ...'"
+    )
+
+
 def register_and_gate(
     name: str,
     model_uri: str | None,
@@ -274,6 +288,8 @@ def register_and_gate(
     if champion_version == version:  # a re-run after this very version was promoted
         champion_version = alias_version(name, PREVIOUS, tracking_uri)
     if champion_version is not None:
+        champion_error = _transform_mismatch(client, name, champion_version, version)
+    if champion_version is not None and champion_error is None:
         try:
             champion_metrics = dict(evaluate_model(f"models:/{name}/{champion_version}"))
         except Exception as exc:  # noqa: BLE001 - any failure to score the champion blocks promotion

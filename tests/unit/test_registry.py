@@ -161,6 +161,20 @@ def test_a_gate_followed_by_a_canary_leaves_the_champion_to_the_canary(trained, 
     assert alias_version(client, "champion") == "1"
 
 
+def test_a_champion_of_another_feature_transform_is_kept_with_a_reason(trained, tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = registry_client(uri)
+    _publish(trained, uri)
+    client.set_model_version_tag(
+        "gate-model", "1", "lineage.feature_transform_version", "0"
+    )  # an older transform
+    second = _publish(trained, uri, margin=-1.0)  # would win on any score
+    assert not second.registration.decision.promote
+    assert "feature transform v0" in second.registration.decision.reason
+    assert "aiops models promote gate-model --version 2" in second.registration.decision.reason
+    assert alias_version(client, "champion") == "1"
+
+
 def test_rerunning_a_pipeline_step_does_not_duplicate_versions(trained, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = registry_client(uri)
