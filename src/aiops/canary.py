@@ -70,6 +70,9 @@ class CanaryPolicy:
         alpha: Significance level of the tests.
         max_error_rate_increase: Tolerated absolute error-rate increase.
         max_latency_ratio: Tolerated canary p95 / stable p95.
+        min_latency_increase_s: A slower p95 counts only beyond this many seconds: at a few
+            milliseconds, the ratio of two p95s on a shared node is noise (and the canary, with
+            the smaller share of traffic, meets more cold caches), not a regression.
         max_score_js_distance: Jensen-Shannon distance between the arms' score distributions
             above which the shift is reported as such.
         max_anomaly_rate_ratio: Tolerated canary / stable anomaly rate.
@@ -88,6 +91,7 @@ class CanaryPolicy:
     alpha: float = 0.01
     max_error_rate_increase: float = 0.005
     max_latency_ratio: float = 1.5
+    min_latency_increase_s: float = 0.01
     max_score_js_distance: float = 0.2
     max_anomaly_rate_ratio: float = 1.5
     max_anomaly_rate_increase: float = 0.01
@@ -200,7 +204,8 @@ def analyse(stable: ArmStats, canary: ArmStats, policy: CanaryPolicy = CanaryPol
     p95_canary = histogram_quantile(0.95, canary.latency_buckets)
     ratio = p95_canary / p95_stable if p95_stable and not math.isnan(p95_stable) else float("nan")
     evidence["latency"] = {"p95_stable_s": p95_stable, "p95_canary_s": p95_canary, "ratio": ratio}
-    if not math.isnan(ratio) and ratio > policy.max_latency_ratio:
+    slower = p95_canary - p95_stable if not math.isnan(ratio) else 0.0
+    if not math.isnan(ratio) and ratio > policy.max_latency_ratio and slower > policy.min_latency_increase_s:
         reasons.append(
             f"p95 latency {p95_canary * 1000:.1f} ms vs stable {p95_stable * 1000:.1f} ms (x{ratio:.2f})"
         )

@@ -68,6 +68,14 @@ def test_latency_regression_rolls_back():
     assert not verdict.promote and "p95 latency" in " ".join(verdict.reasons)
 
 
+def test_a_few_milliseconds_slower_is_not_a_regression():
+    fast = arm(latency=(1000, 0, 0, 0, 0, 0))  # every request under 5 ms
+    slower = arm(latency=(500, 500, 0, 0, 0, 0))  # p95 between 5 and 10 ms: x1.9, +4.5 ms
+    verdict = analyse(fast, slower)
+    assert verdict.promote, verdict.reasons
+    assert verdict.evidence["latency"]["ratio"] > 1.5
+
+
 def test_score_distribution_shift_rolls_back():
     jumpy = arm(scores=(100, 100, 200, 250, 250, 100), anomalies=350)
     verdict = analyse(arm(), jumpy)
