@@ -40,7 +40,8 @@ def canary_rollout(
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
     if not uri:
         raise ValueError("no MLflow tracking URI: pass tracking_uri or set MLFLOW_TRACKING_URI")
-    tags = mlflow_client(uri).get_model_version(model_name, version).tags
+    client = mlflow_client(uri)
+    tags = client.get_model_version(model_name, version).tags
     if tags.get("gate.decision") == "rejected":
         print(
             f"rollout of {model_name} v{version} skipped: the promotion gate kept the champion "
@@ -67,7 +68,6 @@ def canary_rollout(
 
         if not (namespace and prometheus_url):
             raise ValueError("mode='cluster' needs namespace and prometheus_url")
-        client = mlflow_client(uri)
         source = client.get_model_version(model_name, version).source
         storage_uri = client.get_logged_model(source.rsplit("/", 1)[-1]).artifact_location
         stable = alias_version(model_name, "champion", uri)

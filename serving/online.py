@@ -47,13 +47,14 @@ class FeastLookup:
         """Open the store and check that the service serves ``contract``; called once at load."""
         from aiops import feature_store as fs
 
-        service = self.feature_service or f"anomaly_detector_v{contract.transform_version}"
+        # The server refuses models of another transform, so the contract's service is this one.
+        service = self.feature_service or fs.ANOMALY_DETECTOR_SERVICE
         try:
-            fs.check_contract(self.repo_path, contract, service, self.fs_yaml)
-            self._store = fs.open_store(self.repo_path, self.fs_yaml)
+            store = fs.open_store(self.repo_path, self.fs_yaml)
+            fs.check_contract(store, contract, service)
         except fs.FeatureStoreError as exc:
             raise ModelLoadError(f"feature store {self.repo_path}: {exc}") from exc
-        self.feature_service = service
+        self._store, self.feature_service = store, service
         log.info("online features from %s, service %s", self.repo_path, service)
 
     def __call__(self, rows: list[dict[str, Any]]) -> pd.DataFrame:

@@ -204,8 +204,11 @@ def analyse(stable: ArmStats, canary: ArmStats, policy: CanaryPolicy = CanaryPol
     p95_canary = histogram_quantile(0.95, canary.latency_buckets)
     ratio = p95_canary / p95_stable if p95_stable and not math.isnan(p95_stable) else float("nan")
     evidence["latency"] = {"p95_stable_s": p95_stable, "p95_canary_s": p95_canary, "ratio": ratio}
-    slower = p95_canary - p95_stable if not math.isnan(ratio) else 0.0
-    if not math.isnan(ratio) and ratio > policy.max_latency_ratio and slower > policy.min_latency_increase_s:
+    if (
+        not math.isnan(ratio)
+        and ratio > policy.max_latency_ratio
+        and p95_canary - p95_stable > policy.min_latency_increase_s
+    ):
         reasons.append(
             f"p95 latency {p95_canary * 1000:.1f} ms vs stable {p95_stable * 1000:.1f} ms (x{ratio:.2f})"
         )

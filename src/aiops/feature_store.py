@@ -522,21 +522,23 @@ def feature_service_features(
 
 
 def check_contract(
-    repo_path: str | Path,
+    repo_path: str | Path | FeatureStore,
     contract: FeatureContract,
     feature_service: str = ANOMALY_DETECTOR_SERVICE,
     fs_yaml: str | Path | None = None,
 ) -> None:
     """Check that a registered feature service serves exactly a model's feature contract.
 
-    A predictor calls this once at start-up, before it reads features online.
+    A predictor calls this once at start-up, before it reads features online; it may pass the
+    store it keeps open (see :func:`open_store`) instead of the repository path.
 
     Raises:
         FeatureStoreError: When the service is unknown, was built for another
             transform version, or lists other features or another order.
 
     """
-    service = _service(open_store(repo_path, fs_yaml), feature_service)
+    store = repo_path if not isinstance(repo_path, str | Path) else open_store(repo_path, fs_yaml)
+    service = _service(store, feature_service)
     served = service_features(service)
     version = service.tags.get("transform_version", "")
     if version != contract.transform_version:

@@ -278,9 +278,10 @@ def train_ensemble(
     surprises = ensemble.member_surprise(validation, validation_scores)
     extra: dict[str, Any] = {}
     if select_weights:
-        windows = len(_EventScorer.of(validation, labels).window_rows)
+        events = _EventScorer.of(validation, labels)
+        windows = len(events.window_rows)
         if windows >= MIN_SELECTION_WINDOWS:
-            extra = _select_weights(ensemble, surprises, validation, labels)
+            extra = _select_weights(ensemble, surprises, events)
         else:
             log.warning(
                 "ensemble weights not selected: %d labelled validation windows, fewer than %d; "
@@ -312,8 +313,7 @@ def train_ensemble(
 def _select_weights(
     ensemble: EnsembleDetector,
     surprises: Mapping[str, np.ndarray],
-    validation: pd.DataFrame,
-    labels: pd.DataFrame,
+    events: _EventScorer,
 ) -> dict[str, Any]:
     """Set the ensemble's combine rule and weights by validation event F1 (in place).
 
@@ -322,7 +322,6 @@ def _select_weights(
     labelled window's worth of F1 (``1 / windows``): with a few dozen validation windows,
     smaller gains are noise, and a member kept for noise adds its false alarms on new data.
     """
-    events = _EventScorer.of(validation, labels)
     if not events.window_rows:
         raise ValueError("select_weights needs labelled windows in the validation period and there are none")
     names = list(ensemble.members)

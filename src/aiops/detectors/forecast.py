@@ -261,10 +261,10 @@ class ArimaForecaster:
         values = np.log1p(np.clip(values, 0, None)) if self.log else values
         series = pd.Series(values, index=pd.DatetimeIndex(pd.to_datetime(ts, utc=True)))
         series = series.resample(self.resample).mean().interpolate().dropna()
-        origin = series.index[0] - pd.Timestamp("1970-01-01", tz="UTC") if len(series) else pd.Timedelta(0)
-        self._origin_days = origin.total_seconds() / 86400.0
         if len(series) < 2:
             raise ValueError(f"need at least 2 finite samples to fit a forecast, got {len(series)}")
+        origin = series.index[0] - pd.Timestamp("1970-01-01", tz="UTC")
+        self._origin_days = origin.total_seconds() / 86400.0
         self.weekly = _span_days(series.index.to_series()) >= WEEKLY_MIN_DAYS
         with warnings.catch_warnings():
             # statsmodels warns about start parameters and slow convergence on near-deterministic

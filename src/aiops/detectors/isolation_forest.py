@@ -158,5 +158,5 @@ class IsolationForestDetector:
         """The stall rule's share of the score for the ``stall`` input (``log1p`` of the run)."""
         if stall is None or not self.config.stall_weight:
             return 0.0
-        excess = np.maximum(np.expm1(stall) - getattr(self, "stall_ceiling", MIN_STALL_RUN), 0.0)
+        excess = np.maximum(np.expm1(stall) - self.stall_ceiling, 0.0)
         return self.config.stall_weight * np.log1p(excess)
