@@ -45,10 +45,15 @@ import pandas as pd
 
 from aiops.schema import KEY_COLUMNS, TIMESTAMP
 
+#: A pre-encoded request: body bytes and headers.
+Body = tuple[bytes, dict[str, str]]
+
 DEFAULT_MODEL = "models:/aiops-anomaly-detector@champion"
 PREDICTOR_NAME = "aiops-anomaly-detector"
 BASELINE_NAME = "echo"
-PROTOCOLS = ("v1", "v2")
+#: v1 JSON rows, v2 JSON tensors, v2 with the features tensor in the binary data extension.
+PROTOCOLS = ("v1", "v2", "v2-binary")
+_JSON_HEADERS = {"content-type": "application/json"}
 #: The targets the predictor is held to.
 TARGET_P99_MS = 20.0
 TARGET_BASELINE_RATIO = 3.0
@@ -148,9 +153,8 @@ class _Client:
 
     def __init__(self, port: int) -> None:
         self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-        self.headers = {"content-type": "application/json"}
 
-    def post(self, path: str, body: bytes) -> float:
+    def post(self, path: str, body: Body) -> float:
         """Send one request; returns its latency in milliseconds."""
         try:
             return self._post(path, body)
@@ -160,9 +164,10 @@ class _Client:
             self.connection.connect()
             return self._post(path, body)
 
-    def _post(self, path: str, body: bytes) -> float:
+    def _post(self, path: str, body: Body) -> float:
+        payload, headers = body
         started = time.perf_counter()
-        self.connection.request("POST", path, body=body, headers=self.headers)
+        self.connection.request("POST", path, body=payload, headers=headers)
         response = self.connection.getresponse()
         data = response.read()
         elapsed = (time.perf_counter() - started) * 1000.0
@@ -228,15 +233,42 @@ def v1_body(rows: pd.DataFrame) -> bytes:
 
 def v2_body(rows: pd.DataFrame, feature_names: Sequence[str]) -> bytes:
     """A v2 body: ``features`` FP64 [n, F] and the key columns as BYTES [n]."""
-    n = len(rows)
     values = rows.loc[:, list(feature_names)].to_numpy(dtype=np.float64).ravel().tolist()
+    features = {
+        "name": "features",
+        "datatype": "FP64",
+        "shape": [len(rows), len(feature_names)],
+        "data": [None if math.isnan(v) else v for v in values],
+    }
+    return json.dumps({"inputs": [features, *_key_tensors(rows)]}).encode()
+
+
+def v2_binary_body(rows: pd.DataFrame, feature_names: Sequence[str]) -> Body:
+    """A v2 request in the binary data extension: the features as raw little-endian FP64 after the JSON.
+
+    The open inference protocol's binary tensor extension (KServe, Triton): the JSON header
+    describes the tensors, ``binary_data_size`` says how many bytes of the tail belong to
+    ``features``, and the ``inference-header-content-length`` header says where the JSON ends.
+    NaN (a missing value) travels as itself.
+    """
+    raw = rows.loc[:, list(feature_names)].to_numpy(dtype="<f8").tobytes()
+    features = {
+        "name": "features",
+        "datatype": "FP64",
+        "shape": [len(rows), len(feature_names)],
+        "parameters": {"binary_data_size": len(raw)},
+    }
+    header = json.dumps({"inputs": [features, *_key_tensors(rows)]}).encode()
+    return header + raw, {
+        "content-type": "application/octet-stream",
+        "inference-header-content-length": str(len(header)),
+    }
+
+
+def _key_tensors(rows: pd.DataFrame) -> list[dict[str, Any]]:
+    """The timestamp and entity keys as v2 BYTES [n] tensors."""
+    n = len(rows)
     inputs: list[dict[str, Any]] = [
-        {
-            "name": "features",
-            "datatype": "FP64",
-            "shape": [n, len(feature_names)],
-            "data": [None if math.isnan(v) else v for v in values],
-        },
         {
             "name": TIMESTAMP,
             "datatype": "BYTES",
@@ -247,17 +279,27 @@ def v2_body(rows: pd.DataFrame, feature_names: Sequence[str]) -> bytes:
     inputs += [
         {"name": k, "datatype": "BYTES", "shape": [n], "data": rows[k].tolist()} for k in KEY_COLUMNS[1:]
     ]
-    return json.dumps({"inputs": inputs}).encode()
+    return inputs
 
 
-def _bodies(rows: pd.DataFrame, names: Sequence[str], protocol: str, batch: int) -> list[bytes]:
+def request_body(rows: pd.DataFrame, names: Sequence[str], protocol: str) -> Body:
+    """The request for ``rows`` in ``protocol`` (one of :data:`PROTOCOLS`)."""
+    if protocol == "v1":
+        return v1_body(rows), _JSON_HEADERS
+    if protocol == "v2":
+        return v2_body(rows, names), _JSON_HEADERS
+    if protocol == "v2-binary":
+        return v2_binary_body(rows, names)
+    raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
+
+
+def _bodies(rows: pd.DataFrame, names: Sequence[str], protocol: str, batch: int) -> list[Body]:
     """Bodies of ``batch`` consecutive rows, cycling through ``rows`` (at most 64 distinct bodies)."""
     count = max(1, min(64, len(rows) // batch)) if batch > 1 else len(rows)
-    out = []
-    for i in range(count):
-        part = rows.iloc[[(i * batch + j) % len(rows) for j in range(batch)]]
-        out.append(v1_body(part) if protocol == "v1" else v2_body(part, names))
-    return out
+    return [
+        request_body(rows.iloc[[(i * batch + j) % len(rows) for j in range(batch)]], names, protocol)
+        for i in range(count)
+    ]
 
 
 def _path(protocol: str, name: str) -> str:
@@ -267,13 +309,13 @@ def _path(protocol: str, name: str) -> str:
 # --------------------------------------------------------------------------- measurements
 
 
-def _run(client: _Client, path: str, bodies: Sequence[bytes], n: int) -> np.ndarray:
+def _run(client: _Client, path: str, bodies: Sequence[Body], n: int) -> np.ndarray:
     return np.array([client.post(path, bodies[i % len(bodies)]) for i in range(n)])
 
 
 def _latency(
     clients: dict[str, _Client],
-    bodies: dict[str, list[bytes]],
+    bodies: dict[str, list[Body]],
     paths: dict[str, str],
     settings: ServingBenchmark,
 ) -> dict[str, Any]:
@@ -295,7 +337,7 @@ def _latency(
 
 
 def _throughput(
-    client: _Client, path: str, bodies: Sequence[bytes], batch: int, settings: ServingBenchmark
+    client: _Client, path: str, bodies: Sequence[Body], batch: int, settings: ServingBenchmark
 ) -> float:
     requests = max(1, min(settings.rows_per_round // batch, settings.requests))
     _run(client, path, bodies, min(requests, 20))
@@ -346,7 +388,7 @@ def _cold(client: _Client, path: str, rows: pd.DataFrame, settings: ServingBench
     latencies = []
     for k in range(1, settings.cold_requests + 1):
         base[TIMESTAMP] = rows[TIMESTAMP].max() + pd.Timedelta(hours=3 * k)
-        latencies.append(client.post(path, v1_body(base)))
+        latencies.append(client.post(path, (v1_body(base), _JSON_HEADERS)))
     return float(np.median(latencies))
 
 

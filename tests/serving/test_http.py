@@ -142,6 +142,27 @@ def test_v2_infer_with_the_contract_from_the_contract_endpoint(server, trained):
     assert body["parameters"]["model_version"] == "1"
 
 
+def test_v2_binary_tensor_extension(server, trained):
+    """The open inference protocol's binary data extension: a JSON header, then raw FP64 bytes."""
+    names = trained.bundle.contract.feature_names
+    rows = trained.split.test.iloc[[20, 21, 22]]
+    features, *keys = v2_inputs(rows, names)
+    raw = rows.loc[:, list(names)].to_numpy(dtype="<f8").tobytes()
+    del features["data"]
+    features["parameters"] = {"binary_data_size": len(raw)}
+    header = json.dumps({"inputs": [features, *keys]}).encode()
+    status, body = server.infer(
+        header + raw,
+        headers={
+            "content-type": "application/octet-stream",
+            "inference-header-content-length": str(len(header)),
+        },
+    )
+    assert status == 200, body
+    outputs = {o["name"]: o for o in body["outputs"]}
+    np.testing.assert_allclose(outputs["anomaly_score"]["data"], trained.bundle.score(rows), rtol=1e-12)
+
+
 def test_raw_telemetry_is_turned_into_features_on_the_server(server, trained, small_telemetry):
     metrics = small_telemetry.metrics
     end = trained.split.test["timestamp"].iloc[500]
@@ -191,7 +212,8 @@ BAD_REQUESTS = [
     ("v1", lambda t: {"instances": [_one(t)], "parameters": {"top_k": 1000}}, JSON, 400, "'top_k'"),
     ("v1", lambda t: {"telemetry": [{"timestamp": "2026-01-05T00:00:00Z"}]}, JSON, 400, "key column(s)"),
     ("v1", lambda t: {"entities": [ENTITY]}, JSON, 501, "Feast"),
-    ("v2", lambda t: b"{", JSON, 422, ""),
+    ("v2", lambda t: b"{", JSON, 400, "not valid JSON"),
+    ("v2", lambda t: {"inputs": [{"name": "features"}]}, JSON, 422, "shape"),
     ("v2", lambda t: {"inputs": [_v2(t)["inputs"][0]]}, JSON, 400, "5 missing ('timestamp'"),
     ("v2", lambda t: _v2(t, shape=[1, 5], data=[0.0] * 5), JSON, 400, "the model expects [n, "),
     ("v2", lambda t: _v2(t, parameters={"feature_names": "a,b"}), JSON, 400, "feature_names"),
