@@ -179,6 +179,11 @@ def benchmark_synthetic(
         f"on normal test rows; {report['data']['labelled_windows']} labelled windows, "
         f"{int(report['detectors']['ensemble']['windows'])} in the test period"
     )
+    best = report["headroom"]["ensemble_at_test_optimal_weights"]
+    typer.echo(
+        f"headroom (threshold and weights chosen on the test labels; diagnosis only): ensemble "
+        f"event F1 {best['event_f1']:.3f} ({best['combine']}, {best['weights']})"
+    )
     _write(report, output)
 
 

@@ -63,7 +63,7 @@ MIN_SELECTION_WINDOWS = 20
 
 
 @dataclass(frozen=True)
-class _EventScorer:
+class EventF1Scorer:
     """Event-wise F1 of ``scores >= threshold`` for many thresholds, as :func:`aiops.evaluation.evaluate`.
 
     The label masks, the (entity, time) row order and the row truth are computed once, so
@@ -76,7 +76,8 @@ class _EventScorer:
     truth: np.ndarray  # in that order: the row lies inside a labelled window
 
     @classmethod
-    def of(cls, frame: pd.DataFrame, labels: pd.DataFrame) -> _EventScorer:
+    def of(cls, frame: pd.DataFrame, labels: pd.DataFrame) -> EventF1Scorer:
+        """Prepare the scorer for the rows of ``frame`` and the windows of ``labels``."""
         frame = frame.reset_index(drop=True)
         windows = [np.flatnonzero(mask) for _, mask in label_masks(frame, labels) if mask.any()]
         ordered = frame.sort_values([*ENTITY_KEYS, TIMESTAMP], kind="stable")
@@ -86,6 +87,7 @@ class _EventScorer:
         return cls(windows, order, continues, row_labels(frame, labels)[order])
 
     def f1(self, scores: np.ndarray, threshold: float) -> float:
+        """Event-wise F1 of the alarms ``scores >= threshold``."""
         alarms = np.asarray(scores, dtype=float)[self.order] >= threshold
         starts = alarms & ~(np.r_[False, alarms[:-1]] & self.continues)
         n_events = int(starts.sum())
@@ -139,7 +141,7 @@ def choose_threshold(
             "none; use threshold_policy='quantile' (an alarm budget) for unlabelled data"
         )
     # Candidates: upper quantiles of the validation scores, from a 10% to a 0.01% alarm rate.
-    f1, threshold = _EventScorer.of(frame, labels).best_threshold(scores)
+    f1, threshold = EventF1Scorer.of(frame, labels).best_threshold(scores)
     return threshold, {"validation_event_f1": f1, "threshold_quantile": float(np.mean(scores < threshold))}
 
 
@@ -278,7 +280,7 @@ def train_ensemble(
     surprises = ensemble.member_surprise(validation, validation_scores)
     extra: dict[str, Any] = {}
     if select_weights:
-        events = _EventScorer.of(validation, labels)
+        events = EventF1Scorer.of(validation, labels)
         windows = len(events.window_rows)
         if windows >= MIN_SELECTION_WINDOWS:
             extra = _select_weights(ensemble, surprises, events)
@@ -313,7 +315,7 @@ def train_ensemble(
 def _select_weights(
     ensemble: EnsembleDetector,
     surprises: Mapping[str, np.ndarray],
-    events: _EventScorer,
+    events: EventF1Scorer,
 ) -> dict[str, Any]:
     """Set the ensemble's combine rule and weights by validation event F1 (in place).
 

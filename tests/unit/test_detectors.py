@@ -25,7 +25,7 @@ from aiops.features import build_features, contract_for
 from aiops.model import DetectorBundle
 from aiops.schema import row_labels
 from aiops.split import time_split
-from aiops.training import _EventScorer, choose_threshold, train_detector, train_ensemble
+from aiops.training import EventF1Scorer, choose_threshold, train_detector, train_ensemble
 from tests.conftest import labels_frame, make_label
 
 
@@ -349,7 +349,7 @@ def test_event_scorer_matches_evaluate(parts):
     val = split.validation.reset_index(drop=True)
     truth = row_labels(val, labels)
     rng = np.random.default_rng(0)
-    scorer = _EventScorer.of(val, labels)
+    scorer = EventF1Scorer.of(val, labels)
     for _ in range(3):
         scores = rng.random(len(val)) + truth * rng.random()
         for threshold in np.quantile(scores, [0.9, 0.99, 0.999]):
@@ -370,7 +370,7 @@ def test_select_weights_drops_a_member_that_only_adds_noise(parts, monkeypatch):
     truth = row_labels(val, labels)
     val = val.assign(good=truth * 3.0 + rng.random(len(val)), noise=rng.random(len(val)))
     members = {"good": _bundle(_Const("good"), contract), "noise": _bundle(_Const("noise"), contract)}
-    windows = len(_EventScorer.of(val, labels).window_rows)
+    windows = len(EventF1Scorer.of(val, labels).window_rows)
     assert 0 < windows < training.MIN_SELECTION_WINDOWS
     # too few labelled windows to choose on: equal weights, and the metadata says why
     kept = train_ensemble(members, val, labels, threshold_policy="event_f1", select_weights=True)
