@@ -176,7 +176,8 @@ def run_synthetic_benchmark(settings: SyntheticBenchmark = SyntheticBenchmark())
     detector = ensemble.detector
     test_scores["ensemble"] = detector.combine_surprises(detector.member_surprise(test, test_scores))
     seconds["score_test"] = round(time.perf_counter() - t, 2)
-    thresholds = {**{name: b.threshold for name, b in bundles.items()}, "ensemble": ensemble.threshold}
+    # Members are judged at the thresholds the ensemble deploys for their own alarms.
+    thresholds = {**detector.member_thresholds, "ensemble": ensemble.threshold}
     headroom = _headroom(test, telemetry.labels, test_scores, detector)
     table, by_type = {}, {}
     for name, scores in test_scores.items():

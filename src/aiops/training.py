@@ -44,6 +44,7 @@ MEASURED_META = frozenset(
         "validation_rows",
         "validation_score_median",
         "validation_event_f1",
+        "member_validation_event_f1",
         "calibration_seconds",
         "n_features",
     }
@@ -246,7 +247,9 @@ def train_ensemble(
         validation: Feature table of the validation period (calibration and threshold).
         labels: Label table; used only by the ``event_f1`` policy, on validation rows only.
         weights: Weight per member (equal when ``None``).
-        threshold_policy: ``quantile`` or ``event_f1``.
+        threshold_policy: ``quantile`` or ``event_f1``. With ``event_f1`` the members' own
+            alarm thresholds (per-member alarms in reports and responses) are set the same way,
+            each on its own validation scores.
         alarm_quantile: Quantile for the ``quantile`` policy.
         combine: ``max`` (default: the members specialise in different faults) or ``mean`` of
             the weighted surprises.
@@ -271,16 +274,30 @@ def train_ensemble(
     if len(contracts) != 1:
         raise ValueError("ensemble members were trained on different feature contracts")
     started = time.perf_counter()
+    known = validation_scores or {}
+    raw = {
+        name: np.asarray(known[name] if name in known else bundle.detector.score(validation), dtype=float)
+        for name, bundle in members.items()
+    }
     ensemble = EnsembleDetector(
         members={name: bundle.detector for name, bundle in members.items()},
         weights=dict(weights or {}),
         member_thresholds={name: bundle.threshold for name, bundle in members.items()},
         combine=combine,
-    ).calibrate(validation, validation_scores)
-    surprises = ensemble.member_surprise(validation, validation_scores)
+    ).calibrate(validation, raw)
+    surprises = ensemble.member_surprise(validation, raw)
     extra: dict[str, Any] = {}
+    events = EventF1Scorer.of(validation, labels) if threshold_policy == "event_f1" else None
+    if events is not None and events.window_rows:
+        # The members' own alarm thresholds follow the ensemble's policy: a fixed alarm budget
+        # (the members' 1% validation quantile) over-alarms when validation holds fewer
+        # anomalous rows than the budget, and under-alarms when it holds more.
+        for name, scores in raw.items():
+            f1, threshold = events.best_threshold(scores)
+            ensemble.member_thresholds[name] = threshold
+            extra[f"{name}.member_validation_event_f1"] = f1
     if select_weights:
-        events = EventF1Scorer.of(validation, labels)
+        assert events is not None  # select_weights requires the event_f1 policy (checked above)
         windows = len(events.window_rows)
         if windows >= MIN_SELECTION_WINDOWS:
             extra = _select_weights(ensemble, surprises, events)

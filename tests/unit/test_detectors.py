@@ -390,6 +390,27 @@ def test_select_weights_drops_a_member_that_only_adds_noise(parts, monkeypatch):
         )
 
 
+def test_event_f1_policy_sets_the_members_alarm_thresholds_too(parts):
+    """An alarm budget over-alarms when validation holds fewer anomalous rows; event_f1 does not."""
+    split, contract, labels = parts
+    val = split.validation.reset_index(drop=True)
+    truth = row_labels(val, labels)
+    assert 0 < truth.mean() < 0.05  # fewer anomalous rows than a 5% alarm budget
+    rng = np.random.default_rng(1)
+    val = val.assign(good=truth * 3.0 + rng.random(len(val)))
+    quantile = float(np.quantile(val["good"], 0.95))
+    members = {"good": _bundle(_Const("good"), contract, threshold=quantile)}
+
+    budget = train_ensemble(members, val, labels, threshold_policy="quantile")
+    assert budget.detector.member_thresholds == {"good": quantile}
+    assert (val["good"] >= quantile)[~truth].any()  # the budget's threshold alarms on normal rows
+
+    bundle = train_ensemble(members, val, labels, threshold_policy="event_f1")
+    threshold = bundle.detector.member_thresholds["good"]
+    assert threshold > quantile and not (val["good"] >= threshold)[~truth].any()
+    assert bundle.meta["good.member_validation_event_f1"] == pytest.approx(1.0)
+
+
 def test_threshold_policies(parts):
     split, _, labels = parts
     scores = np.random.default_rng(0).random(len(split.validation))
