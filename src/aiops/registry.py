@@ -220,11 +220,22 @@ def alias_version(name: str, alias: str, tracking_uri: str | None = None) -> str
         return None
 
 
+def _transform_version(client: Any, name: str, version: str) -> str | None:
+    """The feature transform a version was trained on: its lineage tag, else its run's parameter.
+
+    Versions registered before the lineage tag existed still carry the training run's
+    ``feature_transform_version`` parameter.
+    """
+    model_version = client.get_model_version(name, version)
+    tagged = model_version.tags.get("lineage.feature_transform_version")
+    if tagged is not None or not model_version.run_id:
+        return tagged
+    return client.get_run(model_version.run_id).data.params.get("feature_transform_version")
+
+
 def _transform_mismatch(client: Any, name: str, champion: str, challenger: str) -> str | None:
     """Why the champion cannot be scored on the challenger's test features, if their transforms differ."""
-    tag = "lineage.feature_transform_version"
-    old = client.get_model_version(name, champion).tags.get(tag)
-    new = client.get_model_version(name, challenger).tags.get(tag)
+    old, new = (_transform_version(client, name, version) for version in (champion, challenger))
     if old is None or new is None or old == new:
         return None
     return (

@@ -173,6 +173,11 @@ def test_a_champion_of_another_feature_transform_is_kept_with_a_reason(trained, 
     assert "feature transform v0" in second.registration.decision.reason
     assert "aiops models promote gate-model --version 2" in second.registration.decision.reason
     assert alias_version(client, "champion") == "1"
+    # A version registered before the lineage tag existed: its run's parameter tells.
+    client.delete_model_version_tag("gate-model", "1", "lineage.feature_transform_version")
+    run_id = client.get_model_version("gate-model", "1").run_id
+    assert client.get_run(run_id).data.params["feature_transform_version"] == "2"
+    assert registry._transform_version(client, "gate-model", "1") == "2"
 
 
 def test_rerunning_a_pipeline_step_does_not_duplicate_versions(trained, tmp_path):
