@@ -38,6 +38,18 @@ from serving.batch import Batch
 log = logging.getLogger(__name__)
 
 
+_FLOAT_MAX = float(np.finfo(np.float64).max)
+
+
+def nan_to_zero(values: np.ndarray) -> np.ndarray:
+    """``np.nan_to_num(values, nan=0.0)`` of a float64 array (±inf to ±max), in a few microseconds.
+
+    numpy's own function spends ~10 µs per call in Python-level checks, as much as a member
+    scorer's arithmetic on one row.
+    """
+    return np.minimum(np.maximum(np.where(np.isnan(values), 0.0, values), -_FLOAT_MAX), _FLOAT_MAX)
+
+
 @dataclass(frozen=True)
 class MemberOutput:
     """A member's verdict on the target rows of a batch.
@@ -96,6 +108,14 @@ class CompiledForest:
     without branching. Scores equal ``-pipeline.score_samples(X)``, which is what
     :class:`~aiops.detectors.isolation_forest.IsolationForestDetector` returns.
 
+    The walk moves over *slots* rather than nodes: node ``k`` owns slots ``2k`` (its right
+    branch) and ``2k + 1`` (its left branch), and every per-node array is laid out per slot.
+    A step then reads the split at the current (even) slot, adds 1 when the row goes left,
+    and jumps to the slot of the child on that side. For a few rows the walk costs about a
+    microsecond per numpy call, not per element, so it keeps the calls few and free of
+    dtype conversions (which cost twice as much as the call itself): indices are ``intp``
+    and the float32-rounded inputs are compared as float64, as sklearn compares them.
+
     With ``explain=True`` every split on a row's path credits its feature with the bits of
     isolation it bought, ``log2(training samples at the node / samples on the row's side)``,
     averaged over trees. A split that sends the row away from almost every training sample
@@ -119,6 +139,8 @@ class CompiledForest:
         self.feature_ids = np.array([feature_index.get(name, -1) for name in inputs], dtype=np.int64)
         self.direct = bool((self.feature_ids >= 0).all())
         self.stall_ids = self._stall_columns(detector, inputs, feature_index)
+        if self.stall_ids is not None:
+            self.stall_read = np.concatenate([self.feature_ids[:-1], self.stall_ids])
         self.medians = np.asarray(imputer.statistics_, dtype=np.float64)
         n_features = self.n_features = len(self.medians)
         if n_features != len(inputs):
@@ -154,13 +176,19 @@ class CompiledForest:
         self.feature = np.concatenate(feats).astype(np.int32)
         self.threshold = np.concatenate(thresholds)
         self.leaf_depth = np.concatenate(leaf_depths)
-        # Interleaved per node: [right, left], indexed by 2 * node + (goes left).
+        # Interleaved per node: [right, left], indexed by slot 2 * node + (goes left).
         children = np.column_stack([np.concatenate(rights), np.concatenate(lefts)]).ravel()
-        if len(children) >= np.iinfo(np.int32).max:
+        if 2 * len(children) >= np.iinfo(np.int32).max:
             raise ValueError("forest too large for 32-bit node indices")
         self.children = children.astype(np.int32)
         self.bits = np.column_stack([np.concatenate(bits_right), np.concatenate(bits_left)]).ravel()
         self.roots = np.cumsum([0] + [len(x) for x in lefts[:-1]]).astype(np.int32)
+        # The walk's per-slot view of the same nodes (see the class docstring): both slots of a
+        # node hold its split, and a slot's successor is the first slot of the child it leads to.
+        self.slot_feature = np.repeat(self.feature, 2).astype(np.intp)
+        self.slot_threshold = np.repeat(self.threshold, 2)
+        self.slot_next = 2 * self.children.astype(np.intp)
+        self.root_slots = 2 * self.roots.astype(np.intp)
         self.max_depth = max(estimator.tree_.max_depth for estimator in forest.estimators_)
         from sklearn.ensemble._iforest import _average_path_length
 
@@ -213,20 +241,22 @@ class CompiledForest:
 
     def _walk(self, x32: np.ndarray, path: list[tuple[np.ndarray, np.ndarray]] | None) -> np.ndarray:
         """Global leaf index ``(trees, rows)`` by walking all trees at once (cheap for few rows)."""
-        values = x32.ravel()
+        # float32 -> float64 is exact: the comparisons below are sklearn's float32 <= float64 ones.
+        values = x32.astype(np.float64).ravel()
         n = len(x32)
-        offsets = (np.arange(n, dtype=np.int32) * self.n_features)[None, :]
-        node = np.repeat(self.roots[:, None], n, axis=1)
-        # int32 indices and take(): the walk is memory-bound gathers, half the bytes of int64.
+        # Row r's values start at r * n_features of the flat input (one row: no offset to add).
+        offsets = (np.arange(n) * self.n_features)[None, :] if n > 1 else None
+        slot = np.repeat(self.root_slots[:, None], n, axis=1)
         for _ in range(self.max_depth):
-            feature = self.feature.take(node)
-            # Child slot 2*node + 1 is the left child, 2*node the right one.
-            step = 2 * node + (values.take(offsets + feature) <= self.threshold.take(node))
+            feature = self.slot_feature.take(slot)
+            value = values.take(feature if offsets is None else offsets + feature)
+            # Slot 2*node + 1 leads to the left child, 2*node to the right one.
+            slot = slot + (value <= self.slot_threshold.take(slot))
             if path is not None:
                 # Leaves earn no bits (both sides hold all their samples).
-                path.append((feature, self.bits.take(step)))
-            node = self.children.take(step)
-        return node
+                path.append((feature, self.bits.take(slot)))
+            slot = self.slot_next.take(slot)
+        return slot >> 1
 
     def _leaves_per_tree(self, x32: np.ndarray) -> np.ndarray:
         """Global leaf index ``(trees, rows)`` from each tree's compiled ``apply`` (cheaper for many rows)."""
@@ -260,12 +290,17 @@ class CompiledForest:
         return np.array([feature_index[run] for run in runs], dtype=np.int64)
 
     def _inputs(self, batch: Batch) -> np.ndarray:
+        """The forest's input matrix ``(targets, n_features)``: a new array, the caller may write to it."""
+        # take() on each axis in turn: np.ix_ costs more than the copy for a few rows.
+        rows = batch.features.take(batch.targets, axis=0)
         if self.direct:
-            return batch.features[np.ix_(batch.targets, self.feature_ids)]
+            return rows.take(self.feature_ids, axis=1)
         if self.stall_ids is not None:
-            x = batch.features[np.ix_(batch.targets, self.feature_ids[:-1])]
-            runs = batch.features[np.ix_(batch.targets, self.stall_ids)]
-            return np.column_stack([x, np.log1p(np.max(np.nan_to_num(runs, nan=0.0), axis=1))])
+            # One gather: the forest's contract features, then the runs behind the stall input.
+            read = rows.take(self.stall_read, axis=1)
+            x = read[:, : self.n_features].copy()
+            x[:, -1] = np.log1p(np.max(nan_to_zero(read[:, self.n_features - 1 :]), axis=1))
+            return x
         frame = batch.to_frame(self.contract_names).iloc[batch.targets]
         return np.asarray(self.detector._matrix(frame), dtype=np.float64)
 
@@ -334,17 +369,18 @@ class CachedForecaster:
 
     def lookup(self, instants: np.ndarray) -> np.ndarray:
         """Forecasts ``(len(instants), len(columns))`` for int64 nanosecond instants."""
-        missing = [t for t in set(instants.tolist()) if t not in self._cache]
+        wanted = instants.tolist()
+        missing = [t for t in set(wanted) if t not in self._cache]
         if missing:
-            self._fill(missing)
+            self._fill(missing, keep=wanted)
         cache = self._cache
-        return np.array([cache[t] for t in instants.tolist()], dtype=np.float64).reshape(len(instants), -1)
+        return np.array([cache[t] for t in wanted], dtype=np.float64).reshape(len(instants), -1)
 
     def column(self, name: str) -> int:
         """Position of one of the forecaster's output columns (after the first lookup)."""
         return self.columns.index(name)
 
-    def _fill(self, missing: list[int]) -> None:
+    def _fill(self, missing: list[int], keep: list[int]) -> None:
         self.misses += 1
         steps = range(-self.lookback, self.prefetch + 1)
         wanted = {t + k * self.step_ns for t in missing for k in steps}
@@ -352,11 +388,22 @@ class CachedForecaster:
         table = self.inner.predict(pd.Series(pd.to_datetime(instants, utc=True)))
         self.columns = [str(c) for c in table.columns]
         values = table.to_numpy(dtype=np.float64)
-        if len(self._cache) + len(instants) > self.max_entries:
-            # Oldest first (dicts keep insertion order): live traffic moves forward in time.
-            for key in list(self._cache)[: len(self._cache) // 2 + len(instants)]:
-                del self._cache[key]
+        _make_room(self._cache, len(instants), self.max_entries, keep)
         self._cache.update(zip(instants.tolist(), map(tuple, values.tolist()), strict=True))
+
+
+def _make_room(cache: dict[Any, Any], incoming: int, max_entries: int, keep: list[Any]) -> None:
+    """Drop the oldest half of a full memo (and room for ``incoming``), except the ``keep`` keys.
+
+    Oldest first (dicts keep insertion order): live traffic moves forward in time. The keys of
+    the request being answered stay, or its own hits could vanish before they are read.
+    """
+    if len(cache) + incoming <= max_entries:
+        return
+    kept = set(keep)
+    for key in list(cache)[: len(cache) // 2 + incoming]:
+        if key not in kept:
+            del cache[key]
 
 
 def install_forecast_cache(
@@ -373,12 +420,48 @@ def install_forecast_cache(
 
 
 @functools.lru_cache(maxsize=65_536)
-def _workload(pod: str) -> str:
-    return workload_of(pod)
+def _group_of(cluster: str, namespace: str, pod: str) -> str:
+    """The forecast detector's workload key of a pod (its ``_groups``), memoised per entity."""
+    return f"{cluster}/{namespace}/{workload_of(pod)}"
 
 
 def _log(values: np.ndarray) -> np.ndarray:
     return np.log1p(np.clip(values, 0.0, None))
+
+
+def _rows_by_group(groups: list[str], targets: np.ndarray) -> dict[str, np.ndarray]:
+    """Rows (in order, history included) of each workload that has a target row."""
+    rows: dict[str, list[int]] = {}
+    for i, group in enumerate(groups):
+        rows.setdefault(group, []).append(i)
+    scored = {groups[t] for t in targets.tolist()}
+    return {group: np.array(found, dtype=np.int64) for group, found in rows.items() if group in scored}
+
+
+def _unique_instants(stamps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(stamps, return_inverse=True)``, without its sorting for a lone row."""
+    if len(stamps) == 1:
+        return stamps, np.zeros(1, dtype=np.intp)
+    return np.unique(stamps, return_inverse=True)
+
+
+@dataclass(frozen=True)
+class _Workload:
+    """The forecast models of one workload, in the detector's signal order.
+
+    Attributes:
+        known: Positions (in ``ForecastScorer.signals``) of the signals with a model.
+        sigma: Each known signal's training residual spread.
+        forecasters: Each known signal's cached forecaster.
+    """
+
+    known: np.ndarray
+    sigma: np.ndarray
+    forecasters: tuple[CachedForecaster, ...]
+
+
+#: Workload instants whose log-forecast vectors :class:`ForecastScorer` keeps (a few MB).
+_LOG_FORECAST_ENTRIES = 100_000
 
 
 class ForecastScorer:
@@ -393,6 +476,11 @@ class ForecastScorer:
     the request also gets the detector's running-mean score (its mean residual over those
     rows against the training spread of such means). History rows (telemetry input) are read
     for both but not scored.
+
+    A workload's ``log1p`` forecasts of all its signals at one instant are memoised as one
+    vector (bounded, oldest dropped first): like the forecasts themselves they never change,
+    and a single-row request then costs one dictionary lookup instead of a cache lookup,
+    a clip and a log per signal.
     """
 
     kind = "forecast"
@@ -400,7 +488,7 @@ class ForecastScorer:
     def __init__(self, detector: Any, feature_index: Mapping[str, int]) -> None:
         self.detector = detector
         self.signals: tuple[str, ...] = tuple(detector.signals)
-        self.columns = [feature_index[s] for s in self.signals]
+        self.columns = np.array([feature_index[s] for s in self.signals], dtype=np.int64)
         self.models: dict[tuple[str, str], Any] = detector.models
         # The level correction's settings: with them the correction of all signals takes one
         # pandas call per workload; without them, the detector's own method per signal.
@@ -414,39 +502,62 @@ class ForecastScorer:
         for model in self.models.values():
             if not isinstance(model.forecaster, CachedForecaster):
                 raise TypeError("install_forecast_cache() first: the fast scorer reads the cache")
-            float(model.sigma)  # the residual spread this scorer divides by
+        self.workloads: dict[str, _Workload] = {}
+        for group in dict.fromkeys(group for group, _ in self.models):
+            known = [j for j, s in enumerate(self.signals) if (group, s) in self.models]
+            models = [self.models[(group, self.signals[j])] for j in known]
+            self.workloads[group] = _Workload(
+                known=np.array(known, dtype=np.int64),
+                sigma=np.array([float(m.sigma) for m in models]),  # the spread this scorer divides by
+                forecasters=tuple(m.forecaster for m in models),
+            )
+        self._names = np.array([*self.signals, None], dtype=object)  # index -1: no signal
+        self._log_forecasts: dict[tuple[str, int], np.ndarray] = {}
 
     def score(self, batch: Batch, explain: bool = False) -> MemberOutput:
         """Max over signals of ``|log1p(value) - log1p(forecast) - level| / sigma``; 0 without a forecast."""
         cluster, namespace, pod, _ = batch.entities
-        groups = np.array(
-            [f"{c}/{ns}/{_workload(p)}" for c, ns, p in zip(cluster, namespace, pod, strict=True)],
-            dtype=object,
-        )
+        keys = zip(cluster.tolist(), namespace.tolist(), pod.tolist(), strict=True)
+        groups = [_group_of(*key) for key in keys]
         targets = batch.targets
-        values = _log(batch.features[:, self.columns])  # (rows, signals)
+        values = _log(batch.features.take(self.columns, axis=1))  # (rows, signals)
         mean = np.full(values.shape, np.nan)
         sigma = np.full(values.shape, np.nan)
-        for group in set(groups[targets].tolist()):
-            known = np.array(
-                [j for j, s in enumerate(self.signals) if (group, s) in self.models], dtype=np.int64
-            )
-            if not len(known):
+        for group, rows in _rows_by_group(groups, targets).items():
+            workload = self.workloads.get(group)
+            if workload is None:
                 continue
-            rows = np.flatnonzero(groups == group)  # history rows of the workload included
-            codes, position = np.unique(batch.timestamps[rows], return_inverse=True)
-            base = np.column_stack([self._forecast(group, self.signals[j], codes) for j in known])
-            residual = values[np.ix_(rows, known)] - base[position]
-            mean[np.ix_(rows, known)] = base[position] + self._levels(codes, residual, position)
-            sigma[np.ix_(rows, known)] = [self.models[(group, self.signals[j])].sigma for j in known]
-        z = np.nan_to_num(np.abs(values[targets] - mean[targets]) / sigma[targets], nan=0.0)
-        if self.persistence > 1:
-            z = np.fmax(z, self._running(batch, groups, values - mean))
+            codes, position = _unique_instants(batch.timestamps.take(rows))
+            expected = self._base(group, workload, codes)[position]
+            at = (rows[:, None], workload.known)
+            if len(codes) > self.min_instants:
+                residual = values[at] - expected
+                expected = expected + self._levels(codes, residual, position)
+            # (Fewer instants: the correction is 0 for every instant, see _levels.)
+            mean[at] = expected
+            sigma[at] = workload.sigma
+        z = nan_to_zero(np.abs(values[targets] - mean[targets]) / sigma[targets])
+        if self.persistence > 1 and len(batch) >= self.persistence:
+            # (Fewer rows: no entity has a running mean, its score is 0 and z >= 0 already.)
+            z = np.fmax(z, self._running(batch, np.array(groups, dtype=object), values - mean))
         # z >= 0, so the max over signals is the detector's running fmax from 0.
         scores = z.max(axis=1) if z.shape[1] else np.zeros(len(targets))
         strongest = np.where(scores > 0, z.argmax(axis=1) if z.shape[1] else -1, -1)
-        names = np.array([*self.signals, None], dtype=object)
-        return MemberOutput(raw=scores, signal=names[strongest])
+        return MemberOutput(raw=scores, signal=self._names[strongest])
+
+    def _base(self, group: str, workload: _Workload, codes: np.ndarray) -> np.ndarray:
+        """``log1p`` of the workload's forecasts ``(len(codes), len(workload.known))`` at sorted instants."""
+        memo = self._log_forecasts
+        wanted = [(group, t) for t in codes.tolist()]
+        missing = [key for key in wanted if key not in memo]
+        if missing:
+            instants = np.array([t for _, t in missing], dtype=np.int64)
+            logged = np.column_stack(
+                [_log(f.lookup(instants)[:, f.column("yhat")]) for f in workload.forecasters]
+            )
+            _make_room(memo, len(missing), _LOG_FORECAST_ENTRIES, wanted)
+            memo.update(zip(missing, logged, strict=True))
+        return np.array([memo[key] for key in wanted]).reshape(len(codes), len(workload.known))
 
     def _running(self, batch: Batch, groups: np.ndarray, residual: np.ndarray) -> np.ndarray:
         """``|mean of the pod's last persistence residuals| / sigma_mean`` per target row and signal.
@@ -477,10 +588,6 @@ class ForecastScorer:
         model = self.models.get((group, signal))
         spread = float(getattr(model, "sigma_mean", 0.0)) if model is not None else 0.0
         return spread if spread > 0 else np.nan
-
-    def _forecast(self, group: str, signal: str, codes: np.ndarray) -> np.ndarray:
-        forecaster = self.models[(group, signal)].forecaster
-        return _log(forecaster.lookup(codes)[:, forecaster.column("yhat")])
 
     def _levels(self, codes: np.ndarray, residual: np.ndarray, position: np.ndarray) -> np.ndarray:
         """The detector's online level correction for every signal of one workload at once."""
@@ -560,10 +667,12 @@ class LstmScorer:
 
     def score(self, batch: Batch, explain: bool = False) -> MemberOutput:
         """Mean over signals of the last step's squared error relative to the training error."""
-        order, age, ends = _entity_layout(batch, _entity_codes(batch))
-        full = age[ends] >= self.window - 1
         raw = np.zeros(batch.n_targets)
         signal = np.full(batch.n_targets, None, dtype=object)
+        if len(batch) < self.window:
+            return MemberOutput(raw=raw, signal=signal)  # no entity can fill a window
+        order, age, ends = _entity_layout(batch, _entity_codes(batch))
+        full = age[ends] >= self.window - 1
         if full.any():
             values = batch.features[np.ix_(order, self.columns)]
             logged = np.log1p(np.clip(values, 0.0, None)).astype(np.float32)

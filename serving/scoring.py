@@ -206,10 +206,12 @@ def _top_features(credit: np.ndarray | None, top_k: int, n: int) -> tuple[np.nda
     k = min(top_k, credit.shape[1])
     # argpartition finds the k largest in O(F); only those k are then sorted.
     part = np.argpartition(-credit, k - 1, axis=1)[:, :k]
-    order = np.argsort(-np.take_along_axis(credit, part, axis=1), axis=1, kind="stable")
-    top = np.take_along_axis(part, order, axis=1)
+    # Indexing with a row column is take_along_axis without its Python overhead (~8 µs a call).
+    rows = np.arange(len(credit))[:, None]
+    order = np.argsort(-credit[rows, part], axis=1, kind="stable")
+    top = part[rows, order]
     totals = credit.sum(axis=1, keepdims=True)
-    shares = np.take_along_axis(credit, top, axis=1) / np.where(totals > 0, totals, 1.0)
+    shares = credit[rows, top] / np.where(totals > 0, totals, 1.0)
     return top, shares
 
 

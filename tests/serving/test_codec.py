@@ -42,6 +42,16 @@ def test_v1_instances_decode_in_contract_order(decoder, features):
     assert decoded.options.top_k == 5 and decoded.kind == "instances"
 
 
+def test_iso_timestamps_use_milliseconds_only_where_needed():
+    seconds = np.array([1_767_225_600, 1_767_225_660], dtype=np.int64) * 1_000_000_000
+    assert iso_timestamps(seconds) == ["2026-01-01T00:00:00Z", "2026-01-01T00:01:00Z"]
+    assert iso_timestamps(seconds + np.array([0, 250_000_000])) == [
+        "2026-01-01T00:00:00.000Z",
+        "2026-01-01T00:01:00.250Z",
+    ]
+    assert iso_timestamps(seconds[::-1]) == ["2026-01-01T00:01:00Z", "2026-01-01T00:00:00Z"]  # memoised
+
+
 def test_v1_key_order_inside_an_object_does_not_matter(decoder, features):
     row = instances(features.iloc[[5]])[0]
     shuffled = dict(reversed(list(row.items())))

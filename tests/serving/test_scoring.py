@@ -149,3 +149,66 @@ def test_lstm_scorer_matches_the_detector_with_and_without_history(trained):
     assert set(fast.signal[fast.raw > 0]) <= set(detector.signals)
     lone = LstmScorer(detector, index).score(Batch.from_frame(frame.head(1), names))
     assert lone.raw.tolist() == [0.0] == detector.score(frame.head(1)).tolist()
+
+
+def test_tree_walk_of_a_few_rows_matches_sklearn_and_the_compiled_trees(trained):
+    """Below _CYTHON_MIN_ROWS the forest walks all trees at once: same leaves, same scores."""
+    forest_member = trained.bundle.detector.members["isolation_forest"]
+    names = trained.bundle.contract.feature_names
+    frame = trained.split.test.head(12).copy()
+    values = frame.loc[:, list(names)].to_numpy()
+    values[np.random.default_rng(1).random(values.shape) < 0.2] = np.nan
+    values[3] *= 1e6
+    frame.loc[:, list(names)] = values
+    compiled = CompiledForest(forest_member, {name: i for i, name in enumerate(names)})
+    expected = forest_member.score(frame)
+    for rows in ([0], [3], [5, 1], list(range(12))):
+        batch = Batch.from_frame(frame.iloc[rows], names)
+        np.testing.assert_array_equal(compiled.score(batch).raw, expected[rows])
+        x = compiled._inputs(batch)
+        x32 = np.ascontiguousarray(np.where(np.isnan(x), compiled.medians, x), dtype=np.float32)
+        np.testing.assert_array_equal(compiled._walk(x32, None), compiled._leaves_per_tree(x32))
+
+
+def test_forecast_memo_is_bounded_and_changes_no_score(trained, monkeypatch):
+    from serving import members
+
+    monkeypatch.setattr(members, "_LOG_FORECAST_ENTRIES", 7)
+    scorer = build_scorer(trained.bundle, probe_batch(trained.bundle))
+    forecast = scorer.scorers["forecast"]
+    names = trained.bundle.contract.feature_names
+    test = trained.split.test
+    detector = trained.bundle.detector.members["forecast"]
+    for rows in (test.iloc[[0]], test.iloc[[0]], test.iloc[40:60], test.iloc[[0]], test.iloc[100:103]):
+        raw = forecast.score(Batch.from_frame(rows, names)).raw
+        np.testing.assert_allclose(raw, detector.score(rows), rtol=1e-12, atol=1e-12)
+        # At most the bound plus the instants of one request (those are kept while it is answered).
+        assert len(forecast._log_forecasts) <= 7 + 20
+
+
+def test_forecast_cache_keeps_a_requests_own_instants_when_it_makes_room():
+    class Inner:
+        def predict(self, ts: pd.Series) -> pd.DataFrame:
+            seconds = pd.DatetimeIndex(ts).as_unit("ns").asi8 / 1e9
+            return pd.DataFrame({"yhat": seconds})
+
+    cache = CachedForecaster(Inner(), step_ns=10**9, prefetch=3, lookback=0, max_entries=8)
+    old = np.array([0, 10**9], dtype=np.int64)
+    cache.lookup(old)
+    assert len(cache._cache) == 5
+    # The new instants overflow the cache: the oldest entries go, except those asked for now.
+    both = np.array([0, 10**9, 100 * 10**9], dtype=np.int64)
+    np.testing.assert_array_equal(cache.lookup(both)[:, 0], [0.0, 1.0, 100.0])
+    assert cache.misses == 2
+
+
+def test_top_features_are_the_largest_credits_strongest_first():
+    from serving.scoring import _top_features
+
+    credit = np.array([[0.0, 3.0, 1.0, 3.0, 0.5], [0.0, 0.0, 0.0, 0.0, 0.0], [5.0, 0.0, 0.0, 1.0, 4.0]])
+    top, shares = _top_features(credit, 3, 3)
+    assert top[0].tolist()[2] == 2 and set(top[0].tolist()[:2]) == {1, 3}
+    assert top[2].tolist() == [0, 4, 3]
+    np.testing.assert_allclose(shares[2], [0.5, 0.4, 0.1])
+    np.testing.assert_array_equal(shares[1], 0.0)
+    np.testing.assert_allclose(shares[0], credit[0, top[0]] / 7.5)

@@ -329,6 +329,18 @@ def test_ensemble_weights_and_errors():
         EnsembleDetector({"a": _Const("a")}, weights={"z": 1.0}).calibrate(frame)
 
 
+def test_surprise_treats_nan_as_no_evidence_and_inf_as_the_largest_float():
+    from aiops.detectors.ensemble import surprise
+
+    reference = np.sort(np.r_[np.random.default_rng(2).normal(size=300), 0.0, 0.0, 1.5, 1.5, np.inf])
+    points = np.r_[reference, reference + 1e-9, [np.nan, np.inf, -np.inf, -0.0, 1e308, -1e308]]
+    fixed = np.nan_to_num(points, nan=-np.inf)  # the definition: NaN -> -inf, +-inf -> +-max
+    above = len(reference) - np.searchsorted(reference, fixed, side="left")
+    np.testing.assert_array_equal(
+        surprise(reference, points), -np.log10((above + 1.0) / (len(reference) + 1.0))
+    )
+
+
 def test_ensemble_max_and_precomputed_scores():
     frame = pd.DataFrame({"a": np.arange(100.0), "b": np.arange(100.0)[::-1]})
     ens = EnsembleDetector({"a": _Const("a"), "b": _Const("b")}, combine="max").calibrate(frame)

@@ -23,10 +23,20 @@ _MAX_REFERENCE = 20000  # validation scores kept per member (evenly spaced order
 COMBINE_RULES = ("mean", "max")
 
 
+_FLOAT_MAX = float(np.finfo(np.float64).max)
+
+
 def surprise(reference: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """``-log10`` of the empirical tail probability of ``scores`` among sorted ``reference``."""
+    """``-log10`` of the empirical tail probability of ``scores`` among sorted ``reference``.
+
+    A NaN score counts as -inf (no evidence), ±inf as the largest finite float, as
+    ``np.nan_to_num(scores, nan=-np.inf)`` would have it; spelled out because that function
+    spends about 10 µs in Python checks, paid per member on every served request.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    clipped = np.minimum(np.maximum(scores, -_FLOAT_MAX), _FLOAT_MAX)
     n = len(reference)
-    above = n - np.searchsorted(reference, np.nan_to_num(scores, nan=-np.inf), side="left")
+    above = n - np.searchsorted(reference, np.where(np.isnan(scores), -np.inf, clipped), side="left")
     return -np.log10((above + 1.0) / (n + 1.0))
 
 
