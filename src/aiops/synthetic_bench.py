@@ -11,7 +11,6 @@ anomaly count keeps the density of the earlier 8-day, 60-anomaly runs (7.5 a day
 
 from __future__ import annotations
 
-import itertools
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -30,11 +29,11 @@ from aiops.schema import row_labels
 from aiops.split import time_split
 from aiops.training import (
     DETECTOR_KINDS,
-    WEIGHT_GRID,
     DetectorConfig,
     EventF1Scorer,
     train_detector_scored,
     train_ensemble,
+    weight_candidates,
 )
 
 
@@ -119,14 +118,11 @@ def _headroom(
     probe = EnsembleDetector(members=dict(ensemble.members), reference=dict(ensemble.reference))
     surprises = probe.member_surprise(test, {n: test_scores[n] for n in ensemble.members})
     best: tuple[float, dict[str, float], str] = (-1.0, {}, "")
-    for rule in COMBINE_RULES:
-        for values in itertools.product(WEIGHT_GRID, repeat=len(ensemble.members)):
-            if sum(values) <= 0:
-                continue
-            probe.combine, probe.weights = rule, dict(zip(ensemble.members, values, strict=True))
-            f1 = scorer.best_threshold(probe.combine_surprises(surprises))[0]
-            if f1 > best[0]:
-                best = (f1, dict(probe.weights), rule)
+    for _, rule, weights in weight_candidates(list(ensemble.members), list(COMBINE_RULES)):
+        probe.combine, probe.weights = rule, weights
+        f1 = scorer.best_threshold(probe.combine_surprises(surprises))[0]
+        if f1 > best[0]:
+            best = (f1, dict(weights), rule)
     out["ensemble_at_test_optimal_weights"] = {
         "event_f1": round(best[0], 4),
         "weights": best[1],

@@ -121,8 +121,17 @@ def choose_threshold(
     labels: pd.DataFrame,
     policy: str = "quantile",
     alarm_quantile: float = 0.99,
+    events: EventF1Scorer | None = None,
 ) -> tuple[float, dict[str, float]]:
     """Pick an alarm threshold on validation scores by ``policy`` (see module docstring).
+
+    Args:
+        scores: Validation scores.
+        frame: The validation rows the scores belong to.
+        labels: Label table (``event_f1`` only).
+        policy: ``quantile`` or ``event_f1``.
+        alarm_quantile: Quantile for the ``quantile`` policy.
+        events: ``EventF1Scorer.of(frame, labels)`` when the caller already built it.
 
     Returns:
         The threshold and what the choice was based on (for tracking).
@@ -136,13 +145,14 @@ def choose_threshold(
         return float(np.quantile(scores, alarm_quantile)), {"threshold_quantile": alarm_quantile}
     if policy != "event_f1":
         raise ValueError(f"unknown threshold policy '{policy}'; choose one of {THRESHOLD_POLICIES}")
-    if not any(mask.any() for _, mask in label_masks(frame, labels)):
+    events = events if events is not None else EventF1Scorer.of(frame, labels)
+    if not events.window_rows:
         raise ValueError(
             "threshold policy 'event_f1' needs labelled windows in the validation period and there are "
             "none; use threshold_policy='quantile' (an alarm budget) for unlabelled data"
         )
     # Candidates: upper quantiles of the validation scores, from a 10% to a 0.01% alarm rate.
-    f1, threshold = EventF1Scorer.of(frame, labels).best_threshold(scores)
+    f1, threshold = events.best_threshold(scores)
     return threshold, {"validation_event_f1": f1, "threshold_quantile": float(np.mean(scores < threshold))}
 
 
@@ -311,7 +321,7 @@ def train_ensemble(
             )
             extra = {"selection_skipped_windows": windows}
     scores = ensemble.combine_surprises(surprises)
-    threshold, basis = choose_threshold(scores, validation, labels, threshold_policy, alarm_quantile)
+    threshold, basis = choose_threshold(scores, validation, labels, threshold_policy, alarm_quantile, events)
     contract = next(iter(members.values())).contract
     meta: dict[str, Any] = {
         "members": ",".join(members),
@@ -329,6 +339,28 @@ def train_ensemble(
     return DetectorBundle(detector=ensemble, contract=contract, threshold=threshold, meta=meta)
 
 
+def weight_candidates(
+    names: list[str], rules: list[str]
+) -> list[tuple[tuple[int, int, int], str, dict[str, float]]]:
+    """Distinct (combine rule, weights) pairs from :data:`WEIGHT_GRID`, in grid order.
+
+    Weights that normalise to the same shares are one candidate, kept in its simplest form.
+    Each comes with its simplicity: ``(members used, unequal weights, position of the rule)``.
+    """
+    candidates: dict[tuple[str, tuple[float, ...]], tuple[tuple[int, int, int], dict[str, float]]] = {}
+    for rule_index, rule in enumerate(rules):
+        for values in itertools.product(WEIGHT_GRID, repeat=len(names)):
+            total = sum(values)
+            if total <= 0:
+                continue
+            key = (rule, tuple(round(v / total, 9) for v in values))
+            used = [v for v in values if v > 0]
+            order = (len(used), int(len(set(used)) > 1), rule_index)
+            if key not in candidates or order < candidates[key][0]:
+                candidates[key] = (order, dict(zip(names, values, strict=True)))
+    return [(order, rule, weights) for (rule, _), (order, weights) in candidates.items()]
+
+
 def _select_weights(
     ensemble: EnsembleDetector,
     surprises: Mapping[str, np.ndarray],
@@ -343,22 +375,11 @@ def _select_weights(
     """
     if not events.window_rows:
         raise ValueError("select_weights needs labelled windows in the validation period and there are none")
-    names = list(ensemble.members)
     rules = [ensemble.combine, *(r for r in COMBINE_RULES if r != ensemble.combine)]
-    candidates: dict[tuple[str, tuple[float, ...]], tuple[tuple[int, int, int], dict[str, float]]] = {}
-    for rule_index, rule in enumerate(rules):
-        for values in itertools.product(WEIGHT_GRID, repeat=len(names)):
-            total = sum(values)
-            if total <= 0:
-                continue
-            key = (rule, tuple(round(v / total, 9) for v in values))
-            used = [v for v in values if v > 0]
-            order = (len(used), int(len(set(used)) > 1), rule_index)
-            if key not in candidates or order < candidates[key][0]:
-                candidates[key] = (order, dict(zip(names, values, strict=True)))
+    candidates = weight_candidates(list(ensemble.members), rules)
     tolerance = 1.0 / len(events.window_rows)
     best: tuple[float, str, dict[str, float]] | None = None
-    for (rule, _), (_, weights) in sorted(candidates.items(), key=lambda item: item[1][0]):
+    for _, rule, weights in sorted(candidates, key=lambda candidate: candidate[0]):
         ensemble.combine, ensemble.weights = rule, weights
         f1, _ = events.best_threshold(ensemble.combine_surprises(surprises))
         if best is None or f1 > best[0] + tolerance:
