@@ -26,17 +26,23 @@ COMBINE_RULES = ("mean", "max")
 _FLOAT_MAX = float(np.finfo(np.float64).max)
 
 
+def nan_to_num(values: np.ndarray, nan: float = 0.0) -> np.ndarray:
+    """``np.nan_to_num(values, nan=nan)`` of float values (±inf to ±max float), in a few microseconds.
+
+    numpy's own function spends about 10 µs per call in Python checks, which a served request
+    pays for every member; the arithmetic on one row costs less than that.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    return np.where(np.isnan(values), nan, np.minimum(np.maximum(values, -_FLOAT_MAX), _FLOAT_MAX))
+
+
 def surprise(reference: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """``-log10`` of the empirical tail probability of ``scores`` among sorted ``reference``.
 
-    A NaN score counts as -inf (no evidence), ±inf as the largest finite float, as
-    ``np.nan_to_num(scores, nan=-np.inf)`` would have it; spelled out because that function
-    spends about 10 µs in Python checks, paid per member on every served request.
+    A NaN score counts as -inf (no evidence), ±inf as the largest finite float.
     """
-    scores = np.asarray(scores, dtype=np.float64)
-    clipped = np.minimum(np.maximum(scores, -_FLOAT_MAX), _FLOAT_MAX)
     n = len(reference)
-    above = n - np.searchsorted(reference, np.where(np.isnan(scores), -np.inf, clipped), side="left")
+    above = n - np.searchsorted(reference, nan_to_num(scores, nan=-np.inf), side="left")
     return -np.log10((above + 1.0) / (n + 1.0))
 
 
