@@ -91,15 +91,15 @@ def retraining_pipeline(
             pipeline_started_at=started_at,
             hold_for_canary=deploy,
         ).set_display_name("train and register")
-        with dsl.If(deploy == True, name="deploy"):  # noqa: E712 - a KFP condition, not Python
-            roll_out(
-                store.outputs["training"],
-                trained.output,
-                model_name,
-                mlflow_tracking_uri,
-                canary_percent,
-                rollout_mode,
-                rollout_namespace,
-                rollout_prometheus_url,
-            )
+        roll_out(
+            deploy,
+            store.outputs["training"],
+            trained.output,
+            model_name,
+            mlflow_tracking_uri,
+            canary_percent,
+            rollout_mode,
+            rollout_namespace,
+            rollout_prometheus_url,
+        )
     return drift.outputs["Output"]

@@ -180,6 +180,7 @@ def ingest_validate_features(
 
 
 def roll_out(
+    deploy: Any,
     features: Any,
     version: Any,
     model_name: Any,
@@ -189,20 +190,21 @@ def roll_out(
     namespace: Any,
     prometheus_url: Any,
 ) -> Any:
-    """The canary rollout task of a newly registered version (training and retraining pipelines)."""
-    rollout = canary_rollout(
-        features=features,
-        version=version,
-        model_name=model_name,
-        tracking_uri=tracking_uri,
-        canary_percent=canary_percent,
-        mode=mode,
-        namespace=namespace,
-        prometheus_url=prometheus_url,
-    ).set_display_name("canary rollout")
-    rollout.set_caching_options(False)
-    with_mlflow_credentials(rollout)
-    with_pushgateway(rollout)
+    """The canary rollout of a new version when ``deploy`` is set (training and retraining pipelines)."""
+    with dsl.If(deploy == True, name="deploy"):  # noqa: E712 - a KFP condition, not Python
+        rollout = canary_rollout(
+            features=features,
+            version=version,
+            model_name=model_name,
+            tracking_uri=tracking_uri,
+            canary_percent=canary_percent,
+            mode=mode,
+            namespace=namespace,
+            prometheus_url=prometheus_url,
+        ).set_display_name("canary rollout")
+        rollout.set_caching_options(False)
+        with_mlflow_credentials(rollout)
+        with_pushgateway(rollout)
     return rollout
 
 
@@ -285,15 +287,15 @@ def training_pipeline(
         pipeline_started_at=started_at,
         hold_for_canary=deploy,
     ).set_display_name("train and register")
-    with dsl.If(deploy == True, name="deploy"):  # noqa: E712 - a KFP condition, not Python
-        roll_out(
-            store.outputs["training"],
-            trained.output,
-            model_name,
-            mlflow_tracking_uri,
-            canary_percent,
-            rollout_mode,
-            rollout_namespace,
-            rollout_prometheus_url,
-        )
+    roll_out(
+        deploy,
+        store.outputs["training"],
+        trained.output,
+        model_name,
+        mlflow_tracking_uri,
+        canary_percent,
+        rollout_mode,
+        rollout_namespace,
+        rollout_prometheus_url,
+    )
     return trained.output
