@@ -580,24 +580,13 @@ class ResponseEncoder:
         keys.update(
             {key: values[targets].tolist() for key, values in zip(ENTITY_KEYS, batch.entities, strict=True)}
         )
-        detectors = {name: _member_lists(result) for name, result in scores.members.items()}
+        n = len(targets)
+        detectors = _member_rows(scores, n)
         explained = self._top_lists(batch, scores)
-        score, flag = scores.score.tolist(), scores.is_anomaly.tolist()
-        out = []
-        for i in range(len(targets)):
-            row: dict[str, Any] = {key: column[i] for key, column in keys.items()}
-            row["anomaly_score"] = score[i]
-            row["is_anomaly"] = flag[i]
-            row["detectors"] = {
-                name: {
-                    field: values[i] if isinstance(values, list) else values
-                    for field, values in member.items()
-                }
-                for name, member in detectors.items()
-            }
-            row["top_features"] = explained[i]
-            out.append(row)
-        return out
+        # Built column-wise with dict(zip(...)): per-row Python work is what a large batch costs.
+        header = (*keys, "anomaly_score", "is_anomaly", "detectors", "top_features")
+        columns = (*keys.values(), scores.score.tolist(), scores.is_anomaly.tolist(), detectors, explained)
+        return [dict(zip(header, values, strict=True)) for values in zip(*columns, strict=True)]
 
     def _top_lists(self, batch: Batch, scores: Scores) -> list[list[dict[str, Any]]]:
         if scores.top_features.shape[1] == 0:
@@ -606,17 +595,12 @@ class ResponseEncoder:
         values = batch.features[batch.targets[:, None], top].tolist()
         medians = self.medians[top].tolist() if self.medians is not None else None
         names, shares = self.names[top].tolist(), scores.top_shares.tolist()
+        fields = ("name", "value", "training_median", "share")
+        if medians is None:
+            medians = [[None] * top.shape[1]] * len(top)
         return [
-            [
-                {
-                    "name": names[i][j],
-                    "value": values[i][j],
-                    "training_median": medians[i][j] if medians is not None else None,
-                    "share": shares[i][j],
-                }
-                for j in range(top.shape[1])
-            ]
-            for i in range(len(top))
+            [dict(zip(fields, entry, strict=True)) for entry in zip(*row, strict=True)]
+            for row in zip(names, values, medians, shares, strict=True)
         ]
 
     def v2(self, batch: Batch, scores: Scores) -> list[OutputTensor]:
@@ -648,6 +632,20 @@ class ResponseEncoder:
 
 def _strings(values: np.ndarray) -> np.ndarray:
     return np.array(["" if v is None else str(v) for v in values], dtype=object)
+
+
+def _member_rows(scores: Scores, n: int) -> list[dict[str, dict[str, Any]]]:
+    """Per row, each member's fields (``raw``, ``surprise``, ``raw_threshold``, ...) for that row."""
+    per_member = []
+    for result in scores.members.values():
+        member = _member_lists(result)
+        fields = tuple(member)
+        columns = [value if isinstance(value, list) else [value] * n for value in member.values()]
+        per_member.append([dict(zip(fields, row, strict=True)) for row in zip(*columns, strict=True)])
+    names = tuple(scores.members)
+    if not names:
+        return [{} for _ in range(n)]
+    return [dict(zip(names, row, strict=True)) for row in zip(*per_member, strict=True)]
 
 
 def _member_lists(result: Any) -> dict[str, Any]:

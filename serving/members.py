@@ -583,8 +583,8 @@ class ForecastScorer:
         if len(codes) <= self.min_instants:
             # Every instant's window (which excludes the instant) holds too few instants.
             return np.zeros(residual.shape)
-        instants = pd.DatetimeIndex(pd.to_datetime(codes, utc=True))
         if self.window is None:
+            instants = pd.DatetimeIndex(pd.to_datetime(codes, utc=True))
             return np.column_stack(
                 [
                     np.asarray(self.detector._level(instants, column, position))[position]
@@ -605,10 +605,24 @@ class ForecastScorer:
         level = np.zeros(means.shape)
         for i in np.flatnonzero(np.arange(len(codes)) - low >= self.min_instants).tolist():
             block = means[low[i] : i]
-            enough = np.isfinite(block).sum(axis=0) >= self.min_instants
+            finite = np.isfinite(block).sum(axis=0)
+            enough = finite >= self.min_instants
             if enough.any():
-                level[i, enough] = np.nanmedian(block[:, enough], axis=0)
+                level[i, enough] = _nanmedian_columns(block[:, enough], finite[enough])
         return level[position]
+
+
+def _nanmedian_columns(block: np.ndarray, finite: np.ndarray) -> np.ndarray:
+    """``np.nanmedian(block, axis=0)`` for columns holding ``finite`` (>= 1) non-NaN values each.
+
+    The same sort and the same mean of the two middle values (for an odd count, the middle
+    one twice) as numpy's small-array path, without its masked-array overhead (~1 ms a call).
+    """
+    ordered = np.sort(block, axis=0)  # NaN sorts last
+    high = finite // 2
+    low = np.where(finite % 2 == 1, high, high - 1)
+    columns = np.arange(block.shape[1])
+    return (ordered[low, columns] + ordered[high, columns]) / 2.0
 
 
 # --------------------------------------------------------------------------- LSTM autoencoder

@@ -10,7 +10,7 @@ from aiops.detectors.isolation_forest import IsolationForestConfig
 from aiops.schema import label_masks
 from aiops.training import train_detector
 from serving.batch import Batch
-from serving.members import CachedForecaster, CompiledForest, GenericScorer, LstmScorer
+from serving.members import CachedForecaster, CompiledForest, GenericScorer, LstmScorer, _nanmedian_columns
 from serving.scoring import build_scorer, probe_batch
 
 
@@ -200,6 +200,18 @@ def test_forecast_cache_keeps_a_requests_own_instants_when_it_makes_room():
     both = np.array([0, 10**9, 100 * 10**9], dtype=np.int64)
     np.testing.assert_array_equal(cache.lookup(both)[:, 0], [0.0, 1.0, 100.0])
     assert cache.misses == 2
+
+
+def test_column_nanmedian_is_numpys_to_the_bit():
+    rng = np.random.default_rng(3)
+    for _ in range(500):
+        block = rng.normal(size=(int(rng.integers(1, 30)), 4)) * 10.0 ** rng.integers(-3, 6)
+        block[rng.random(block.shape) < 0.3] = np.nan
+        block[:, 0] = np.round(block[:, 0])  # ties
+        finite = np.isfinite(block).sum(axis=0)
+        keep = finite >= 1
+        expected = np.nanmedian(block[:, keep], axis=0)
+        np.testing.assert_array_equal(_nanmedian_columns(block[:, keep], finite[keep]), expected)
 
 
 def test_top_features_are_the_largest_credits_strongest_first():
