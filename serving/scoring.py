@@ -112,6 +112,11 @@ class EnsembleScorer:
         if not self.is_ensemble:
             thresholds = {name: self.threshold for name in self.scorers}
         self.member_thresholds: dict[str, float] = thresholds
+        # combine="any": each included member's alarm level, fixed once the model is loaded.
+        self.alarm_levels: dict[str, float] | None = None
+        if self.is_ensemble and self.combine_rule == "any":
+            levels = detector.alarm_levels()
+            self.alarm_levels = {n: levels[n] for n in self.scorers if self.weights.get(n, 0.0) > 0}
         self.forest = next((s for s in self.scorers.values() if isinstance(s, CompiledForest)), None)
         self._executor: ThreadPoolExecutor | None = None
 
@@ -187,6 +192,10 @@ class EnsembleScorer:
             return raw, {}
         # + 0.0 turns the -0.0 of -log10(1) into 0.0 for the response; values are unchanged.
         surprises = {name: surprise(self.reference[name], raw) + 0.0 for name, raw in raws.items()}
+        if self.alarm_levels is not None:
+            # EnsembleDetector.combine_surprises for "any", with the levels computed at load.
+            ratios = [surprises[name] / level for name, level in self.alarm_levels.items()]
+            return np.stack(ratios).max(axis=0), surprises
         combine = getattr(self.bundle.detector, "combine_surprises", None)
         if combine is not None:
             # The ensemble's own rule, from the surprises computed here.

@@ -114,8 +114,13 @@ def _headroom(
             name: round(scorer.best_threshold(scores)[0], 4) for name, scores in test_scores.items()
         },
     }
-    # The validation calibration, as deployed; only weights, rule and threshold vary.
-    probe = EnsembleDetector(members=dict(ensemble.members), reference=dict(ensemble.reference))
+    # The validation calibration and member thresholds, as deployed; only weights, rule and
+    # the ensemble threshold vary.
+    probe = EnsembleDetector(
+        members=dict(ensemble.members),
+        reference=dict(ensemble.reference),
+        member_thresholds=dict(ensemble.member_thresholds),
+    )
     surprises = probe.member_surprise(test, {n: test_scores[n] for n in ensemble.members})
     best: tuple[float, dict[str, float], str] = (-1.0, {}, "")
     for _, rule, weights in weight_candidates(list(ensemble.members), list(COMBINE_RULES)):

@@ -246,7 +246,7 @@ def train_ensemble(
     weights: Mapping[str, float] | None = None,
     threshold_policy: str = "quantile",
     alarm_quantile: float = 0.99,
-    combine: str = "max",
+    combine: str = "any",
     select_weights: bool = False,
     validation_scores: Mapping[str, np.ndarray] | None = None,
 ) -> DetectorBundle:
@@ -261,8 +261,10 @@ def train_ensemble(
             alarm thresholds (per-member alarms in reports and responses) are set the same way,
             each on its own validation scores.
         alarm_quantile: Quantile for the ``quantile`` policy.
-        combine: ``max`` (default: the members specialise in different faults) or ``mean`` of
-            the weighted surprises.
+        combine: ``any`` (default: the members specialise in different faults, and each keeps
+            the operating point of its own threshold), ``max`` or ``mean`` of the weighted
+            surprises (:mod:`aiops.detectors.ensemble`). With ``select_weights`` this rule is
+            tried first, so the others must beat it by one window's worth of F1.
         select_weights: Choose the combine rule and the weights (from :data:`WEIGHT_GRID`) by
             event F1 on the validation period, preferring fewer members and equal weights
             unless more buys at least one window's worth of F1; needs
@@ -310,7 +312,7 @@ def train_ensemble(
         assert events is not None  # select_weights requires the event_f1 policy (checked above)
         windows = len(events.window_rows)
         if windows >= MIN_SELECTION_WINDOWS:
-            extra = _select_weights(ensemble, surprises, events)
+            extra.update(_select_weights(ensemble, surprises, events))
         else:
             log.warning(
                 "ensemble weights not selected: %d labelled validation windows, fewer than %d; "
@@ -319,7 +321,7 @@ def train_ensemble(
                 MIN_SELECTION_WINDOWS,
                 ensemble.combine,
             )
-            extra = {"selection_skipped_windows": windows}
+            extra["selection_skipped_windows"] = windows
     scores = ensemble.combine_surprises(surprises)
     threshold, basis = choose_threshold(scores, validation, labels, threshold_policy, alarm_quantile, events)
     contract = next(iter(members.values())).contract
@@ -350,11 +352,13 @@ def weight_candidates(
     candidates: dict[tuple[str, tuple[float, ...]], tuple[tuple[int, int, int], dict[str, float]]] = {}
     for rule_index, rule in enumerate(rules):
         for values in itertools.product(WEIGHT_GRID, repeat=len(names)):
+            if rule == "any":  # weights only include or leave out a member
+                values = tuple(1.0 if v > 0 else 0.0 for v in values)
             total = sum(values)
             if total <= 0:
                 continue
-            key = (rule, tuple(round(v / total, 9) for v in values))
             used = [v for v in values if v > 0]
+            key = (rule, tuple(round(v / total, 9) for v in values))
             order = (len(used), int(len(set(used)) > 1), rule_index)
             if key not in candidates or order < candidates[key][0]:
                 candidates[key] = (order, dict(zip(names, values, strict=True)))

@@ -43,8 +43,11 @@ def test_canary_rolls_back_a_miscalibrated_model_and_keeps_the_champion(trained,
     traffic = trained.split.test
 
     broken = DetectorBundle.load(trained.bundle_dir)
-    # A calibration bug: every member's reference scores shrunk, so every row looks rarer than it is.
+    # A calibration bug: every member's reference scores and alarm threshold shrunk, so every row
+    # looks rarer than it is (under any combine rule: "any" measures a member's surprise in units
+    # of its threshold's, so a shrunk reference alone mostly cancels out).
     broken.detector.reference = {k: np.sort(v) * 0.2 for k, v in broken.detector.reference.items()}
+    broken.detector.member_thresholds = {k: v * 0.2 for k, v in broken.detector.member_thresholds.items()}
     folder = broken.save(tmp_path / "broken")
     assert _publish(folder, trained, labels, uri) == "2"
     bad = run_local_rollout(MODEL, "2", traffic, uri, tmp_path / "r", requests=240, policy=POLICY)

@@ -356,6 +356,29 @@ def test_ensemble_max_and_precomputed_scores():
         EnsembleDetector({"a": _Const("a")}).calibrate(frame, {"a": np.zeros(3)})
 
 
+def test_ensemble_any_alarms_when_an_included_member_passes_its_own_threshold():
+    rng = np.random.default_rng(4)
+    frame = pd.DataFrame({"a": rng.normal(size=500), "b": rng.exponential(size=500), "c": rng.random(500)})
+    members = {name: _Const(name) for name in frame}
+    thresholds = {"a": 2.0, "b": 4.0, "c": 0.5}
+    ens = EnsembleDetector(
+        members, weights={"a": 1.0, "b": 1.0, "c": 0.0}, member_thresholds=thresholds, combine="any"
+    ).calibrate(frame)
+    new = pd.DataFrame(
+        {"a": rng.normal(size=400) * 2, "b": rng.exponential(size=400) * 2, "c": rng.random(400)}
+    )
+    score = ens.score(new)
+    member_alarm = (new["a"] >= 2.0) | (new["b"] >= 4.0)
+    assert member_alarm.any() and not member_alarm.all()
+    assert (score[member_alarm.to_numpy()] >= 1.0).all()  # a member alarm is an ensemble alarm at 1
+    # below 1 only where no included member reaches its threshold's surprise; c never counts
+    levels = ens.alarm_levels()
+    parts = ens.member_surprise(new)
+    np.testing.assert_allclose(score, np.maximum(parts["a"] / levels["a"], parts["b"] / levels["b"]))
+    with pytest.raises(ValueError, match="needs member thresholds"):
+        EnsembleDetector(members, combine="any").calibrate(frame).score(frame)
+
+
 def test_event_scorer_matches_evaluate(parts):
     split, _, labels = parts
     val = split.validation.reset_index(drop=True)
@@ -392,6 +415,7 @@ def test_select_weights_drops_a_member_that_only_adds_noise(parts, monkeypatch):
     monkeypatch.setattr(training, "MIN_SELECTION_WINDOWS", 1)
     bundle = train_ensemble(members, val, labels, threshold_policy="event_f1", select_weights=True)
     assert bundle.detector.weights["noise"] == 0.0 and bundle.detector.weights["good"] > 0
+    assert bundle.meta["good.member_validation_event_f1"] == pytest.approx(1.0)  # kept by selection
     assert bundle.meta["selection_validation_event_f1"] == pytest.approx(1.0)
     assert bundle.meta["validation_event_f1"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="select_weights"):

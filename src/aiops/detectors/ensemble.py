@@ -7,6 +7,13 @@ empirical distribution of its own validation scores to a *surprise*,
 99.9%". The ensemble score combines the members' weighted surprises: their weighted mean
 (``combine="mean"``: members must agree) or their maximum (``combine="max"``: one member
 that sees a fault is enough, which suits members that specialise in different faults).
+``combine="any"`` is the maximum too, but of each member's surprise *relative to the surprise of
+its own alarm threshold* (:attr:`EnsembleDetector.member_thresholds`, chosen on validation): 1
+means "this member alarms", so with the ensemble threshold at 1 the ensemble alarms when any of
+the included members does, each at its own operating point. Members whose useful alarm levels
+lie at very different tail probabilities (a forecast residual that is rare at 1 in 100, an
+isolation depth only at 1 in 10,000) cannot share one surprise threshold; this rule lets each
+keep its own. Its weights only include (> 0) or leave out (0) a member.
 All members score causally, so the ensemble does too.
 """
 
@@ -20,7 +27,9 @@ import numpy as np
 import pandas as pd
 
 _MAX_REFERENCE = 20000  # validation scores kept per member (evenly spaced order statistics)
-COMBINE_RULES = ("mean", "max")
+COMBINE_RULES = ("mean", "max", "any")
+#: Smallest alarm level of a member under ``combine="any"`` (a threshold below every validation score).
+_MIN_ALARM_SURPRISE = 1e-6
 
 
 _FLOAT_MAX = float(np.finfo(np.float64).max)
@@ -55,7 +64,8 @@ class EnsembleDetector:
         weights: Weight per member (normalised when scoring).
         reference: Sorted validation scores per member (the calibration).
         member_thresholds: Each member's own alarm threshold (for per-member reports).
-        combine: ``mean`` or ``max`` of the weighted surprises (see :data:`COMBINE_RULES`).
+        combine: ``mean`` or ``max`` of the weighted surprises, or ``any`` (see the module
+            docstring and :data:`COMBINE_RULES`).
     """
 
     members: dict[str, Any]
@@ -119,8 +129,26 @@ class EnsembleDetector:
         total = sum(self.weights.get(name, 0.0) for name in parts)
         if total <= 0:
             raise ValueError("ensemble weights sum to zero")
+        if self.combine == "any":
+            # Each included member's surprise in units of the surprise at its own threshold.
+            included = [name for name in parts if self.weights.get(name, 0.0) > 0]
+            levels = self.alarm_levels()
+            return np.stack([parts[name] / levels[name] for name in included]).max(axis=0)
         weighted = np.stack([self.weights.get(name, 0.0) * value for name, value in parts.items()])
         if self.combine == "max":
             # The strongest weighted evidence wins: a fault only one member can see still alarms.
             return weighted.max(axis=0) * len(parts) / total
         return weighted.sum(axis=0) / total
+
+    def alarm_levels(self) -> dict[str, float]:
+        """Each member's surprise at its own alarm threshold (the unit of ``combine="any"``)."""
+        missing = set(self.reference) - set(self.member_thresholds)
+        if missing:
+            raise ValueError(f"combine='any' needs member thresholds; none for {sorted(missing)}")
+        return {
+            name: max(
+                float(surprise(reference, np.array([self.member_thresholds[name]]))[0]),
+                _MIN_ALARM_SURPRISE,
+            )
+            for name, reference in self.reference.items()
+        }
