@@ -105,11 +105,13 @@ def _headroom(
     A diagnosis, never a result: it peeks at the labels it is scored on. It separates what
     the members can see from what the combination and the validation-chosen thresholds make
     of it. When even the best weights and threshold on the test period fall short of a
-    target, the members, not the ensemble's choices, are what has to improve.
+    target, the members, not the ensemble's choices, are what has to improve. Thresholds are
+    searched over the same 60 score quantiles as on validation, so the figure can land a little
+    below what the deployed threshold reaches: a guide, not a strict bound.
     """
     scorer = EventF1Scorer.of(test, labels)
     out: dict[str, Any] = {
-        "note": "upper bounds that use the test labels; for diagnosis only",
+        "note": "best choices on the test labels (60-quantile threshold grid); for diagnosis only",
         "event_f1_at_test_optimal_threshold": {
             name: round(scorer.best_threshold(scores)[0], 4) for name, scores in test_scores.items()
         },
