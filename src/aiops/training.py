@@ -45,6 +45,7 @@ MEASURED_META = frozenset(
         "validation_score_median",
         "validation_event_f1",
         "member_validation_event_f1",
+        "member_alarm_surprise",
         "calibration_seconds",
         "n_features",
     }
@@ -322,6 +323,11 @@ def train_ensemble(
                 ensemble.combine,
             )
             extra["selection_skipped_windows"] = windows
+    if ensemble.combine == "any":
+        # Each member's operating point on the surprise scale (-log10 of its validation tail
+        # probability), shown next to its threshold in the member's tracking run.
+        for name, level in ensemble.alarm_levels().items():
+            extra[f"{name}.member_alarm_surprise"] = level
     scores = ensemble.combine_surprises(surprises)
     threshold, basis = choose_threshold(scores, validation, labels, threshold_policy, alarm_quantile, events)
     contract = next(iter(members.values())).contract

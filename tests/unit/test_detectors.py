@@ -416,6 +416,8 @@ def test_select_weights_drops_a_member_that_only_adds_noise(parts, monkeypatch):
     bundle = train_ensemble(members, val, labels, threshold_policy="event_f1", select_weights=True)
     assert bundle.detector.weights["noise"] == 0.0 and bundle.detector.weights["good"] > 0
     assert bundle.meta["good.member_validation_event_f1"] == pytest.approx(1.0)  # kept by selection
+    assert bundle.detector.combine == "any"  # tried first; nothing beats it by a window's worth
+    assert bundle.meta["good.member_alarm_surprise"] == bundle.detector.alarm_levels()["good"]
     assert bundle.meta["selection_validation_event_f1"] == pytest.approx(1.0)
     assert bundle.meta["validation_event_f1"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="select_weights"):
