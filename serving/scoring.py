@@ -106,17 +106,14 @@ class EnsembleScorer:
         detector = bundle.detector
         self.is_ensemble = isinstance(detector, EnsembleDetector)
         self.reference: dict[str, np.ndarray] = dict(detector.reference) if self.is_ensemble else {}
-        self.weights: dict[str, float] = dict(detector.weights) if self.is_ensemble else {}
-        self.combine_rule: str = getattr(detector, "combine", "mean") if self.is_ensemble else "single"
         thresholds = dict(detector.member_thresholds) if self.is_ensemble else {}
         if not self.is_ensemble:
             thresholds = {name: self.threshold for name in self.scorers}
         self.member_thresholds: dict[str, float] = thresholds
-        # combine="any": each included member's alarm level, fixed once the model is loaded.
-        self.alarm_levels: dict[str, float] | None = None
-        if self.is_ensemble and self.combine_rule == "any":
-            levels = detector.alarm_levels()
-            self.alarm_levels = {n: levels[n] for n in self.scorers if self.weights.get(n, 0.0) > 0}
+        # combine="any": the members' alarm levels, fixed once the model is loaded.
+        self.alarm_levels: dict[str, float] | None = (
+            detector.alarm_levels() if self.is_ensemble and detector.combine == "any" else None
+        )
         self.forest = next((s for s in self.scorers.values() if isinstance(s, CompiledForest)), None)
         self._executor: ThreadPoolExecutor | None = None
 
@@ -192,21 +189,9 @@ class EnsembleScorer:
             return raw, {}
         # + 0.0 turns the -0.0 of -log10(1) into 0.0 for the response; values are unchanged.
         surprises = {name: surprise(self.reference[name], raw) + 0.0 for name, raw in raws.items()}
-        if self.alarm_levels is not None:
-            # EnsembleDetector.combine_surprises for "any", with the levels computed at load.
-            ratios = [surprises[name] / level for name, level in self.alarm_levels.items()]
-            return np.stack(ratios).max(axis=0), surprises
-        combine = getattr(self.bundle.detector, "combine_surprises", None)
-        if combine is not None:
-            # The ensemble's own rule, from the surprises computed here.
-            return np.asarray(combine(surprises), dtype=float), surprises
-        total = sum(self.weights.get(name, 0.0) for name in surprises)
-        if total <= 0:
-            raise ValueError("ensemble weights sum to zero")
-        weighted = np.stack([self.weights.get(name, 0.0) * value for name, value in surprises.items()])
-        if self.combine_rule == "max":
-            return weighted.max(axis=0) * len(surprises) / total, surprises
-        return weighted.sum(axis=0) / total, surprises
+        # The ensemble's own rule, from the surprises computed here.
+        detector: EnsembleDetector = self.bundle.detector
+        return np.asarray(detector.combine_surprises(surprises, self.alarm_levels), dtype=float), surprises
 
 
 def _top_features(credit: np.ndarray | None, top_k: int, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -124,15 +124,21 @@ class EnsembleDetector:
         """Combined weighted surprise of the members (see the module docstring)."""
         return self.combine_surprises(self.member_surprise(frame))
 
-    def combine_surprises(self, parts: Mapping[str, np.ndarray]) -> np.ndarray:
-        """The ensemble score from the members' surprises, by :attr:`combine` and :attr:`weights`."""
+    def combine_surprises(
+        self, parts: Mapping[str, np.ndarray], levels: Mapping[str, float] | None = None
+    ) -> np.ndarray:
+        """The ensemble score from the members' surprises, by :attr:`combine` and :attr:`weights`.
+
+        ``levels``: :meth:`alarm_levels` when the caller holds them already (``any`` only; the
+        predictor computes them once at load instead of once per request).
+        """
         total = sum(self.weights.get(name, 0.0) for name in parts)
         if total <= 0:
             raise ValueError("ensemble weights sum to zero")
         if self.combine == "any":
             # Each included member's surprise in units of the surprise at its own threshold.
             included = [name for name in parts if self.weights.get(name, 0.0) > 0]
-            levels = self.alarm_levels()
+            levels = self.alarm_levels() if levels is None else levels
             return np.stack([parts[name] / levels[name] for name in included]).max(axis=0)
         weighted = np.stack([self.weights.get(name, 0.0) * value for name, value in parts.items()])
         if self.combine == "max":
