@@ -18,6 +18,7 @@ def canary_rollout(
     deployment_mode: str = "RawDeployment",
     prometheus_url: str = "",
     analysis_window: str = "15m",
+    min_anomaly_rate_ratio: float = 0.0,
 ) -> bool:
     """Roll ``version`` out as a canary beside the champion; promote or roll back on the evidence.
 
@@ -25,6 +26,8 @@ def canary_rollout(
     replaying the latest feature rows as traffic. ``mode='cluster'``: KServeClient updates the
     InferenceService (Serverless: ``canaryTrafficPercent``; RawDeployment: a second service behind
     a weighted Route) and the evidence comes from ``prometheus_url`` over ``analysis_window``.
+    ``min_anomaly_rate_ratio`` > 0 also rolls back a canary that raises significantly fewer
+    alarms than that share of the stable arm's (off by default; see ``CanaryPolicy``).
     Returns True when the canary was promoted. The decision is recorded in MLflow either way.
     A version the promotion gate rejected is not rolled out at all (returns False).
     """
@@ -52,7 +55,11 @@ def canary_rollout(
         table, _ = load_features(features.path)
         traffic = table[table["timestamp"] >= table["timestamp"].quantile(0.8)]
         with tempfile.TemporaryDirectory() as tmp:
-            policy = CanaryPolicy(min_requests=min(200, requests // 5), min_rows=min(200, requests))
+            policy = CanaryPolicy(
+                min_requests=min(200, requests // 5),
+                min_rows=min(200, requests),
+                min_anomaly_rate_ratio=min_anomaly_rate_ratio,
+            )
             result = run_local_rollout(
                 model_name,
                 version,
@@ -77,7 +84,15 @@ def canary_rollout(
             service_name, namespace, stable_uri, mode=deployment_mode, model_version=stable or version
         )
         canary = KServeCanary(spec, canary_percent, prometheus_url, analysis_window)
-        result = run_cluster_rollout(canary, model_name, version, storage_uri, stable or version, uri)
+        result = run_cluster_rollout(
+            canary,
+            model_name,
+            version,
+            storage_uri,
+            stable or version,
+            uri,
+            policy=CanaryPolicy(min_anomaly_rate_ratio=min_anomaly_rate_ratio),
+        )
     else:
         raise ValueError(f"unknown rollout mode '{mode}'; choose 'local' or 'cluster'")
     if result.promoted:  # the champion-age alert reads this (a no-op without a Pushgateway)

@@ -42,6 +42,7 @@ def retraining_pipeline(
     canary_percent: int = 30,
     rollout_namespace: str = "",
     rollout_prometheus_url: str = "",
+    rollout_min_anomaly_rate_ratio: float = 0.0,
 ) -> bool:
     """Retraining pipeline; returns whether it retrained (the reason is in MLflow and the dashboard)."""
     telemetry, validate, store, started_at = ingest_validate_features(
@@ -101,5 +102,6 @@ def retraining_pipeline(
             rollout_mode,
             rollout_namespace,
             rollout_prometheus_url,
+            rollout_min_anomaly_rate_ratio,
         )
     return drift.outputs["Output"]

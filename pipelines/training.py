@@ -189,6 +189,7 @@ def roll_out(
     mode: Any,
     namespace: Any,
     prometheus_url: Any,
+    min_anomaly_rate_ratio: Any,
 ) -> Any:
     """The canary rollout of a new version when ``deploy`` is set (training and retraining pipelines)."""
     with dsl.If(deploy == True, name="deploy"):  # noqa: E712 - a KFP condition, not Python
@@ -201,6 +202,7 @@ def roll_out(
             mode=mode,
             namespace=namespace,
             prometheus_url=prometheus_url,
+            min_anomaly_rate_ratio=min_anomaly_rate_ratio,
         ).set_display_name("canary rollout")
         rollout.set_caching_options(False)
         with_mlflow_credentials(rollout)
@@ -247,6 +249,7 @@ def training_pipeline(
     canary_percent: int = 30,
     rollout_namespace: str = "",
     rollout_prometheus_url: str = "",
+    rollout_min_anomaly_rate_ratio: float = 0.0,
 ) -> str:
     """Training pipeline; returns the registered model version.
 
@@ -297,5 +300,6 @@ def training_pipeline(
         rollout_mode,
         rollout_namespace,
         rollout_prometheus_url,
+        rollout_min_anomaly_rate_ratio,
     )
     return trained.output

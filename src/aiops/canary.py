@@ -13,8 +13,9 @@ the Prometheus layout). The verdict:
   more than a ratio;
 * **score distribution**: chi-square test on the score-histogram bucket counts plus the
   Jensen-Shannon distance as effect size; roll back when the distributions differ significantly
-  *and* the effect is material. A model that suddenly flags far more (or fewer) rows than the
-  one it replaces is suspicious even if it is faster.
+  *and* the effect is material. A model that suddenly flags far more rows than the one it
+  replaces is suspicious even if it is faster; far fewer only when the policy asks
+  (``min_anomaly_rate_ratio``), since a retrained model is often meant to be quieter.
 
 Statistics come from scipy; no serving code is imported here.
 """
@@ -77,6 +78,10 @@ class CanaryPolicy:
             above which the shift is reported as such.
         max_anomaly_rate_ratio: Tolerated canary / stable anomaly rate.
         max_anomaly_rate_increase: Tolerated absolute anomaly-rate increase.
+        min_anomaly_rate_ratio: Opt-in floor of the canary / stable anomaly rate (0: off). A
+            canary that flags significantly fewer rows than this share of the stable arm's is
+            rolled back too: for teams that would rather keep a noisy model than risk a silent
+            one (a calibration bug, a feature that went missing) on the way to production.
 
     Scores are judged by what they do to alarms: a canary is rolled back when it flags
     significantly more rows than the stable arm (beyond both tolerances). A shifted score
@@ -95,6 +100,7 @@ class CanaryPolicy:
     max_score_js_distance: float = 0.2
     max_anomaly_rate_ratio: float = 1.5
     max_anomaly_rate_increase: float = 0.01
+    min_anomaly_rate_ratio: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -238,6 +244,15 @@ def analyse(stable: ArmStats, canary: ArmStats, policy: CanaryPolicy = CanaryPol
             f"{shift}anomaly rate {canary.anomaly_rate:.4f} vs stable {stable.anomaly_rate:.4f} "
             f"(x{rate_ratio:.2f}, p={p_rate:.2g}): the canary would raise far more alarms"
         )
+    if policy.min_anomaly_rate_ratio > 0:
+        p_fewer = two_proportion_pvalue(canary.anomalies, canary.rows, stable.anomalies, stable.rows)
+        evidence["scores"]["fewer_anomalies_p_value"] = p_fewer
+        if p_fewer < policy.alpha and rate_ratio < policy.min_anomaly_rate_ratio:
+            reasons.append(
+                f"anomaly rate {canary.anomaly_rate:.4f} vs stable {stable.anomaly_rate:.4f} "
+                f"(x{rate_ratio:.2f}, p={p_fewer:.2g}): the canary would raise far fewer alarms "
+                f"(policy floor x{policy.min_anomaly_rate_ratio:.2f})"
+            )
     if reasons:
         return CanaryVerdict(False, tuple(reasons), evidence)
     return CanaryVerdict(

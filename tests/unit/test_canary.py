@@ -92,6 +92,17 @@ def test_a_shifted_distribution_with_the_usual_alarm_rate_promotes():
     assert verdict.evidence["scores"]["shifted"] and verdict.evidence["scores"]["js_distance"] > 0.2
 
 
+def test_a_silent_canary_rolls_back_only_when_the_policy_sets_a_floor():
+    silent = arm(anomalies=0)
+    assert analyse(arm(anomalies=40), silent).promote  # default: a quieter model may be intended
+    verdict = analyse(arm(anomalies=40), silent, CanaryPolicy(min_anomaly_rate_ratio=0.25))
+    assert not verdict.promote and "far fewer alarms" in verdict.reasons[0]
+    assert verdict.evidence["scores"]["fewer_anomalies_p_value"] < 0.01
+    # a little quieter, or too few alarms on either arm to tell: no evidence of a fault
+    assert analyse(arm(anomalies=40), arm(anomalies=30), CanaryPolicy(min_anomaly_rate_ratio=0.25)).promote
+    assert analyse(arm(anomalies=2), silent, CanaryPolicy(min_anomaly_rate_ratio=0.25)).promote
+
+
 def test_too_little_traffic_is_inconclusive():
     verdict = analyse(arm(), arm(requests=50), CanaryPolicy(min_requests=200))
     assert not verdict.promote and verdict.reasons[0].startswith("inconclusive: canary")
