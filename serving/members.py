@@ -442,11 +442,13 @@ class _Workload:
         known: Positions (in ``ForecastScorer.signals``) of the signals with a model.
         sigma: Each known signal's training residual spread.
         forecasters: Each known signal's cached forecaster.
+        units: Each known signal's unit (residuals are on ``log1p(value / unit)``).
     """
 
     known: np.ndarray
     sigma: np.ndarray
     forecasters: tuple[CachedForecaster, ...]
+    units: np.ndarray
 
 
 #: Workload instants whose log-forecast vectors :class:`ForecastScorer` keeps (a few MB).
@@ -466,10 +468,10 @@ class ForecastScorer:
     rows against the training spread of such means). History rows (telemetry input) are read
     for both but not scored.
 
-    A workload's ``log1p`` forecasts of all its signals at one instant are memoised as one
+    A workload's logged forecasts of all its signals at one instant are memoised as one
     vector (bounded, oldest dropped first): like the forecasts themselves they never change,
     and a single-row request then costs one dictionary lookup instead of a cache lookup,
-    a clip and a log per signal.
+    a division, a clip and a log per signal.
     """
 
     kind = "forecast"
@@ -478,6 +480,9 @@ class ForecastScorer:
         self.detector = detector
         self.signals: tuple[str, ...] = tuple(detector.signals)
         self.columns = np.array([feature_index[s] for s in self.signals], dtype=np.int64)
+        # Residuals are taken on log1p(value / unit) per signal (units of 1: plain log1p).
+        unit_of = getattr(detector, "unit", lambda signal: 1.0)
+        self.units = np.array([float(unit_of(s)) for s in self.signals])
         self.models: dict[tuple[str, str], Any] = detector.models
         # The level correction's settings: with them the correction of all signals takes one
         # pandas call per workload; without them, the detector's own method per signal.
@@ -499,17 +504,18 @@ class ForecastScorer:
                 known=np.array(known, dtype=np.int64),
                 sigma=np.array([float(m.sigma) for m in models]),  # the spread this scorer divides by
                 forecasters=tuple(m.forecaster for m in models),
+                units=self.units[known],
             )
         self._names = np.array([*self.signals, None], dtype=object)  # index -1: no signal
         self._log_forecasts: dict[tuple[str, int], np.ndarray] = {}
 
     def score(self, batch: Batch, explain: bool = False) -> MemberOutput:
-        """Max over signals of ``|log1p(value) - log1p(forecast) - level| / sigma``; 0 without a forecast."""
+        """Max over signals of ``|log1p(x/unit) - log1p(forecast/unit) - level| / sigma`` (0: none)."""
         cluster, namespace, pod, _ = batch.entities
         keys = zip(cluster.tolist(), namespace.tolist(), pod.tolist(), strict=True)
         groups = [_group_of(*key) for key in keys]
         targets = batch.targets
-        values = _log(batch.features.take(self.columns, axis=1))  # (rows, signals)
+        values = _log(batch.features.take(self.columns, axis=1) / self.units)  # (rows, signals)
         mean = np.full(values.shape, np.nan)
         sigma = np.full(values.shape, np.nan)
         for group, rows in _rows_by_group(groups, targets).items():
@@ -542,7 +548,10 @@ class ForecastScorer:
         if missing:
             instants = np.array([t for _, t in missing], dtype=np.int64)
             logged = np.column_stack(
-                [_log(f.lookup(instants)[:, f.column("yhat")]) for f in workload.forecasters]
+                [
+                    _log(f.lookup(instants)[:, f.column("yhat")] / unit)
+                    for f, unit in zip(workload.forecasters, workload.units.tolist(), strict=True)
+                ]
             )
             _make_room(memo, len(missing), _LOG_FORECAST_ENTRIES, wanted)
             memo.update(zip(missing, logged, strict=True))

@@ -100,15 +100,32 @@ class EventF1Scorer:
         recall = detected / len(self.window_rows) if self.window_rows else 0.0
         return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
 
-    def best_threshold(self, scores: np.ndarray) -> tuple[float, float]:
-        """``(event F1, threshold)`` over upper quantiles of ``scores`` (10% to 0.01% alarm rates)."""
+    def best_threshold(self, scores: np.ndarray, floor: float | None = None) -> tuple[float, float]:
+        """``(event F1, threshold)`` over upper quantiles of ``scores`` (10% to 0.01% alarm rates).
+
+        ``floor``: only thresholds at or above it are candidates (``floor`` itself is one).
+        """
         candidates = np.unique(np.quantile(scores, 1 - np.geomspace(0.1, 1e-4, 60)))
+        if floor is not None:
+            candidates = np.unique(np.append(candidates[candidates >= floor], floor))
         best = (-1.0, 0.0)
         for threshold in candidates:
             f1 = self.f1(scores, float(threshold))
             if f1 >= best[0]:  # ties go to the higher threshold: fewer alarms for the same F1
                 best = (f1, float(threshold))
         return best
+
+
+def _floor(combine: str) -> float | None:
+    """The lowest ensemble threshold the ``event_f1`` policy may pick for a combine rule.
+
+    Under ``any`` a score of 1 is every member at its own validation-chosen threshold. A lower
+    threshold would alarm each member below its own best operating point, and the union of
+    members only adds false alarms to each one's: it may tighten, never loosen. (Left free, the
+    choice sometimes landed just under 1 on the coarse quantile grid, and on new data the
+    loosened forest raised several times its own false alarms.)
+    """
+    return 1.0 if combine == "any" else None
 
 
 def _check_quantile(alarm_quantile: float) -> None:
@@ -123,6 +140,7 @@ def choose_threshold(
     policy: str = "quantile",
     alarm_quantile: float = 0.99,
     events: EventF1Scorer | None = None,
+    floor: float | None = None,
 ) -> tuple[float, dict[str, float]]:
     """Pick an alarm threshold on validation scores by ``policy`` (see module docstring).
 
@@ -133,6 +151,7 @@ def choose_threshold(
         policy: ``quantile`` or ``event_f1``.
         alarm_quantile: Quantile for the ``quantile`` policy.
         events: ``EventF1Scorer.of(frame, labels)`` when the caller already built it.
+        floor: ``event_f1`` only: the lowest threshold considered.
 
     Returns:
         The threshold and what the choice was based on (for tracking).
@@ -153,7 +172,7 @@ def choose_threshold(
             "none; use threshold_policy='quantile' (an alarm budget) for unlabelled data"
         )
     # Candidates: upper quantiles of the validation scores, from a 10% to a 0.01% alarm rate.
-    f1, threshold = events.best_threshold(scores)
+    f1, threshold = events.best_threshold(scores, floor)
     return threshold, {"validation_event_f1": f1, "threshold_quantile": float(np.mean(scores < threshold))}
 
 
@@ -329,7 +348,9 @@ def train_ensemble(
         for name, level in ensemble.alarm_levels().items():
             extra[f"{name}.member_alarm_surprise"] = level
     scores = ensemble.combine_surprises(surprises)
-    threshold, basis = choose_threshold(scores, validation, labels, threshold_policy, alarm_quantile, events)
+    threshold, basis = choose_threshold(
+        scores, validation, labels, threshold_policy, alarm_quantile, events, _floor(ensemble.combine)
+    )
     contract = next(iter(members.values())).contract
     meta: dict[str, Any] = {
         "members": ",".join(members),
@@ -391,7 +412,7 @@ def _select_weights(
     best: tuple[float, str, dict[str, float]] | None = None
     for _, rule, weights in sorted(candidates, key=lambda candidate: candidate[0]):
         ensemble.combine, ensemble.weights = rule, weights
-        f1, _ = events.best_threshold(ensemble.combine_surprises(surprises))
+        f1, _ = events.best_threshold(ensemble.combine_surprises(surprises), _floor(rule))
         if best is None or f1 > best[0] + tolerance:
             best = (f1, rule, weights)
     assert best is not None

@@ -33,6 +33,22 @@ def test_fast_path_equals_the_bundle_on_every_test_row(trained, scorer):
         np.testing.assert_allclose(scores.members[name].raw, detector.score(test), rtol=1e-12, atol=1e-12)
 
 
+def test_a_forecaster_saved_before_units_scores_as_it_did(trained):
+    """Detectors pickled before units existed have no ``units``: both paths use plain log1p."""
+    import copy
+
+    bundle = copy.deepcopy(trained.bundle)
+    forecast = bundle.detector.members["forecast"]
+    assert forecast.unit("request_rate") != 1.0
+    del forecast.__dict__["units"]  # what unpickling an older detector gives
+    assert forecast.unit("request_rate") == 1.0
+    test = trained.split.test.iloc[:500]
+    fast = build_scorer(bundle, probe_batch(bundle)).scorers["forecast"]
+    assert not isinstance(fast, GenericScorer)
+    raw = fast.score(Batch.from_frame(test, bundle.contract.feature_names)).raw
+    np.testing.assert_allclose(raw, forecast.score(test), rtol=1e-12, atol=1e-12)
+
+
 def test_row_order_does_not_change_a_row_score(trained, scorer):
     names = trained.bundle.contract.feature_names
     test = trained.split.test.iloc[:300]

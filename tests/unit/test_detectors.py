@@ -15,6 +15,7 @@ from aiops.detectors.forecast import (
     ForecastDetector,
     ProphetForecaster,
     forecast_errors,
+    signal_unit,
     time_to_exhaustion,
     workload_of,
 )
@@ -157,6 +158,28 @@ def test_forecast_detector_flags_a_level_shift_and_is_causal(three_days):
     # later rows of other pods move only through the level correction, a robust median
     others = np.setdiff1d(np.flatnonzero(~earlier), rows)
     assert np.max(np.abs(after[others] - base[others])) < 0.5
+
+
+def test_signal_unit_is_a_quarter_of_the_typical_positive_value():
+    assert signal_unit(np.array([0.0, 0.1, 0.2, 0.3, np.nan])) == pytest.approx(0.05)
+    assert signal_unit(np.array([0.0, np.nan])) == 1.0  # nothing positive: plain log1p
+
+
+def test_a_latency_shift_is_judged_in_proportion_to_the_latency(three_days):
+    """Latency in seconds lives far below 1, where log1p is flat: the signal's unit undoes that."""
+    split, contract = three_days
+    config = ForecastConfig(forecaster="arima", signals=("latency_p95_seconds",), persistence=1)
+    det = ForecastDetector(config).fit(split.train, contract)
+    assert 0.0 < det.unit("latency_p95_seconds") < 0.5 * split.train["latency_p95_seconds"].median()
+    test = split.test.reset_index(drop=True)
+    shifted = test.copy()
+    rows = shifted.index[shifted["pod"] == shifted["pod"].iloc[0]][-20:]
+    shifted.loc[rows, "latency_p95_seconds"] *= 1.5
+    gain = np.median(det.score(shifted)[rows] - det.score(test)[rows])
+    plain = ForecastDetector(config).fit(split.train, contract)
+    plain.units = {}  # a detector saved before units: log1p of seconds
+    plain_gain = np.median(plain.score(shifted)[rows] - plain.score(test)[rows])
+    assert gain > 3.0 and gain > 1.5 * plain_gain, (gain, plain_gain)
 
 
 def _weekly(days: int, seed: int = 0) -> tuple[pd.Series, np.ndarray]:
@@ -392,6 +415,22 @@ def test_event_scorer_matches_evaluate(parts):
             assert scorer.f1(scores, threshold) == pytest.approx(expected, abs=1e-12)
 
 
+def test_threshold_floor_keeps_the_any_rule_at_or_above_the_members_own_thresholds(parts):
+    split, _, labels = parts
+    val = split.validation.reset_index(drop=True)
+    truth = row_labels(val, labels)
+    scorer = EventF1Scorer.of(val, labels)
+    # Labelled rows score 0.9-1.0, the rest below 0.95: the free choice lands under 1.
+    rng = np.random.default_rng(1)
+    scores = np.where(truth, 0.9 + 0.1 * rng.random(len(val)), 0.95 * rng.random(len(val)))
+    free_f1, free = scorer.best_threshold(scores)
+    assert free < 1.0
+    floored_f1, floored = scorer.best_threshold(scores, floor=1.0)
+    assert floored == 1.0 and floored_f1 == scorer.f1(scores, 1.0) <= free_f1  # 1 itself is a candidate
+    above = scores + 1.0  # every candidate above the floor: the floor changes nothing
+    assert scorer.best_threshold(above, floor=1.0) == scorer.best_threshold(above)
+
+
 def _bundle(detector, contract, threshold=1.0):
     return DetectorBundle(detector=detector, contract=contract, threshold=threshold)
 
@@ -447,6 +486,7 @@ def test_event_f1_policy_sets_the_members_alarm_thresholds_too(parts):
     threshold = bundle.detector.member_thresholds["good"]
     assert threshold > quantile and not (val["good"] >= threshold)[~truth].any()
     assert bundle.meta["good.member_validation_event_f1"] == pytest.approx(1.0)
+    assert bundle.detector.combine == "any" and bundle.threshold >= 1.0  # never below its members'
 
 
 def test_threshold_policies(parts):

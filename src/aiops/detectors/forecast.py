@@ -7,9 +7,11 @@ from the training period, and every pod row is scored by how far it lies from th
 in robust standard deviations of the training residuals.
 
 Residuals live on the log scale: every canonical metric is non-negative and varies in
-proportion to its level, so ``log1p(value) - log1p(forecast)`` has about the same spread at
-night and at the daily peak, and a pod at three times its forecast is as surprising as one
-at a third of it.
+proportion to its level, so ``log1p(value / unit) - log1p(forecast / unit)`` has about the same
+spread at night and at the daily peak, and a pod at three times its forecast is as surprising as
+one at a third of it. Each signal's ``unit`` is a quarter of its typical training value
+(:func:`signal_unit`): without it ``log1p`` would be nearly linear on signals far below 1
+(latencies in seconds, CPU in cores), where a 50% latency rise looked like noise.
 
 A forecast made once from the training period drifts as the horizon grows (a trend
 mis-estimated by a little, a rollout that moves a workload's memory baseline). The detector
@@ -363,7 +365,7 @@ class _Model:
     """The forecaster of one (workload, signal) and the spread of pod residuals around it."""
 
     forecaster: Any
-    sigma: float  # robust std of log1p(pod value) - log1p(corrected forecast), training period
+    sigma: float  # robust std of log1p(pod value/unit) - log1p(corrected forecast/unit), training period
     sigma_mean: float = 0.0  # robust std of the running mean of those residuals (persistence)
 
 
@@ -375,6 +377,16 @@ class ForecastDetector:
     models: dict[tuple[str, str], _Model] = field(default_factory=dict)
     signals: tuple[str, ...] = ()
     kind: str = "forecast"
+    #: Per signal, the unit residuals are taken in: ``log1p(value / unit)`` (see :func:`signal_unit`).
+    #: Detectors saved before units existed have none and use 1, the plain ``log1p`` they used.
+    units: dict[str, float] = field(default_factory=dict)
+
+    def unit(self, signal: str) -> float:
+        """The signal's unit (1.0 for a detector saved without units)."""
+        return float(getattr(self, "units", {}).get(signal, 1.0))
+
+    def _logged(self, values: np.ndarray, signal: str) -> np.ndarray:
+        return _log(np.asarray(values, dtype=float) / self.unit(signal))
 
     def _groups(self, frame: pd.DataFrame) -> pd.Series:
         return frame["cluster"] + "/" + frame["namespace"] + "/" + frame["pod"].map(workload_of)
@@ -389,6 +401,7 @@ class ForecastDetector:
         if not self.signals:
             raise ValueError(f"none of the forecast signals {self.config.signals} is in the features")
         groups = self._groups(train)
+        self.units = {signal: signal_unit(train[signal].to_numpy()) for signal in self.signals}
         self.models = {}
         for (group, signal), series in self._workload_series(train, groups).items():
             values = _without_outliers(series.to_numpy())
@@ -406,7 +419,7 @@ class ForecastDetector:
         train = train.reset_index(drop=True)
         groups = groups.reset_index(drop=True)
         for signal, (mean, _) in self._log_forecast(train).items():
-            residual = _log(train[signal].to_numpy()) - mean
+            residual = self._logged(train[signal].to_numpy(), signal) - mean
             running = self._running_mean(train, residual)
             for (group, name), model in self.models.items():
                 if name == signal:
@@ -439,7 +452,7 @@ class ForecastDetector:
         return out
 
     def _log_forecast(self, frame: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """Per signal: corrected forecast on the log1p scale and residual sigma, aligned with rows.
+        """Per signal: corrected forecast on the ``log1p(x / unit)`` scale and residual sigma, by row.
 
         NaN where the row's workload has no model for the signal.
         """
@@ -449,7 +462,7 @@ class ForecastDetector:
         for signal in self.signals:
             mean = np.full(len(frame), np.nan)
             sigma = np.full(len(frame), np.nan)
-            values = _log(frame[signal].to_numpy())
+            values = self._logged(frame[signal].to_numpy(), signal)
             for group in np.unique(groups):
                 model = self.models.get((group, signal))
                 if model is None:
@@ -458,7 +471,7 @@ class ForecastDetector:
                 codes, position = np.unique(stamps[rows], return_inverse=True)
                 instants = pd.DatetimeIndex(pd.to_datetime(codes, utc=True))
                 predicted = model.forecaster.predict(pd.Series(instants))["yhat"].to_numpy()
-                base = _log(predicted)
+                base = self._logged(predicted, signal)
                 level = self._level(instants, values[rows] - base[position], position)
                 mean[rows] = base[position] + level[position]
                 sigma[rows] = model.sigma
@@ -489,11 +502,12 @@ class ForecastDetector:
         """
         out = {}
         for signal, (mean, sigma) in self._log_forecast(frame).items():
+            unit = self.unit(signal)
             out[signal] = pd.DataFrame(
                 {
-                    "yhat": np.expm1(mean),
-                    "lower": np.expm1(mean - _Z_99 * sigma),
-                    "upper": np.expm1(mean + _Z_99 * sigma),
+                    "yhat": unit * np.expm1(mean),
+                    "lower": unit * np.expm1(mean - _Z_99 * sigma),
+                    "upper": unit * np.expm1(mean + _Z_99 * sigma),
                 },
                 index=frame.index,
             )
@@ -502,14 +516,14 @@ class ForecastDetector:
     def score(self, frame: pd.DataFrame) -> np.ndarray:
         """Max over signals of the residual z-score and of the running-mean z-score.
 
-        The residual z-score is ``|log1p(value) - log1p(forecast)| / sigma``; the running-mean
+        The residual z-score is ``|log1p(value/unit) - log1p(forecast/unit)| / sigma``; the running-mean
         one divides the mean of the pod's last ``persistence`` residuals by its own training
         spread. 0 where no forecast exists.
         """
         scores = np.zeros(len(frame))
         groups = self._groups(frame).to_numpy()
         for signal, (mean, sigma) in self._log_forecast(frame).items():
-            residual = _log(frame[signal].to_numpy()) - mean
+            residual = self._logged(frame[signal].to_numpy(), signal) - mean
             scores = np.fmax(scores, np.nan_to_num(np.abs(residual) / sigma, nan=0.0))
             if self.config.persistence > 1:
                 sigma_mean = np.full(len(frame), np.nan)
@@ -520,6 +534,26 @@ class ForecastDetector:
                 running = np.abs(self._running_mean(frame, residual)) / sigma_mean
                 scores = np.fmax(scores, np.nan_to_num(running, nan=0.0))
         return scores
+
+
+#: A signal's unit is this share of its median positive training value.
+UNIT_SHARE = 0.25
+
+
+def signal_unit(values: np.ndarray) -> float:
+    """The unit a signal's residuals are taken in: a quarter of its median positive value.
+
+    ``log1p(x)`` is a log only for ``x`` well above 1: on latencies in seconds or CPU in cores
+    it is nearly linear, so a latency at 1.5 times its forecast was as surprising at night as a
+    few milliseconds of noise. ``log1p(x / unit)`` with a unit a little below the signal's
+    typical level is close to a log over the range the signal lives in, for every signal alike
+    (bytes per second as well as seconds), yet flattens towards 0, where a log would turn the
+    noise of a nearly idle pod into large ratios (a twentieth of the median did that: more
+    false alarms at night). 1.0 when the signal has no positive value.
+    """
+    finite = np.asarray(values, dtype=float)
+    positive = finite[np.isfinite(finite) & (finite > 0)]
+    return float(UNIT_SHARE * np.median(positive)) if positive.size else 1.0
 
 
 def _log(values: np.ndarray) -> np.ndarray:
