@@ -7,10 +7,12 @@ policy:
 * ``event_f1`` – the threshold that maximises event-wise F1 on the validation period's
   labelled windows. It uses labels, but only those of the validation period, never the
   test period the model is judged on; it refuses to run when validation holds no labels.
+  For an ensemble under the ``any`` rule it never picks a threshold below 1 (below every
+  member's own threshold).
 
-An ensemble can also choose how it combines its members (``mean`` or ``max`` of weighted
-surprises) and the members' weights by the same criterion (``select_weights=True``), again
-on the validation period's labels only.
+An ensemble can also choose how it combines its members (``any`` member at its own threshold,
+``mean`` or ``max`` of weighted surprises) and the members' weights by the same criterion
+(``select_weights=True``), again on the validation period's labels only.
 """
 
 from __future__ import annotations
