@@ -481,8 +481,7 @@ class ForecastScorer:
         self.signals: tuple[str, ...] = tuple(detector.signals)
         self.columns = np.array([feature_index[s] for s in self.signals], dtype=np.int64)
         # Residuals are taken on log1p(value / unit) per signal (units of 1: plain log1p).
-        unit_of = getattr(detector, "unit", lambda signal: 1.0)
-        self.units = np.array([float(unit_of(s)) for s in self.signals])
+        self.units = np.array([detector.unit(s) for s in self.signals])
         self.models: dict[tuple[str, str], Any] = detector.models
         # The level correction's settings: with them the correction of all signals takes one
         # pandas call per workload; without them, the detector's own method per signal.

@@ -344,12 +344,12 @@ def train_ensemble(
                 ensemble.combine,
             )
             extra["selection_skipped_windows"] = windows
-    if ensemble.combine == "any":
-        # Each member's operating point on the surprise scale (-log10 of its validation tail
-        # probability), shown next to its threshold in the member's tracking run.
-        for name, level in ensemble.alarm_levels().items():
-            extra[f"{name}.member_alarm_surprise"] = level
-    scores = ensemble.combine_surprises(surprises)
+    levels = ensemble.alarm_levels() if ensemble.combine == "any" else None
+    # Each member's operating point on the surprise scale (-log10 of its validation tail
+    # probability), shown next to its threshold in the member's tracking run.
+    for name, level in (levels or {}).items():
+        extra[f"{name}.member_alarm_surprise"] = level
+    scores = ensemble.combine_surprises(surprises, levels)
     threshold, basis = choose_threshold(
         scores, validation, labels, threshold_policy, alarm_quantile, events, _floor(ensemble.combine)
     )
