@@ -305,7 +305,10 @@ class RequestDecoder:
         """Feature rows: exactly the key columns and the contract's features."""
         expected = self._expected
         # Rows in canonical order (keys, then features in contract order) are valid as they are.
-        in_order = all(tuple(row) == self._ordered for row in rows)
+        # orjson hands every row the same key objects, so after the first row's comparison by
+        # value the others compare by identity (the same answer, a millisecond less at 256 rows).
+        first = tuple(rows[0])
+        in_order = first == self._ordered and all(tuple(row) == first for row in rows)
         for i, row in enumerate(() if in_order else rows):
             if row.keys() != expected:
                 raise RequestError(
@@ -595,11 +598,14 @@ class ResponseEncoder:
         values = batch.features[batch.targets[:, None], top].tolist()
         medians = self.medians[top].tolist() if self.medians is not None else None
         names, shares = self.names[top].tolist(), scores.top_shares.tolist()
-        fields = ("name", "value", "training_median", "share")
         if medians is None:
             medians = [[None] * top.shape[1]] * len(top)
+        # Dict displays, not dict(zip(fields, ...)): a third of the time on 256 x k entries.
         return [
-            [dict(zip(fields, entry, strict=True)) for entry in zip(*row, strict=True)]
+            [
+                {"name": name, "value": value, "training_median": median, "share": share}
+                for name, value, median, share in zip(*row, strict=True)
+            ]
             for row in zip(names, values, medians, shares, strict=True)
         ]
 

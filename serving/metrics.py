@@ -121,9 +121,7 @@ class ModelMetrics:
         self._batch[protocol].observe(len(score))
         self.rows.inc(len(score))
         self.anomalies.inc(int(is_anomaly.sum()))
-        observe = self.scores.observe
-        for value in score[np.isfinite(score)].tolist():
-            observe(value)
+        observe_many(self.scores, score[np.isfinite(score)])
 
     def stages(self, timings: Mapping[str, float]) -> None:
         """Record the time of each stage of one request."""
@@ -132,3 +130,23 @@ class ModelMetrics:
             if child is None:
                 child = self._stages[stage] = self.families.stages.labels(*self.labels, stage)
             child.observe(seconds)
+
+
+def observe_many(child: Histogram, values: np.ndarray) -> None:
+    """``child.observe(v)`` for every value of ``values``, counted in one pass.
+
+    A 256-row batch made 256 ``observe`` calls (1.5 ms); this counts the bucket of each
+    value with ``searchsorted`` (a value goes to the first bound it is ``<=``, as ``observe``
+    decides) and adds each bucket's count and the sum once. It works on the histogram child's
+    buckets (``_upper_bounds``, ``_buckets``, ``_sum``, prometheus_client 0.24, pinned); a
+    test compares the exposition with per-value ``observe``.
+    """
+    if not len(values):
+        return
+    child._raise_if_not_observable()
+    bounds = np.asarray(child._upper_bounds, dtype=np.float64)
+    counts = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=len(bounds))
+    for bucket, count in zip(child._buckets, counts.tolist(), strict=True):
+        if count:
+            bucket.inc(count)
+    child._sum.inc(float(np.sum(values)))

@@ -20,7 +20,12 @@ from aiops.detectors.forecast import (
     workload_of,
 )
 from aiops.detectors.isolation_forest import IsolationForestConfig, IsolationForestDetector
-from aiops.detectors.lstm_autoencoder import LstmAutoencoderDetector, LstmConfig, resolve_device
+from aiops.detectors.lstm_autoencoder import (
+    LstmAutoencoderDetector,
+    LstmConfig,
+    _window_medians,
+    resolve_device,
+)
 from aiops.evaluation import evaluate
 from aiops.features import build_features, contract_for
 from aiops.model import DetectorBundle
@@ -306,6 +311,18 @@ def test_lstm_has_no_opinion_without_a_full_window(lstm, parts):
     age = test.sort_values(["pod", "timestamp"]).groupby("pod").cumcount().reindex(test.index).to_numpy()
     assert np.all(scores[age < lstm.config.window - 1] == 0.0)
     assert np.all(scores[age >= lstm.config.window - 1] > 0.0)
+
+
+def test_window_medians_ignore_missing_samples_as_nanmedian_does():
+    windows = np.random.default_rng(5).lognormal(size=(40, 30, 6)).astype(np.float32)
+    np.testing.assert_array_equal(_window_medians(windows), np.median(windows, axis=1, keepdims=True))
+    windows[3, :7, 2] = np.nan
+    windows[9, :, 4] = np.nan  # a signal missing for the whole window: its median is NaN
+    got = _window_medians(windows)
+    with pytest.warns(RuntimeWarning, match="All-NaN"):
+        expected = np.nanmedian(windows, axis=1, keepdims=True)
+    np.testing.assert_array_equal(got, expected)
+    assert np.isnan(got[9, 0, 4]) and not np.isnan(got[3, 0, 2])
 
 
 def test_lstm_judges_traffic_by_shape_not_level(lstm, parts):

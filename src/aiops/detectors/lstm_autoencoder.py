@@ -161,9 +161,7 @@ class LstmAutoencoderDetector:
         forecasting detector judges traffic levels against the daily and weekly cycle).
         """
         assert self.scale is not None and self.center is not None and self.absolute is not None
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # an all-missing signal in a window
-            own = np.nanmedian(windows, axis=1, keepdims=True)
+        own = _window_medians(windows)
         x = (windows - np.where(self.absolute, self.center, own)) / self.scale
         # Missing samples become "typical" (0) and outliers are capped, so one broken sample
         # cannot dominate the loss.
@@ -274,3 +272,17 @@ class LstmAutoencoderDetector:
         blob = state.get("_scripted")
         state["_scripted"] = torch.jit.load(io.BytesIO(blob)) if blob else None
         self.__dict__.update(state)
+
+
+def _window_medians(windows: np.ndarray) -> np.ndarray:
+    """Each window's median per signal, ``(n, 1, signals)``, ignoring missing samples.
+
+    ``np.nanmedian`` over a short axis goes through masked arrays, several times slower than
+    ``np.median``; without a missing sample both give the same medians, so the NaN-aware one
+    runs only on batches that hold one.
+    """
+    if not np.isnan(windows).any():
+        return np.median(windows, axis=1, keepdims=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-missing signal in a window
+        return np.nanmedian(windows, axis=1, keepdims=True)
