@@ -106,16 +106,31 @@ class EventF1Scorer:
         """``(event F1, threshold)`` over upper quantiles of ``scores`` (10% to 0.01% alarm rates).
 
         ``floor``: only thresholds at or above it are candidates (``floor`` itself is one).
+
+        Ties are common: validation holds a few dozen windows, so F1 is flat over a range of
+        thresholds (every window caught, no false alarm). The pick is the middle of the longest
+        run of neighbouring best candidates, the threshold farthest from both edges of that
+        plateau, which is where new data is least likely to push it off: a higher threshold
+        misses the weakest windows first, a lower one meets the loudest normal rows first.
+        (Taking the plateau's top edge, as before, sat right at the recall cliff whenever the
+        plateau ended at the grid's last quantile.)
         """
         candidates = np.unique(np.quantile(scores, 1 - np.geomspace(0.1, 1e-4, 60)))
         if floor is not None:
             candidates = np.unique(np.append(candidates[candidates >= floor], floor))
-        best = (-1.0, 0.0)
-        for threshold in candidates:
-            f1 = self.f1(scores, float(threshold))
-            if f1 >= best[0]:  # ties go to the higher threshold: fewer alarms for the same F1
-                best = (f1, float(threshold))
-        return best
+        if not len(candidates):
+            return -1.0, 0.0
+        f1s = np.array([self.f1(scores, float(threshold)) for threshold in candidates])
+        return float(f1s.max()), float(candidates[_plateau_middle(f1s)])
+
+
+def _plateau_middle(values: np.ndarray) -> int:
+    """Index of the middle of the longest run of neighbouring maxima of ``values`` (upper middle if even)."""
+    best = values >= values.max() - 1e-12
+    edges = np.flatnonzero(np.diff(np.r_[0, best.astype(np.int8), 0]))
+    starts, ends = edges[::2], edges[1::2]  # runs [start, end)
+    longest = int(np.argmax(ends - starts))  # the first of equally long runs
+    return int((starts[longest] + ends[longest]) // 2)
 
 
 def _floor(combine: str) -> float | None:

@@ -31,7 +31,13 @@ from aiops.features import build_features, contract_for
 from aiops.model import DetectorBundle
 from aiops.schema import row_labels
 from aiops.split import time_split
-from aiops.training import EventF1Scorer, choose_threshold, train_detector, train_ensemble
+from aiops.training import (
+    EventF1Scorer,
+    _plateau_middle,
+    choose_threshold,
+    train_detector,
+    train_ensemble,
+)
 from tests.conftest import labels_frame, make_label
 
 
@@ -446,6 +452,36 @@ def test_threshold_floor_keeps_the_any_rule_at_or_above_the_members_own_threshol
     assert floored == 1.0 and floored_f1 == scorer.f1(scores, 1.0) <= free_f1  # 1 itself is a candidate
     above = scores + 1.0  # every candidate above the floor: the floor changes nothing
     assert scorer.best_threshold(above, floor=1.0) == scorer.best_threshold(above)
+
+
+def test_ties_go_to_the_middle_of_the_longest_plateau():
+    assert _plateau_middle(np.array([0.2, 0.5, 0.9, 0.9, 0.9, 0.9, 0.9, 0.4])) == 4
+    assert _plateau_middle(np.array([0.9, 0.1, 0.9, 0.9, 0.9, 0.2])) == 3  # the longer run wins
+    assert _plateau_middle(np.array([0.1, 0.9, 0.9, 0.3])) == 2  # even length: the upper middle
+    assert _plateau_middle(np.array([0.1, 0.3, 0.9])) == 2
+    assert _plateau_middle(np.array([0.7])) == 0
+
+
+def test_best_threshold_keeps_a_margin_on_both_sides_of_a_flat_f1(parts):
+    split, _, labels = parts
+    val = split.validation.reset_index(drop=True)
+    truth = row_labels(val, labels)
+    scorer = EventF1Scorer.of(val, labels)
+    # Every labelled row far above every normal one: F1 is 1 from the loudest normal row up
+    # to the quietest window's peak, and the pick lies well inside that range.
+    rng = np.random.default_rng(2)
+    scores = np.where(truth, 10.0 + rng.random(len(val)), rng.random(len(val)))
+    f1, threshold = scorer.best_threshold(scores)
+    assert f1 == 1.0
+    lowest = scores[~truth].max()
+    highest = min(scores[rows].max() for rows in scorer.window_rows)
+    assert lowest < threshold <= highest
+    plateau = [
+        t
+        for t in np.unique(np.quantile(scores, 1 - np.geomspace(0.1, 1e-4, 60)))
+        if scorer.f1(scores, t) == 1.0
+    ]
+    assert len(plateau) >= 3 and plateau[0] < threshold < plateau[-1]
 
 
 def _bundle(detector, contract, threshold=1.0):
