@@ -7,6 +7,7 @@ policy:
 * ``event_f1`` – the threshold that maximises event-wise F1 on the validation period's
   labelled windows. It uses labels, but only those of the validation period, never the
   test period the model is judged on; it refuses to run when validation holds no labels.
+  Among equally good thresholds it takes the middle of the range, not an edge (ADR 0015).
   For an ensemble under the ``any`` rule it never picks a threshold below 1 (below every
   member's own threshold).
 
