@@ -116,22 +116,43 @@ class EventF1Scorer:
         (Taking the plateau's top edge, as before, sat right at the recall cliff whenever the
         plateau ended at the grid's last quantile.)
         """
+        f1, threshold, _, _ = self.best_threshold_range(scores, floor)
+        return f1, threshold
+
+    def best_threshold_range(
+        self, scores: np.ndarray, floor: float | None = None
+    ) -> tuple[float, float, float, float]:
+        """``(event F1, threshold, lowest tied, highest tied)``: :meth:`best_threshold` and its plateau.
+
+        The last two bound the run of candidates the threshold was picked from (equal to it
+        when nothing tied): how far validation scores could move before the choice changes.
+        """
         candidates = np.unique(np.quantile(scores, 1 - np.geomspace(0.1, 1e-4, 60)))
         if floor is not None:
             candidates = np.unique(np.append(candidates[candidates >= floor], floor))
         if not len(candidates):
-            return -1.0, 0.0
+            return -1.0, 0.0, 0.0, 0.0
         f1s = np.array([self.f1(scores, float(threshold)) for threshold in candidates])
-        return float(f1s.max()), float(candidates[_plateau_middle(f1s)])
+        start, middle, end = _plateau_middle(f1s)
+        return (
+            float(f1s.max()),
+            float(candidates[middle]),
+            float(candidates[start]),
+            float(candidates[end - 1]),
+        )
 
 
-def _plateau_middle(values: np.ndarray) -> int:
-    """Index of the middle of the longest run of neighbouring maxima of ``values`` (upper middle if even)."""
+def _plateau_middle(values: np.ndarray) -> tuple[int, int, int]:
+    """``(start, middle, end)`` of the longest run ``[start, end)`` of neighbouring maxima of ``values``.
+
+    ``middle`` is the run's middle index (the upper one of two when its length is even).
+    """
     best = values >= values.max() - 1e-12
     edges = np.flatnonzero(np.diff(np.r_[0, best.astype(np.int8), 0]))
     starts, ends = edges[::2], edges[1::2]  # runs [start, end)
     longest = int(np.argmax(ends - starts))  # the first of equally long runs
-    return int((starts[longest] + ends[longest]) // 2)
+    start, end = int(starts[longest]), int(ends[longest])
+    return start, (start + end) // 2, end
 
 
 def _floor(combine: str) -> float | None:
@@ -190,8 +211,13 @@ def choose_threshold(
             "none; use threshold_policy='quantile' (an alarm budget) for unlabelled data"
         )
     # Candidates: upper quantiles of the validation scores, from a 10% to a 0.01% alarm rate.
-    f1, threshold = events.best_threshold(scores, floor)
-    return threshold, {"validation_event_f1": f1, "threshold_quantile": float(np.mean(scores < threshold))}
+    f1, threshold, tied_from, tied_to = events.best_threshold_range(scores, floor)
+    return threshold, {
+        "validation_event_f1": f1,
+        "threshold_quantile": float(np.mean(scores < threshold)),
+        "threshold_tied_from": tied_from,
+        "threshold_tied_to": tied_to,
+    }
 
 
 def make_detector(kind: str, config: DetectorConfig | None = None) -> Any:
@@ -343,9 +369,11 @@ def train_ensemble(
         # (the members' 1% validation quantile) over-alarms when validation holds fewer
         # anomalous rows than the budget, and under-alarms when it holds more.
         for name, scores in raw.items():
-            f1, threshold = events.best_threshold(scores)
+            f1, threshold, tied_from, tied_to = events.best_threshold_range(scores)
             ensemble.member_thresholds[name] = threshold
             extra[f"{name}.member_validation_event_f1"] = f1
+            extra[f"{name}.member_threshold_tied_from"] = tied_from
+            extra[f"{name}.member_threshold_tied_to"] = tied_to
     if select_weights:
         assert events is not None  # select_weights requires the event_f1 policy (checked above)
         windows = len(events.window_rows)

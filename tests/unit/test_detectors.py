@@ -455,11 +455,11 @@ def test_threshold_floor_keeps_the_any_rule_at_or_above_the_members_own_threshol
 
 
 def test_ties_go_to_the_middle_of_the_longest_plateau():
-    assert _plateau_middle(np.array([0.2, 0.5, 0.9, 0.9, 0.9, 0.9, 0.9, 0.4])) == 4
-    assert _plateau_middle(np.array([0.9, 0.1, 0.9, 0.9, 0.9, 0.2])) == 3  # the longer run wins
-    assert _plateau_middle(np.array([0.1, 0.9, 0.9, 0.3])) == 2  # even length: the upper middle
-    assert _plateau_middle(np.array([0.1, 0.3, 0.9])) == 2
-    assert _plateau_middle(np.array([0.7])) == 0
+    assert _plateau_middle(np.array([0.2, 0.5, 0.9, 0.9, 0.9, 0.9, 0.9, 0.4])) == (2, 4, 7)
+    assert _plateau_middle(np.array([0.9, 0.1, 0.9, 0.9, 0.9, 0.2])) == (2, 3, 5)  # the longer run wins
+    assert _plateau_middle(np.array([0.1, 0.9, 0.9, 0.3])) == (1, 2, 3)  # even length: the upper middle
+    assert _plateau_middle(np.array([0.1, 0.3, 0.9])) == (2, 2, 3)
+    assert _plateau_middle(np.array([0.7])) == (0, 0, 1)
 
 
 def test_best_threshold_keeps_a_margin_on_both_sides_of_a_flat_f1(parts):
@@ -471,17 +471,15 @@ def test_best_threshold_keeps_a_margin_on_both_sides_of_a_flat_f1(parts):
     # to the quietest window's peak, and the pick lies well inside that range.
     rng = np.random.default_rng(2)
     scores = np.where(truth, 10.0 + rng.random(len(val)), rng.random(len(val)))
-    f1, threshold = scorer.best_threshold(scores)
-    assert f1 == 1.0
+    f1, threshold, tied_from, tied_to = scorer.best_threshold_range(scores)
+    assert (f1, threshold) == scorer.best_threshold(scores) and f1 == 1.0
     lowest = scores[~truth].max()
     highest = min(scores[rows].max() for rows in scorer.window_rows)
-    assert lowest < threshold <= highest
-    plateau = [
-        t
-        for t in np.unique(np.quantile(scores, 1 - np.geomspace(0.1, 1e-4, 60)))
-        if scorer.f1(scores, t) == 1.0
-    ]
-    assert len(plateau) >= 3 and plateau[0] < threshold < plateau[-1]
+    assert lowest < tied_from < threshold < tied_to <= highest
+    # The reported range is exactly the candidates that tie.
+    candidates = np.unique(np.quantile(scores, 1 - np.geomspace(0.1, 1e-4, 60)))
+    tied = [t for t in candidates if scorer.f1(scores, t) == 1.0]
+    assert tied == [t for t in candidates if tied_from <= t <= tied_to] and len(tied) >= 3
 
 
 def _bundle(detector, contract, threshold=1.0):
