@@ -119,6 +119,17 @@ class EventF1Scorer:
         f1, threshold, _, _ = self.best_threshold_range(scores, floor)
         return f1, threshold
 
+    @staticmethod
+    def candidates(scores: np.ndarray, floor: float | None = None) -> np.ndarray:
+        """The thresholds searched: 60 upper quantiles of ``scores`` (10% to 0.01% alarm rates), sorted.
+
+        ``floor``: only those at or above it, and ``floor`` itself.
+        """
+        candidates = np.unique(np.quantile(scores, 1 - np.geomspace(0.1, 1e-4, 60)))
+        if floor is not None:
+            candidates = np.unique(np.append(candidates[candidates >= floor], floor))
+        return candidates
+
     def best_threshold_range(
         self, scores: np.ndarray, floor: float | None = None
     ) -> tuple[float, float, float, float]:
@@ -127,9 +138,7 @@ class EventF1Scorer:
         The last two bound the run of candidates the threshold was picked from (equal to it
         when nothing tied): how far validation scores could move before the choice changes.
         """
-        candidates = np.unique(np.quantile(scores, 1 - np.geomspace(0.1, 1e-4, 60)))
-        if floor is not None:
-            candidates = np.unique(np.append(candidates[candidates >= floor], floor))
+        candidates = self.candidates(scores, floor)
         if not len(candidates):
             return -1.0, 0.0, 0.0, 0.0
         f1s = np.array([self.f1(scores, float(threshold)) for threshold in candidates])

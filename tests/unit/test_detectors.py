@@ -47,6 +47,14 @@ def parts(small_telemetry):
     return time_split(feats, 0.2, 0.3), contract_for(feats), small_telemetry.labels
 
 
+@pytest.fixture(scope="module")
+def validation_events(parts):
+    """The validation rows, their row truth and their :class:`EventF1Scorer`."""
+    split, _, labels = parts
+    val = split.validation.reset_index(drop=True)
+    return val, row_labels(val, labels), EventF1Scorer.of(val, labels)
+
+
 def _seasonal(days: int = 4, step: str = "5min", seed: int = 0) -> tuple[pd.Series, np.ndarray]:
     ts = pd.Series(pd.date_range("2026-01-05", periods=days * 288, freq=step, tz="UTC"))
     hours = ts.dt.hour + ts.dt.minute / 60
@@ -425,12 +433,10 @@ def test_ensemble_any_alarms_when_an_included_member_passes_its_own_threshold():
         EnsembleDetector(members, combine="any").calibrate(frame).score(frame)
 
 
-def test_event_scorer_matches_evaluate(parts):
-    split, _, labels = parts
-    val = split.validation.reset_index(drop=True)
-    truth = row_labels(val, labels)
+def test_event_scorer_matches_evaluate(parts, validation_events):
+    labels = parts[2]
+    val, truth, scorer = validation_events
     rng = np.random.default_rng(0)
-    scorer = EventF1Scorer.of(val, labels)
     for _ in range(3):
         scores = rng.random(len(val)) + truth * rng.random()
         for threshold in np.quantile(scores, [0.9, 0.99, 0.999]):
@@ -438,11 +444,8 @@ def test_event_scorer_matches_evaluate(parts):
             assert scorer.f1(scores, threshold) == pytest.approx(expected, abs=1e-12)
 
 
-def test_threshold_floor_keeps_the_any_rule_at_or_above_the_members_own_thresholds(parts):
-    split, _, labels = parts
-    val = split.validation.reset_index(drop=True)
-    truth = row_labels(val, labels)
-    scorer = EventF1Scorer.of(val, labels)
+def test_threshold_floor_keeps_the_any_rule_at_or_above_the_members_own_thresholds(validation_events):
+    val, truth, scorer = validation_events
     # Labelled rows score 0.9-1.0, the rest below 0.95: the free choice lands under 1.
     rng = np.random.default_rng(1)
     scores = np.where(truth, 0.9 + 0.1 * rng.random(len(val)), 0.95 * rng.random(len(val)))
@@ -462,11 +465,8 @@ def test_ties_go_to_the_middle_of_the_longest_plateau():
     assert _plateau_middle(np.array([0.7])) == (0, 0, 1)
 
 
-def test_best_threshold_keeps_a_margin_on_both_sides_of_a_flat_f1(parts):
-    split, _, labels = parts
-    val = split.validation.reset_index(drop=True)
-    truth = row_labels(val, labels)
-    scorer = EventF1Scorer.of(val, labels)
+def test_best_threshold_keeps_a_margin_on_both_sides_of_a_flat_f1(validation_events):
+    val, truth, scorer = validation_events
     # Every labelled row far above every normal one: F1 is 1 from the loudest normal row up
     # to the quietest window's peak, and the pick lies well inside that range.
     rng = np.random.default_rng(2)
@@ -477,7 +477,7 @@ def test_best_threshold_keeps_a_margin_on_both_sides_of_a_flat_f1(parts):
     highest = min(scores[rows].max() for rows in scorer.window_rows)
     assert lowest < tied_from < threshold < tied_to <= highest
     # The reported range is exactly the candidates that tie.
-    candidates = np.unique(np.quantile(scores, 1 - np.geomspace(0.1, 1e-4, 60)))
+    candidates = scorer.candidates(scores)
     tied = [t for t in candidates if scorer.f1(scores, t) == 1.0]
     assert tied == [t for t in candidates if tied_from <= t <= tied_to] and len(tied) >= 3
 
