@@ -25,7 +25,15 @@ from pathlib import Path
 from typing import Any
 
 from aiops.detectors.nab_detectors import NoveltyDetector
-from aiops.nab import STANDARD, load_corpus, normalized_score, null_score, perfect_score, run_nab
+from aiops.nab import (
+    STANDARD,
+    NabCorpus,
+    load_corpus,
+    normalized_score,
+    null_score,
+    perfect_score,
+    run_nab,
+)
 
 #: Values tried per setting (the default is always among them).
 SWEEPS: dict[str, list[Any]] = {
@@ -63,18 +71,19 @@ def sweep(data: Path, sweeps: dict[str, list[Any]]) -> list[dict[str, Any]]:
                     "seconds": round(time.perf_counter() - started, 1),
                 }
             )
+            if len(rows) == 1:
+                print(_header(rows[0]))
             print(_line(rows[-1]), flush=True)
     return rows
 
 
-def leave_one_file_out(data: Path, rows: list[dict[str, Any]], category: str) -> dict[str, Any]:
+def leave_one_file_out(corpus: NabCorpus, rows: list[dict[str, Any]], category: str) -> dict[str, Any]:
     """Score each file of ``category`` with the row that is best on the category's *other* files.
 
     This is what choosing settings on development files delivers on a file that took no part
     in the choice (standard profile): the honest counterpart of the best row's score, which
     saw every file it is scored on. Ties go to the default, then to the earlier row.
     """
-    corpus = load_corpus(data)
     files = [f for f in corpus.files if f.category == category]
     cost = corpus.profiles[STANDARD]
     raw, chosen = 0.0, {}
@@ -97,6 +106,14 @@ def leave_one_file_out(data: Path, rows: list[dict[str, Any]], category: str) ->
     }
 
 
+def _header(row: dict[str, Any]) -> str:
+    categories = "".join(f"{category[:9]:>10}" for category in row["categories"])
+    return (
+        f"standard profile; * = default; last column: all {len(row['file_scores'])} files\n"
+        f"{'setting':<22}{'value':<26}{categories}{'all':>10}"
+    )
+
+
 def _line(row: dict[str, Any]) -> str:
     value = str(row["value"]) + (" *" if row["default"] else "")
     categories = "".join(f"{score:>10.1f}" for score in row["categories"].values())
@@ -111,16 +128,14 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/nab_sensitivity.json"))
     args = parser.parse_args()
 
-    first = run_nab(args.data, NoveltyDetector, detector_name="novelty")
-    categories = [c for c, s in first["categories"].items() if s["standard"] is not None]
-    print(f"standard profile; * = default; last column: all {len(first['files'])} files")
-    print(f"{'setting':<22}{'value':<26}" + "".join(f"{c[:9]:>10}" for c in categories) + f"{'all':>10}")
     rows = sweep(args.data, SWEEPS)
+    categories = list(rows[0]["categories"])  # those with windows, in the report's order
     ranges = {}
     for setting in SWEEPS:
         scores = {c: [r["categories"][c] for r in rows if r["setting"] == setting] for c in categories}
         ranges[setting] = {c: [round(min(v), 2), round(max(v), 2)] for c, v in scores.items()}
-    lofo = [leave_one_file_out(args.data, rows, category) for category in categories]
+    corpus = load_corpus(args.data)
+    lofo = [leave_one_file_out(corpus, rows, category) for category in categories]
     for check in lofo:
         print(
             f"{check['category']}: defaults {check['default_score']:.1f}, best row "
