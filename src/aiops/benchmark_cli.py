@@ -100,9 +100,7 @@ def _print_nezha(report: dict[str, Any]) -> None:
     typer.echo(f"\n{'metric':<24} {'value':>8}  target")
     for name in (
         "detection_recall",
-        "recall_resource",
-        "recall_network",
-        "recall_application",
+        *(f"recall_{kind}" for kind in summary["recall_by_kind"]),
         "false_alarms_per_hour",
         "alarm_minutes_share",
         "median_delay_s",

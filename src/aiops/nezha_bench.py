@@ -60,6 +60,8 @@ log = logging.getLogger(__name__)
 
 FAMILIES: tuple[str, ...] = ("cpu", "latency", "network", "silence")
 KINDS: tuple[str, ...] = ("resource", "network", "application")
+#: The kind of a fault whose type is not in :data:`aiops.nezha.FAULT_KINDS`.
+UNCLASSIFIED = "unclassified"
 ALARM_COLUMNS: tuple[str, ...] = ("day", "pod", "start", "end", "peak_score", "kind", "signal")
 #: The issue's acceptance targets, for the printed table: metric -> (comparison, bound).
 TARGETS: dict[str, tuple[str, float]] = {
@@ -211,8 +213,14 @@ def load_day(day: str | Path) -> NezhaDay:
     faults = read_fault_list(folder)
     unknown = sorted(set(faults["fault_type"]) - set(FAULT_KINDS))
     if unknown:
-        raise NezhaBenchError(
-            f"nezha: {folder.name}: unknown fault type(s) {unknown}; known: {sorted(FAULT_KINDS)}"
+        # A fault type this project has no kind for is still a fault: it counts in the detection
+        # recall and localisation, under the kind "unclassified", and is left out of kind accuracy.
+        log.warning(
+            "nezha %s: fault type(s) %s have no kind (known: %s); scored as %r",
+            folder.name,
+            unknown,
+            sorted(FAULT_KINDS),
+            UNCLASSIFIED,
         )
     for fault in faults.itertuples(index=False):
         if fault.pod not in pods:
@@ -628,7 +636,7 @@ def score_faults(
             "day": day.name,
             "pod": fault.pod,
             "fault_type": fault.fault_type,
-            "kind": FAULT_KINDS[fault.fault_type],
+            "kind": FAULT_KINDS.get(fault.fault_type, UNCLASSIFIED),
             "inject_time": inject.isoformat(),
             "detected": bool(len(onsets)),
             "delay_s": None,
@@ -653,7 +661,7 @@ def score_faults(
                 n_flagged=len(order),
                 top_pod=top,
                 predicted_kind=kind,
-                kind_correct=kind == record["kind"],
+                kind_correct=None if record["kind"] == UNCLASSIFIED else kind == record["kind"],
             )
         out.append(record)
     return out
@@ -675,12 +683,14 @@ def summarise(
 ) -> dict[str, Any]:
     """The summary block of the report (ratios of empty sets are ``None``, never a flattering 0/1)."""
     detected = [f for f in faults if f["detected"]]
+    kinds = KINDS + ((UNCLASSIFIED,) if any(f["kind"] == UNCLASSIFIED for f in faults) else ())
     by_kind = {
         kind: _share(
             sum(f["detected"] for f in faults if f["kind"] == kind), sum(f["kind"] == kind for f in faults)
         )
-        for kind in KINDS
+        for kind in kinds
     }
+    judged = [f for f in detected if f["kind_correct"] is not None]
     delays = [f["delay_s"] for f in detected]
     return {
         "detection_recall": _share(len(detected), len(faults)),
@@ -692,7 +702,7 @@ def summarise(
         "localization_top3": _share(
             sum(f["rank"] is not None and f["rank"] <= 3 for f in detected), len(detected)
         ),
-        "kind_accuracy": _share(sum(bool(f["kind_correct"]) for f in detected), len(detected)),
+        "kind_accuracy": _share(sum(bool(f["kind_correct"]) for f in judged), len(judged)),
         "n_faults": len(faults),
         "n_detected": len(detected),
         "n_false_alarms": false_alarms,

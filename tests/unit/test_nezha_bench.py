@@ -186,6 +186,36 @@ def test_an_alarm_that_never_ends_shows_in_the_alarm_minutes_share():
     assert scored.quiet_minutes == 111 and scored.busy_minutes == 100
 
 
+def test_a_fault_type_without_a_kind_is_scored_as_unclassified():
+    day, detection = handmade(
+        {"A": [("10:06", "10:08", 6.0, "cpu")], "B": [("10:31", "10:33", 6.0, "network")]},
+        [("A", "2022-01-01 10:05:30", "disk_full"), ("B", "2022-01-01 10:30:10", "network_delay")],
+    )
+    scored = nb.score_day(day, detection)
+    unclassified, network = scored.faults
+    assert unclassified["kind"] == nb.UNCLASSIFIED and unclassified["detected"]
+    assert unclassified["rank"] == 1 and unclassified["kind_correct"] is None
+    summary = nb.summarise(scored.faults, scored.false_alarms, 2.0, scored.quiet_minutes, scored.busy_minutes)
+    assert summary["detection_recall"] == 1.0 and summary["localization_top1"] == 1.0
+    assert summary["recall_by_kind"] == {
+        "resource": None,
+        "network": 1.0,
+        "application": None,
+        nb.UNCLASSIFIED: 1.0,
+    }
+    assert network["predicted_kind"] == "network" and network["kind_correct"] is True
+    assert summary["kind_accuracy"] == 1.0  # judged on the one fault that has a kind
+
+
+def test_an_unknown_fault_type_is_benchmarked_with_a_warning(tmp_path, caplog):
+    target = write_day(tmp_path, minutes=20, faults=[fault(10, "store", "disk_full")])
+    with caplog.at_level("WARNING", logger="aiops.nezha_bench"):
+        report = nb.run_nezha_benchmark(target)
+    assert "disk_full" in caplog.text and "have no kind" in caplog.text
+    assert [f["kind"] for f in report.faults] == [nb.UNCLASSIFIED]
+    assert nb.UNCLASSIFIED in report.to_json()["summary"]["recall_by_kind"]
+
+
 def test_summary_of_nothing_is_none_not_a_flattering_number():
     summary = nb.summarise([], 0, 0.0, 0, 0)
     assert summary["detection_recall"] is None and summary["false_alarms_per_hour"] is None
@@ -351,7 +381,6 @@ def test_pods_map_to_the_longest_service_name():
         ("bad_json", "not valid JSON"),
         ("unknown_pod", "has no metric file"),
         ("outside", "lies outside its metrics"),
-        ("unknown_type", "unknown fault type"),
         ("no_signals", "is this a Nezha recording"),
     ],
 )
@@ -363,7 +392,6 @@ def test_broken_folders_give_clear_errors(tmp_path, breakage, message):
         faults = {
             "unknown_pod": [{**fault(10, "store", "cpu_contention"), "inject_pod": "ghost-1-2"}],
             "outside": [fault(60 * 24, "store", "cpu_contention")],
-            "unknown_type": [fault(10, "store", "disk_full")],
         }.get(breakage, [])
         target = write_day(tmp_path, minutes=20, faults=faults)
         if breakage == "bad_json":
