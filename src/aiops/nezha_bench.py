@@ -14,7 +14,15 @@ Signals, per pod (names of the raw Nezha columns; whatever a day lacks is skippe
   ``destination_50``). A network delay on a pod delays its replies on the wire, which the callers'
   sidecars see and its own sidecar does not; the median over the pod's incoming edges is used;
 * ``silence``: an outgoing edge that usually carries traffic goes quiet while its caller still
-  receives requests: the caller fails before it calls on (an application error).
+  receives requests: the caller fails before it calls on (an application error);
+* ``errors`` (the entry service's pods only): minutes in which the entry service's success rate
+  (``front_service.csv``) is below 100%, the symptom users see. Errors anywhere in the call graph
+  surface there, so the entry inherits them from its callees like latency (see below).
+
+``silence`` and ``errors`` are runs of a rare event: ``k`` minutes in a row of an event whose base
+rate over the previous hour is ``q`` have probability ``q**k`` (:func:`rare_run_decades`). A run
+that becomes significant is left out of later base rates as a whole, so one fault does not make
+the next one look normal.
 
 Each z-score becomes a tail probability under a Laplace (double-exponential) reference, not a
 Gaussian one: minute-level operations metrics are heavy-tailed. Evidence is ``-log10 p``
@@ -22,8 +30,8 @@ Gaussian one: minute-level operations metrics are heavy-tailed. Evidence is ``-l
 tests per minute and a budget of ``false_alarms_per_hour``, ``p < budget / (60 n)``, so it adapts
 to the number of pods of each application.
 
-Localisation follows the call graph: a pod's latency evidence is discounted while one of the
-services it calls is itself anomalous (callers inherit their callees' latency). Pods are ranked
+Localisation follows the call graph: a pod's latency and error evidence is discounted while one
+of the services it calls is itself anomalous (callers inherit their callees' symptoms). Pods are ranked
 by their discounted score. The kind is read from the dominant evidence: network evidence ->
 ``network``; CPU at its limit (saturation) -> ``resource``; anything else -> ``application``.
 
@@ -58,7 +66,7 @@ from aiops.schema import SchemaError
 
 log = logging.getLogger(__name__)
 
-FAMILIES: tuple[str, ...] = ("cpu", "latency", "network", "silence")
+FAMILIES: tuple[str, ...] = ("cpu", "latency", "network", "silence", "errors")
 KINDS: tuple[str, ...] = ("resource", "network", "application")
 #: The kind of a fault whose type is not in :data:`aiops.nezha.FAULT_KINDS`.
 UNCLASSIFIED = "unclassified"
@@ -81,6 +89,7 @@ _CPU_RATE = "CpuUsageRate(%)"
 _CPU_CORES = "CpuUsage(m)"
 _SERVER_LATENCY = ("PodServerLatencyP90(s)", "PodServerLatencyP95(s)", "PodServerLatencyP99(s)")
 _WORKLOAD = "PodWorkload(Ops)"
+_SUCCESS_RATE = "SuccessRate(%)"
 _MAD_TO_SIGMA = 1.4826
 _STEP = pd.Timedelta("1min")
 
@@ -311,41 +320,62 @@ def laplace_decades(z: np.ndarray) -> np.ndarray:
     return np.where(z > 0, decades, 0.0)
 
 
+def rare_run_decades(
+    event: np.ndarray, observed: np.ndarray, window: int, learn_cutoff: float = math.inf
+) -> np.ndarray:
+    """Evidence that a rare event has now lasted ``k`` observed minutes in a row.
+
+    The event's base rate ``q`` is its share of the observed minutes among the previous
+    ``window`` (Laplace's rule, so an unseen event still has a probability), taken when the run
+    starts (the run must not make itself look normal); ``k`` minutes in a row have probability
+    ``q**k``. Like :func:`online_robust_z`, evidence above ``learn_cutoff`` decades is not learned
+    into later base rates, and then the whole run is left out, its first minutes included: an
+    earlier fault must not make the next one look normal.
+
+    Args:
+        event: Per minute, whether the event happened (only counted where ``observed``).
+        observed: Per minute, whether the event could be seen at all.
+        window: Minutes of history for the base rate.
+        learn_cutoff: Decades above which a run is not learned.
+
+    Returns:
+        ``-log10 q**k`` per minute (0 outside runs). Causal.
+    """
+    seen = np.asarray(observed, dtype=bool)
+    happened = np.asarray(event, dtype=bool) & seen
+    steps = len(seen)
+    learned = np.ones(steps, dtype=bool)
+    out = np.zeros(steps)
+    run, base = 0, 1.0
+    for t in range(steps):
+        if happened[t]:
+            if run == 0:
+                past = slice(max(0, t - window), t)
+                n_events = np.count_nonzero(happened[past] & learned[past])
+                n_seen = np.count_nonzero(seen[past] & learned[past])
+                base = (n_events + 1.0) / (n_seen + 2.0)
+            run += 1
+            out[t] = -run * math.log10(base)
+            if out[t] > learn_cutoff:
+                learned[t - run + 1 : t + 1] = False
+        else:
+            run = 0
+    return out
+
+
 def silence_decades(
     present: np.ndarray, caller_active: np.ndarray, window: int, learn_cutoff: float = math.inf
 ) -> np.ndarray:
     """Evidence that a usually busy call-graph edge went quiet while its caller kept working.
 
-    A minute is *silent* when the caller receives requests but the edge carries none. Its base
-    rate ``q`` is estimated from the previous ``window`` minutes (Laplace's rule, so an unseen
-    event still has a probability); ``k`` silent minutes in a row have probability ``q**k``,
-    with ``q`` taken at the start of the run (the run itself must not make itself look normal).
-    Like :func:`online_robust_z`, minutes whose evidence exceeds ``learn_cutoff`` decades are
-    not learned into later base rates (an earlier fault must not make the next one look normal).
+    A minute is *silent* when the caller receives requests (``caller_active``) but the edge
+    carries none (not ``present``); runs of silent minutes are scored by :func:`rare_run_decades`.
 
     Returns:
         ``-log10 q**k`` per minute (0 when the edge carries traffic). Causal.
     """
-    present = np.asarray(present, dtype=bool)
     active = np.asarray(caller_active, dtype=bool)
-    steps = len(active)
-    silent = active & ~present
-    learned = np.ones(steps, dtype=bool)
-    out = np.zeros(steps)
-    run, base = 0, 1.0
-    for t in range(steps):
-        if silent[t]:
-            if run == 0:
-                past = slice(max(0, t - window), t)
-                n_silent = np.count_nonzero(silent[past] & learned[past])
-                n_active = np.count_nonzero(active[past] & learned[past])
-                base = (n_silent + 1.0) / (n_active + 2.0)
-            run += 1
-            out[t] = -run * math.log10(base)
-            learned[t] = out[t] <= learn_cutoff
-        else:
-            run = 0
-    return out
+    return rare_run_decades(active & ~np.asarray(present, dtype=bool), active, window, learn_cutoff)
 
 
 def alarm_threshold(n_tests: int, settings: NezhaBenchSettings) -> float:
@@ -388,6 +418,33 @@ def _service_of(pods: list[str], services: set[str]) -> dict[str, str | None]:
         matches = [s for s in services if pod == s or pod.startswith(s + "-")]
         out[pod] = max(matches, key=len) if matches else None
     return out
+
+
+def _entry_service(extras: NezhaDayExtras, services: set[str], edges: list[tuple[str, str]]) -> str | None:
+    """The call-graph service behind ``front_service.csv`` (None when there is none to read).
+
+    The file names its service (``ServiceName``, e.g. ``Frontend``); it is matched to the call
+    graph's services case-insensitively. Failing that, the call graph's only root (a service
+    that calls others and is called by none) is the entry.
+    """
+    front = extras.front_service
+    if front is None or _SUCCESS_RATE not in front or front[_SUCCESS_RATE].isna().all():
+        return None
+    named = {str(n).strip().lower() for n in front.get("ServiceName", pd.Series(dtype=object)).dropna()}
+    matches = sorted(s for s in services if s.lower() in named)
+    if len(matches) == 1:
+        return matches[0]
+    graph = {*edges, *extras.dependencies}
+    roots = sorted({a for a, _ in graph} - {b for _, b in graph})
+    if len(roots) == 1:
+        return roots[0]
+    log.warning(
+        "nezha: front_service.csv names %s, which matches no single service of the call graph "
+        "(roots: %s); its success rate is not used",
+        sorted(named) or "no service",
+        roots,
+    )
+    return None
 
 
 def _edges(extras: NezhaDayExtras) -> list[tuple[str, str]]:
@@ -519,10 +576,24 @@ def detect_day(day: NezhaDay, settings: NezhaBenchSettings = DEFAULT_SETTINGS) -
             previous = evidence[pod].get("silence", np.zeros(steps))
             evidence[pod]["silence"] = np.maximum(previous, quiet)
 
+    # 3. The entry service's failed requests (the symptom users see), on its own pods.
+    entry, front = _entry_service(day.extras, services, edges), day.extras.front_service
+    if entry is not None and entry in pods_of and front is not None:
+        success = front[_SUCCESS_RATE].to_numpy(dtype=np.float64)
+        observed = ~np.isnan(success)
+        errors = rare_run_decades(
+            observed & (success < 100.0),
+            observed,
+            settings.window_min,
+            float(laplace_decades(np.array([settings.learn_cutoff_z]))[0]),
+        )
+        for pod in pods_of[entry]:
+            evidence[pod]["errors"] = errors
+
     n_tests = sum(len(families) for families in evidence.values())
     threshold = alarm_threshold(n_tests, settings)
 
-    # 3. Call graph: latency a caller inherits from an anomalous callee is discounted.
+    # 4. Call graph: latency and errors a caller inherits from an anomalous callee are discounted.
     raw = {pod: np.max(np.vstack([*fam.values(), np.zeros(steps)]), axis=0) for pod, fam in evidence.items()}
     callees: dict[str, set[str]] = {}
     for caller, callee in {*edges, *day.extras.dependencies}:
@@ -530,13 +601,15 @@ def detect_day(day: NezhaDay, settings: NezhaBenchSettings = DEFAULT_SETTINGS) -
             callees.setdefault(caller, set()).add(callee)
     for pod in pods:
         below = [q for s in callees.get(service[pod] or "", ()) for q in pods_of.get(s, [])]
-        if below and "latency" in evidence[pod]:
+        inherited = [family for family in ("latency", "errors") if family in evidence[pod]]
+        if below and inherited:
             explained = np.max(np.vstack([raw[q] for q in below]), axis=0) >= (
                 settings.explain_fraction * threshold
             )
-            evidence[pod]["latency"] = np.where(
-                explained, settings.caller_discount * evidence[pod]["latency"], evidence[pod]["latency"]
-            )
+            for family in inherited:
+                evidence[pod][family] = np.where(
+                    explained, settings.caller_discount * evidence[pod][family], evidence[pod][family]
+                )
     score = {
         pod: np.max(np.vstack([*fam.values(), np.zeros(steps)]), axis=0) for pod, fam in evidence.items()
     }
