@@ -307,13 +307,13 @@ def test_silence_decades_counts_a_run_against_the_base_rate():
 
 def test_a_run_that_proves_significant_is_not_learned_at_all():
     event = np.zeros(120, dtype=bool)
-    event[30:33] = True  # significant by its third minute
+    event[30:33] = True  # crosses the cutoff in its second minute (2 x 1.505 decades)
     event[90:93] = True
     out = nb.rare_run_decades(event, np.ones(120, dtype=bool), window=60, learn_cutoff=3.0)
     first = -math.log10(1 / 32)  # 30 quiet minutes before it
     assert out[30:33] == pytest.approx([first, 2 * first, 3 * first])
     # The second run's history (minutes 30..89) holds the first run; none of its minutes counts,
-    # not even the two whose own evidence stayed below the cutoff.
+    # not even its first one, whose own evidence (1.5 decades) stayed below the cutoff.
     assert out[90] == pytest.approx(-math.log10(1 / 59))
 
 
