@@ -431,6 +431,10 @@ def _entry_service(extras: NezhaDayExtras, services: set[str], edges: list[tuple
     if front is None or _SUCCESS_RATE not in front or front[_SUCCESS_RATE].isna().all():
         return None
     named = {str(n).strip().lower() for n in front.get("ServiceName", pd.Series(dtype=object)).dropna()}
+    if len(named) > 1:
+        # One row per minute survives loading, so rows of several services would be mixed.
+        log.warning("nezha: front_service.csv holds several services %s; its success rate is not used", named)
+        return None
     matches = sorted(s for s in services if s.lower() in named)
     if len(matches) == 1:
         return matches[0]

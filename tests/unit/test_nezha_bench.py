@@ -327,6 +327,9 @@ def test_the_entry_service_is_named_by_front_service_or_is_the_call_graph_root()
     two_roots = extras("Gateway", (("a", "c"), ("b", "c")))
     assert nb._entry_service(two_roots, {"a", "b", "c"}, []) is None
     assert nb._entry_service(extras(None), {"a", "b", "c"}, []) is None
+    mixed = extras("A")
+    mixed.front_service.loc[1] = ["B", 100.0]  # rows of two services: which minute is whose?
+    assert nb._entry_service(mixed, {"a", "b", "c"}, []) is None
 
 
 def test_errors_at_the_entry_localise_to_it_unless_a_callee_explains_them(tmp_path):
