@@ -23,7 +23,15 @@ from pathlib import Path
 from typing import Any
 
 from aiops.nezha import day_folders
-from aiops.nezha_bench import DEFAULT_SETTINGS, KINDS, detect_day, load_day, score_day, summarise
+from aiops.nezha_bench import (
+    DEFAULT_SETTINGS,
+    KINDS,
+    DayScore,
+    detect_day,
+    load_day,
+    score_day,
+    summarise_days,
+)
 
 #: Printed columns: summary key -> header.
 COLUMNS = {
@@ -37,20 +45,14 @@ COLUMNS = {
 
 def at_size(data: Path, pods: int | None) -> dict[str, Any]:
     """The benchmark with every day's budget scaled to ``pods`` (None: the days as recorded)."""
-    faults: list[dict[str, Any]] = []
+    scores: list[DayScore] = []
     days: list[dict[str, Any]] = []
-    false_alarms = minutes = quiet = busy = 0
     for folder in day_folders(data):
         day = load_day(folder)
         budget = DEFAULT_SETTINGS.false_alarms_per_hour * (1.0 if pods is None else len(day.pods) / pods)
         settings = dataclasses.replace(DEFAULT_SETTINGS, false_alarms_per_hour=budget)
         detection = detect_day(day, settings)
-        scored = score_day(day, detection, settings)
-        faults += scored.faults
-        false_alarms += scored.false_alarms
-        minutes += scored.minutes
-        quiet += scored.quiet_minutes
-        busy += scored.busy_minutes
+        scores.append(score_day(day, detection, settings))
         days.append(
             {
                 "day": day.name,
@@ -62,7 +64,7 @@ def at_size(data: Path, pods: int | None) -> dict[str, Any]:
     return {
         "pods": pods,
         "days": days,
-        "summary": summarise(faults, false_alarms, minutes / 60.0, quiet, busy),
+        "summary": summarise_days(scores),
     }
 
 

@@ -560,6 +560,8 @@ def detect_day(day: NezhaDay, settings: NezhaBenchSettings = DEFAULT_SETTINGS) -
             evidence[pod]["latency"] = np.max(np.vstack(latency), axis=0)
         if edge_net:
             evidence[pod]["network"] = laplace_decades(_median_rows(edge_net))
+    # Runs of rare minutes (silence, errors) above this many decades are not learned.
+    learn_cutoff = float(laplace_decades(np.array([settings.learn_cutoff_z]))[0])
     workload = {
         pod: day.pods[pod][_WORKLOAD].to_numpy(dtype=np.float64) for pod in pods if _WORKLOAD in day.pods[pod]
     }
@@ -570,12 +572,7 @@ def detect_day(day: NezhaDay, settings: NezhaBenchSettings = DEFAULT_SETTINGS) -
         name = f"{caller}_{callee}"
         present = source[name].notna().to_numpy() | destination[name].notna().to_numpy()
         active = np.any(np.vstack([np.nan_to_num(workload[p]) > 0 for p in callers]), axis=0)
-        quiet = silence_decades(
-            present,
-            active,
-            settings.window_min,
-            float(laplace_decades(np.array([settings.learn_cutoff_z]))[0]),
-        )
+        quiet = silence_decades(present, active, settings.window_min, learn_cutoff)
         for pod in callers:
             previous = evidence[pod].get("silence", np.zeros(steps))
             evidence[pod]["silence"] = np.maximum(previous, quiet)
@@ -585,12 +582,7 @@ def detect_day(day: NezhaDay, settings: NezhaBenchSettings = DEFAULT_SETTINGS) -
     if entry is not None and entry in pods_of and front is not None:
         success = front[_SUCCESS_RATE].to_numpy(dtype=np.float64)
         observed = ~np.isnan(success)
-        errors = rare_run_decades(
-            observed & (success < 100.0),
-            observed,
-            settings.window_min,
-            float(laplace_decades(np.array([settings.learn_cutoff_z]))[0]),
-        )
+        errors = rare_run_decades(observed & (success < 100.0), observed, settings.window_min, learn_cutoff)
         for pod in pods_of[entry]:
             evidence[pod]["errors"] = errors
 
@@ -879,14 +871,20 @@ def evaluate(days: list[NezhaDay], settings: NezhaBenchSettings = DEFAULT_SETTIN
         )
     non_empty = [a for a in alarms if len(a)]
     table = pd.concat(non_empty, ignore_index=True) if non_empty else _no_alarms()
-    summary = summarise(
+    return NezhaReport(
+        summarise_days(scores), [f for s in scores for f in s.faults], table, settings, per_day
+    )
+
+
+def summarise_days(scores: list[DayScore]) -> dict[str, Any]:
+    """:func:`summarise` over several scored days, pooled (faults, alarms and minutes added up)."""
+    return summarise(
         [f for s in scores for f in s.faults],
         sum(s.false_alarms for s in scores),
         sum(s.minutes for s in scores) / 60.0,
         sum(s.quiet_minutes for s in scores),
         sum(s.busy_minutes for s in scores),
     )
-    return NezhaReport(summary, [f for s in scores for f in s.faults], table, settings, per_day)
 
 
 def run_nezha_benchmark(data_dir: str | Path, settings: NezhaBenchSettings = DEFAULT_SETTINGS) -> NezhaReport:
