@@ -7,7 +7,9 @@ pod at a time. Layout of one recorded day::
     <day>/fault_list.json           {"<hour>": [{"inject_time", "inject_timestamp",
                                                  "inject_pod", "inject_type"}, ...]}
 
-A data folder is either one day (it holds ``fault_list.json``) or a folder of days.
+The study's own repository names the fault list ``<day>-fault_list.json``; both names are read
+(:func:`fault_list_path`). A data folder is either one day (it holds a fault list) or a folder
+of days.
 
 Time alignment: on some days ``inject_timestamp`` (and the metrics' ``TimeStamp``) is off by
 whole hours or corrupt, while the UTC wall-clock strings ``inject_time`` and ``Time`` agree.
@@ -75,19 +77,37 @@ class NezhaOptions:
     step: str = "1min"
 
 
+FAULT_LIST = "fault_list.json"
+
+
+def fault_list_path(day: str | Path) -> Path | None:
+    """The day's fault list: ``fault_list.json``, else the single ``*-fault_list.json`` (``None``: none).
+
+    Raises:
+        SchemaError: When there is no ``fault_list.json`` but several ``*-fault_list.json``.
+    """
+    folder = Path(day)
+    if (folder / FAULT_LIST).is_file():
+        return folder / FAULT_LIST
+    named = sorted(p for p in folder.glob(f"*-{FAULT_LIST}") if p.is_file())
+    if len(named) > 1:
+        raise SchemaError(f"nezha: {folder} holds several fault lists ({[p.name for p in named]}); keep one")
+    return named[0] if named else None
+
+
 def day_folders(data_dir: str | Path) -> list[Path]:
     """Return the recorded days under ``data_dir`` (itself, or its sub-folders).
 
     Raises:
-        SchemaError: When no folder holds ``fault_list.json`` and ``metric/``.
+        SchemaError: When no folder holds a fault list (see :func:`fault_list_path`) and ``metric/``.
     """
     root = Path(data_dir)
     if not root.is_dir():
         raise SchemaError(f"nezha: {root} is not a folder")
     candidates = (
-        [root] if (root / "fault_list.json").exists() else sorted(p for p in root.iterdir() if p.is_dir())
+        [root] if fault_list_path(root) is not None else sorted(p for p in root.iterdir() if p.is_dir())
     )
-    days = [p for p in candidates if (p / "fault_list.json").exists() and (p / "metric").is_dir()]
+    days = [p for p in candidates if (p / "metric").is_dir() and fault_list_path(p) is not None]
     if not days:
         raise SchemaError(
             f"nezha: no recorded day under {root}; "
@@ -151,17 +171,18 @@ def _pod_metrics(path: Path, options: NezhaOptions) -> pd.DataFrame:
 
 
 def _faults(day: Path) -> list[dict[str, str]]:
+    path = fault_list_path(day)
+    if path is None:
+        raise SchemaError(f"nezha: {day} has no {FAULT_LIST}")
     try:
-        raw = json.loads((day / "fault_list.json").read_text())
+        raw = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise SchemaError(f"nezha: {day / 'fault_list.json'} is not valid JSON: {exc}") from exc
+        raise SchemaError(f"nezha: {path} is not valid JSON: {exc}") from exc
     faults = [fault for hour in sorted(raw) for fault in raw[hour]]
     for fault in faults:
         missing = {"inject_time", "inject_pod", "inject_type"} - set(fault)
         if missing:
-            raise SchemaError(
-                f"nezha: a fault in {day.name}/fault_list.json lacks {sorted(missing)}: {fault}"
-            )
+            raise SchemaError(f"nezha: a fault in {day.name}/{path.name} lacks {sorted(missing)}: {fault}")
     return faults
 
 
@@ -333,8 +354,6 @@ def read_fault_list(day: str | Path) -> pd.DataFrame:
         SchemaError: When ``fault_list.json`` is missing, not JSON, lacks a field or has a bad time.
     """
     folder = Path(day)
-    if not (folder / "fault_list.json").exists():
-        raise SchemaError(f"nezha: {folder} has no fault_list.json")
     rows = []
     for fault in _faults(folder):
         try:

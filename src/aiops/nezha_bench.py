@@ -22,7 +22,9 @@ Signals, per pod (names of the raw Nezha columns; whatever a day lacks is skippe
 ``silence`` and ``errors`` are runs of a rare event: ``k`` minutes in a row of an event whose base
 rate over the previous hour is ``q`` have probability ``q**k`` (:func:`rare_run_decades`). A run
 that becomes significant is left out of later base rates as a whole, so one fault does not make
-the next one look normal.
+the next one look normal; a run that outlasts ``relearn_after_min`` is learned after all, as a
+level shift is by the baselines, so a signal stuck in its event state (say, a success rate a
+recording reports as 0 in every minute) does not become a permanent alarm.
 
 Each z-score becomes a tail probability under a Laplace (double-exponential) reference, not a
 Gaussian one: minute-level operations metrics are heavy-tailed. Evidence is ``-log10 p``
@@ -105,13 +107,13 @@ class NezhaBenchSettings:
     Attributes:
         window_min: Minutes of past data in each robust baseline (faults last about 3 minutes, so
             one hour holds enough normal minutes for a stable median even during a fault series).
-        min_history: Past minutes needed before a signal is scored (the first fault of a day comes
-            minutes after the recording starts, so scoring starts early; the floors below keep the
-            short baselines from over-reacting).
+        min_history: Past minutes needed before a signal, or a run's base rate, is scored (the
+            first fault of a day comes minutes after the recording starts, so scoring starts
+            early; the floors below keep the short baselines from over-reacting).
         learn_cutoff_z: Minutes with ``|z|`` above this are not learned into the baseline, so a
             fault does not become the new normal while it lasts ...
         relearn_after_min: ... unless it lasts longer than this: then it is a level shift, and the
-            baseline follows it.
+            baseline follows it (runs of rare minutes too: see :func:`rare_run_decades`).
         cpu_floor_pct: Smallest CPU scale, in percent of the CPU limit.
         latency_log_floor: Smallest scale of log-latency. Prometheus histogram percentiles are
             interpolated inside buckets that are a factor 2-2.5 wide, so a smaller change is not
@@ -321,7 +323,12 @@ def laplace_decades(z: np.ndarray) -> np.ndarray:
 
 
 def rare_run_decades(
-    event: np.ndarray, observed: np.ndarray, window: int, learn_cutoff: float = math.inf
+    event: np.ndarray,
+    observed: np.ndarray,
+    window: int,
+    learn_cutoff: float = math.inf,
+    min_history: int = 1,
+    relearn_after: int | None = None,
 ) -> np.ndarray:
     """Evidence that a rare event has now lasted ``k`` observed minutes in a row.
 
@@ -330,17 +337,28 @@ def rare_run_decades(
     starts (the run must not make itself look normal); ``k`` minutes in a row have probability
     ``q**k``. Like :func:`online_robust_z`, evidence above ``learn_cutoff`` decades is not learned
     into later base rates, and then the whole run is left out, its first minutes included: an
-    earlier fault must not make the next one look normal.
+    earlier fault must not make the next one look normal ...
+
+    ... unless the run outlasts ``relearn_after`` minutes: then the event is the new normal (a
+    signal stuck in the event state, such as a success rate a recording reports as 0 throughout),
+    the run is learned after all and counting starts again from a base rate that includes it.
+    Without that, a condition present all day would be one ever-growing run: a permanent alarm.
+    A run that starts with fewer than ``min_history`` observed minutes of learned history is
+    no evidence (there is no base rate to compare with yet).
 
     Args:
         event: Per minute, whether the event happened (only counted where ``observed``).
         observed: Per minute, whether the event could be seen at all.
         window: Minutes of history for the base rate.
-        learn_cutoff: Decades above which a run is not learned.
+        learn_cutoff: Decades above which a run is not learned ...
+        min_history: Observed, learned minutes of history a run needs to be scored.
+        relearn_after: ... for at most this many minutes (``None``: never relearned).
 
     Returns:
         ``-log10 q**k`` per minute (0 outside runs). Causal.
     """
+    if min_history < 1 or (relearn_after is not None and relearn_after < 1):
+        raise ValueError(f"need min_history >= 1 and relearn_after >= 1, got {min_history}, {relearn_after}")
     seen = np.asarray(observed, dtype=bool)
     happened = np.asarray(event, dtype=bool) & seen
     steps = len(seen)
@@ -348,23 +366,31 @@ def rare_run_decades(
     out = np.zeros(steps)
     run, base = 0, 1.0
     for t in range(steps):
-        if happened[t]:
-            if run == 0:
-                past = slice(max(0, t - window), t)
-                n_events = np.count_nonzero(happened[past] & learned[past])
-                n_seen = np.count_nonzero(seen[past] & learned[past])
-                base = (n_events + 1.0) / (n_seen + 2.0)
-            run += 1
-            out[t] = -run * math.log10(base)
-            if out[t] > learn_cutoff:
-                learned[t - run + 1 : t + 1] = False
-        else:
+        if not happened[t]:
             run = 0
+            continue
+        if run == relearn_after:
+            learned[t - run : t] = True  # a new normal: the base rate follows it
+            run = 0
+        if run == 0:
+            past = slice(max(0, t - window), t)
+            n_events = np.count_nonzero(happened[past] & learned[past])
+            n_seen = np.count_nonzero(seen[past] & learned[past])
+            base = (n_events + 1.0) / (n_seen + 2.0) if n_seen >= min_history else 1.0
+        run += 1
+        out[t] = 0.0 - run * math.log10(base)  # 0.0, not -0.0, without a base rate
+        if out[t] > learn_cutoff:
+            learned[t - run + 1 : t + 1] = False
     return out
 
 
 def silence_decades(
-    present: np.ndarray, caller_active: np.ndarray, window: int, learn_cutoff: float = math.inf
+    present: np.ndarray,
+    caller_active: np.ndarray,
+    window: int,
+    learn_cutoff: float = math.inf,
+    min_history: int = 1,
+    relearn_after: int | None = None,
 ) -> np.ndarray:
     """Evidence that a usually busy call-graph edge went quiet while its caller kept working.
 
@@ -375,7 +401,8 @@ def silence_decades(
         ``-log10 q**k`` per minute (0 when the edge carries traffic). Causal.
     """
     active = np.asarray(caller_active, dtype=bool)
-    return rare_run_decades(active & ~np.asarray(present, dtype=bool), active, window, learn_cutoff)
+    quiet = active & ~np.asarray(present, dtype=bool)
+    return rare_run_decades(quiet, active, window, learn_cutoff, min_history, relearn_after)
 
 
 def alarm_threshold(n_tests: int, settings: NezhaBenchSettings) -> float:
@@ -562,6 +589,7 @@ def detect_day(day: NezhaDay, settings: NezhaBenchSettings = DEFAULT_SETTINGS) -
             evidence[pod]["network"] = laplace_decades(_median_rows(edge_net))
     # Runs of rare minutes (silence, errors) above this many decades are not learned.
     learn_cutoff = float(laplace_decades(np.array([settings.learn_cutoff_z]))[0])
+    rare_settings = (settings.window_min, learn_cutoff, settings.min_history, settings.relearn_after_min)
     workload = {
         pod: day.pods[pod][_WORKLOAD].to_numpy(dtype=np.float64) for pod in pods if _WORKLOAD in day.pods[pod]
     }
@@ -572,7 +600,7 @@ def detect_day(day: NezhaDay, settings: NezhaBenchSettings = DEFAULT_SETTINGS) -
         name = f"{caller}_{callee}"
         present = source[name].notna().to_numpy() | destination[name].notna().to_numpy()
         active = np.any(np.vstack([np.nan_to_num(workload[p]) > 0 for p in callers]), axis=0)
-        quiet = silence_decades(present, active, settings.window_min, learn_cutoff)
+        quiet = silence_decades(present, active, *rare_settings)
         for pod in callers:
             previous = evidence[pod].get("silence", np.zeros(steps))
             evidence[pod]["silence"] = np.maximum(previous, quiet)
@@ -582,7 +610,7 @@ def detect_day(day: NezhaDay, settings: NezhaBenchSettings = DEFAULT_SETTINGS) -
     if entry is not None and entry in pods_of and front is not None:
         success = front[_SUCCESS_RATE].to_numpy(dtype=np.float64)
         observed = ~np.isnan(success)
-        errors = rare_run_decades(observed & (success < 100.0), observed, settings.window_min, learn_cutoff)
+        errors = rare_run_decades(observed & (success < 100.0), observed, *rare_settings)
         for pod in pods_of[entry]:
             evidence[pod]["errors"] = errors
 

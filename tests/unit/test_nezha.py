@@ -61,6 +61,16 @@ def test_faults_align_on_wall_clock_strings_when_unix_times_are_off(tmp_path):
     assert load_nezha(tmp_path).labels["start"].iloc[0] == pd.Timestamp("2022-01-01T10:05:40Z")
 
 
+def test_the_study_repositorys_fault_list_name_is_read_too(tmp_path):
+    day = write_day(tmp_path, {"10": [fault("2022-01-01 10:05:40")]})
+    (day / "fault_list.json").rename(day / "2022-01-01-fault_list.json")  # as in IntelligentDDS/Nezha
+    assert len(load_nezha(tmp_path).labels) == 1
+    assert len(load_nezha(day).labels) == 1  # the day folder itself
+    (day / "2022-01-02-fault_list.json").write_text("{}")
+    with pytest.raises(SchemaError, match="several fault lists"):
+        load_nezha(tmp_path)
+
+
 def test_fault_outside_the_recording_is_an_error(tmp_path):
     write_day(tmp_path, {"18": [fault("2022-01-01 18:00:00")]})
     with pytest.raises(SchemaError, match="outside its metrics"):

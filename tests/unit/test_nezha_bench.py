@@ -317,6 +317,28 @@ def test_a_run_that_proves_significant_is_not_learned_at_all():
     assert out[90] == pytest.approx(-math.log10(1 / 59))
 
 
+def test_a_run_that_outlasts_relearn_after_becomes_the_new_normal():
+    observed = np.ones(300, dtype=bool)
+    always = np.ones(300, dtype=bool)  # e.g. a success rate a recording reports as 0 all day
+    rules = {"window": 60, "learn_cutoff": 3.0, "min_history": 3}
+    stuck = nb.rare_run_decades(always, observed, **rules, relearn_after=15)
+    # No history when the run starts: no evidence; after 15 minutes it is learned as normal, and
+    # each later stretch counts against a base rate near 1 (at most 15 x -log10(16/17) decades).
+    assert stuck[:15].tolist() == [0.0] * 15
+    assert stuck.max() == pytest.approx(-15 * math.log10(16 / 17))
+
+    shift = np.zeros(300, dtype=bool)
+    shift[100:] = True  # a condition that starts after 100 quiet minutes and stays
+    out = nb.rare_run_decades(shift, observed, **rules, relearn_after=15)
+    first = -math.log10(1 / 62)
+    assert out[100:115] == pytest.approx([k * first for k in range(1, 16)])  # an alarm, at first
+    # After 15 minutes the run is learned: counting restarts against a base rate that holds it.
+    assert out[115] == pytest.approx(-math.log10(16 / 62))
+    assert out[200:].max() < 0.2  # an hour later the event is the norm
+    never = nb.rare_run_decades(shift, observed, **rules)
+    assert never[-1] == pytest.approx(200 * first)  # never relearned: one run, a permanent alarm
+
+
 def test_the_entry_service_is_named_by_front_service_or_is_the_call_graph_root():
     def extras(name: str | None, dependencies=(("a", "b"), ("b", "c"))):
         front = None if name is None else pd.DataFrame({"ServiceName": [name], "SuccessRate(%)": [100.0]})
@@ -347,6 +369,17 @@ def test_errors_at_the_entry_localise_to_it_unless_a_callee_explains_them(tmp_pa
     # anomalous then: the entry's error evidence is discounted and store stays first.
     assert 0 < errors[121:124].max() < detection.threshold
     assert by_pod_and_type[(PODS["store"], "exception")]["top_pod"] == PODS["store"]
+
+
+def test_a_success_rate_stuck_below_100_all_day_raises_no_alarm(tmp_path):
+    """A recording whose entry success rate reads 0 in every minute (not measured) must not alarm."""
+    day = nb.load_day(write_day(tmp_path, errors=((0, 149),)))
+    detection = nb.detect_day(day)
+    assert detection.evidence[PODS["front"]]["errors"].max() < 1.0
+    report = nb.score_day(day, detection)
+    assert [(f["detected"], f["rank"]) for f in report.faults] == [(True, 1), (True, 1), (True, 1)]
+    assert report.false_alarms == 0 and report.busy_minutes == 0
+    assert PODS["front"] not in set(detection.alarms.get("pod", []))
 
 
 def test_threshold_grows_with_the_number_of_tests():
