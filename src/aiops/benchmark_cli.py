@@ -40,7 +40,10 @@ def _print_nab(report: dict[str, Any]) -> None:
 @benchmark_app.command("nab")
 def benchmark_nab(
     data: Annotated[
-        Path, typer.Option(help="NAB-layout folder: data/<category>/*.csv, combined_windows.json.")
+        Path,
+        typer.Option(
+            help="NAB-layout folder: data/<category>/*.csv and combined_windows.json (or NAB's own checkout)."
+        ),
     ],
     output: Annotated[Path, typer.Option(help="JSON report to write.")],
     detector: Annotated[str | None, typer.Option(help="Streaming detector to run (see --help).")] = None,

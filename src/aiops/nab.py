@@ -2,7 +2,9 @@
 
 A NAB folder holds ``data/<category>/<name>.csv`` (``timestamp,value``), ``combined_windows.json``
 (``{"<category>/<name>.csv": [[start, end], ...]}``) and, optionally, ``profiles.json`` (the cost
-matrices; NAB's published standard, reward_low_FP_rate and reward_low_FN_rate are built in).
+matrices; NAB's published standard, reward_low_FP_rate and reward_low_FN_rate are built in). A
+checkout of NAB's own repository works as it is: there the two files lie in ``labels/`` and
+``config/``, where they are read when the folder's top level lacks them.
 
 Scoring follows NAB's ``nab/scorer.py`` (the version that also writes the per-row ``S(t)`` columns
 found in NAB's published results), reimplemented here:
@@ -251,6 +253,12 @@ def _parse_window(path: Path, name: str, window: Any) -> Window:
     return start, end
 
 
+def _beside_or_in(root: Path, folder: str, name: str) -> Path:
+    """``root/name``, else NAB's repository place for it, ``root/folder/name``, when only that exists."""
+    top, nested = root / name, root / folder / name
+    return nested if not top.is_file() and nested.is_file() else top
+
+
 def _read_json(path: Path) -> Any:
     if not path.is_file():
         raise NabError(f"{path} not found; a NAB folder needs it (see NAB's labels/ and config/ folders)")
@@ -335,8 +343,9 @@ def load_corpus(data_dir: Path | str, files: Iterable[str] | None = None) -> Nab
     data_root = root / "data"
     if not data_root.is_dir():
         raise NabError(f"{data_root} not found; a NAB folder holds data/<category>/<name>.csv")
-    windows = load_windows(root / WINDOWS_FILE)
-    profiles_path = root / PROFILES_FILE
+    windows_path = _beside_or_in(root, "labels", WINDOWS_FILE)
+    windows = load_windows(windows_path)
+    profiles_path = _beside_or_in(root, "config", PROFILES_FILE)
     profiles = load_profiles(profiles_path if profiles_path.is_file() else None)
 
     available = sorted(p.relative_to(data_root).as_posix() for p in data_root.glob("*/*.csv"))
@@ -349,7 +358,7 @@ def load_corpus(data_dir: Path | str, files: Iterable[str] | None = None) -> Nab
     unlabelled = [n for n in names if n not in windows]
     if unlabelled:
         raise NabError(
-            f"{root / WINDOWS_FILE} has no entry for {unlabelled}; add one per data file "
+            f"{windows_path} has no entry for {unlabelled}; add one per data file "
             "(an empty list [] when the file has no anomaly)"
         )
     extra = sorted(set(windows) - set(available))

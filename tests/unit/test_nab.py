@@ -320,6 +320,21 @@ def test_missing_windows_file(tiny: Path) -> None:
         nab.load_corpus(tiny)
 
 
+def test_nab_repository_layout_reads_labels_and_config(tiny: Path) -> None:
+    """A checkout of NAB itself keeps the windows in labels/ and the profiles in config/."""
+    expected = nab.load_corpus(tiny)
+    (tiny / "labels").mkdir()
+    (tiny / "combined_windows.json").rename(tiny / "labels" / "combined_windows.json")
+    (tiny / "config").mkdir()
+    profiles = {"standard": {"CostMatrix": {"tpWeight": 1.0, "fnWeight": 2.0, "fpWeight": 0.11}}}
+    (tiny / "config" / "profiles.json").write_text(json.dumps(profiles))
+    corpus = nab.load_corpus(tiny)
+    assert [f.windows for f in corpus.files] == [f.windows for f in expected.files]
+    assert corpus.profiles["standard"] != expected.profiles["standard"]  # read from config/
+    (tiny / "combined_windows.json").write_text(json.dumps({"catA/spiky.csv": [], "catB/quiet.csv": []}))
+    assert [f.windows for f in nab.load_corpus(tiny).files] == [(), ()]  # the top level comes first
+
+
 def test_missing_data_folder(tmp_path: Path) -> None:
     with pytest.raises(nab.NabError, match="data/<category>"):
         nab.load_corpus(tmp_path)
