@@ -122,6 +122,18 @@ def _print_nezha(report: dict[str, Any]) -> None:
         f"{summary['n_detected']}/{summary['n_faults']} faults detected; "
         f"{summary['n_false_alarms']} false alarms in {summary['hours']:.1f} h"
     )
+    if len(report["days"]) > 1:
+        typer.echo(
+            f"\n{'day':<16} {'pods':>5} {'hours':>6} {'faults':>6} {'recall':>7} {'false/h':>8} "
+            f"{'alarm share':>11} {'top-1':>6}"
+        )
+        for day in report["days"]:
+            one = day["summary"]
+            typer.echo(
+                f"{day['day'][:16]:<16} {day['pods']:>5} {day['hours']:>6.1f} {day['faults']:>6} "
+                f"{_fmt(one['detection_recall']):>7} {_fmt(one['false_alarms_per_hour']):>8} "
+                f"{_fmt(one['alarm_minutes_share']):>11} {_fmt(one['localization_top1']):>6}"
+            )
 
 
 @benchmark_app.command("nezha")

@@ -895,6 +895,8 @@ def evaluate(days: list[NezhaDay], settings: NezhaBenchSettings = DEFAULT_SETTIN
                 "alarms": len(detection.alarms),
                 "false_alarms": scored.false_alarms,
                 "threshold_decades": detection.threshold,
+                # The same metrics as the pooled summary, for this day alone (which day fails?).
+                "summary": summarise_days([scored]),
             }
         )
     non_empty = [a for a in alarms if len(a)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -558,6 +559,28 @@ def test_cli_writes_json_alarms_and_a_table(synthetic, tmp_path):
     table = pd.read_csv(alarms)
     assert list(table.columns) == list(nb.ALARM_COLUMNS) and len(table) >= 3
     assert pd.to_datetime(table["start"], utc=True).notna().all()
+
+
+def test_several_days_get_a_summary_each(synthetic, tmp_path):
+    from typer.testing import CliRunner
+
+    from aiops.cli import app
+
+    shutil.copytree(synthetic, tmp_path / "2022-01-01")
+    shutil.copytree(synthetic, tmp_path / "2022-01-02")
+    faults = json.loads((tmp_path / "2022-01-02" / "fault_list.json").read_text())
+    faults["10"] = faults["10"][:1]  # the second day keeps only its first fault
+    (tmp_path / "2022-01-02" / "fault_list.json").write_text(json.dumps(faults))
+    output = tmp_path / "nezha.json"
+    result = CliRunner().invoke(app, ["benchmark", "nezha", "--data", str(tmp_path), "--output", str(output)])
+    assert result.exit_code == 0, result.output
+    days = json.loads(output.read_text())["days"]
+    assert [(d["day"], d["summary"]["n_faults"]) for d in days] == [("2022-01-01", 3), ("2022-01-02", 1)]
+    # Faults the second day no longer lists make its alarms at them false alarms of that day only.
+    assert days[0]["summary"]["false_alarms_per_hour"] == 0.0 < days[1]["summary"]["false_alarms_per_hour"]
+    lines = result.output.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("day ") and "alarm share" in line)
+    assert [line.split()[0] for line in lines[header + 1 : header + 3]] == ["2022-01-01", "2022-01-02"]
 
 
 def test_cli_reports_a_broken_folder(tmp_path):
