@@ -233,17 +233,27 @@ def load_day(day: str | Path) -> NezhaDay:
             sorted(FAULT_KINDS),
             UNCLASSIFIED,
         )
+    problems = []
     for fault in faults.itertuples(index=False):
         if fault.pod not in pods:
-            raise NezhaBenchError(
-                f"nezha: {folder.name}: fault on pod '{fault.pod}' which has no metric file"
-            )
+            problems.append(f"fault at {fault.start} on pod '{fault.pod}' which has no metric file")
+            continue
         first, last = pods[fault.pod].index.min(), pods[fault.pod].index.max()
         if not first <= fault.start <= last + _STEP:
-            raise NezhaBenchError(
-                f"nezha: {folder.name}: fault at {fault.start} on '{fault.pod}' lies outside its metrics "
-                f"({first} .. {last}); time zones misaligned? Faults are timed by inject_time."
+            problems.append(
+                f"fault at {fault.start} on '{fault.pod}' lies outside its metrics ({first} .. {last})"
             )
+    if problems and len(problems) == len(faults):
+        # Nothing lines up: a misread day (time zones, pod names), not a few odd faults.
+        raise NezhaBenchError(
+            f"nezha: {folder.name}: {problems[0]}"
+            + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
+            + "; time zones misaligned? Faults are timed by inject_time."
+        )
+    for problem in problems:
+        # One odd fault (e.g. a pod recreated under a new name) must not void a whole day of
+        # acceptance data: it is scored, counts in the recall, and its pod cannot rank first.
+        log.warning("nezha %s: %s; scored all the same, its pod cannot be ranked", folder.name, problem)
     extras = load_nezha_day_extras(folder)
     start = min(t.index.min() for t in pods.values())
     end = max(t.index.max() for t in pods.values())

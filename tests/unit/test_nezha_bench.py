@@ -583,6 +583,16 @@ def test_several_days_get_a_summary_each(synthetic, tmp_path):
     assert [line.split()[0] for line in lines[header + 1 : header + 3]] == ["2022-01-01", "2022-01-02"]
 
 
+def test_one_odd_fault_is_scored_with_a_warning_not_a_failed_day(tmp_path, caplog):
+    ghost = {**fault(60.5, "cache", "network_delay"), "inject_pod": "cache-9-recreated"}
+    day = write_day(tmp_path, faults=[*SYNTHETIC_FAULTS, ghost])
+    with caplog.at_level("WARNING", logger="aiops.nezha_bench"):
+        report = nb.run_nezha_benchmark(day)
+    assert "'cache-9-recreated' which has no metric file" in caplog.text
+    odd = next(f for f in report.faults if f["pod"] == "cache-9-recreated")
+    assert odd["rank"] is None and report.summary["n_faults"] == 4  # counted, never ranked first
+
+
 def test_cli_reports_a_broken_folder(tmp_path):
     from typer.testing import CliRunner
 
