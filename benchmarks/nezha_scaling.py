@@ -27,6 +27,7 @@ from aiops.nezha_bench import (
     DEFAULT_SETTINGS,
     KINDS,
     DayScore,
+    NezhaDay,
     detect_day,
     load_day,
     score_day,
@@ -43,12 +44,11 @@ COLUMNS = {
 }
 
 
-def at_size(data: Path, pods: int | None) -> dict[str, Any]:
+def at_size(loaded: list[NezhaDay], pods: int | None) -> dict[str, Any]:
     """The benchmark with every day's budget scaled to ``pods`` (None: the days as recorded)."""
     scores: list[DayScore] = []
     days: list[dict[str, Any]] = []
-    for folder in day_folders(data):
-        day = load_day(folder)
+    for day in loaded:
         budget = DEFAULT_SETTINGS.false_alarms_per_hour * (1.0 if pods is None else len(day.pods) / pods)
         settings = dataclasses.replace(DEFAULT_SETTINGS, false_alarms_per_hour=budget)
         detection = detect_day(day, settings)
@@ -82,7 +82,8 @@ def main() -> None:
     parser.add_argument("--pods", type=int, nargs="+", default=[46, 100], help="application sizes to judge")
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/nezha_scaling.json"))
     args = parser.parse_args()
-    rows = [at_size(args.data, None), *(at_size(args.data, pods) for pods in args.pods)]
+    loaded = [load_day(folder) for folder in day_folders(args.data)]  # read once, judged at every size
+    rows = [at_size(loaded, None), *(at_size(loaded, pods) for pods in args.pods)]
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(
         json.dumps(
