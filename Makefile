@@ -5,6 +5,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export MLFLOW_DISABLE_TELEMETRY := true
+# Test workers (pytest-xdist): one per CPU, at least 2 (the slow tests mostly wait on
+# subprocesses and servers) and at most 4 (each worker holds ~1.2 GB of libraries and models).
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n < 2 ? 2 : (n > 4 ? 4 : n) )))
+# Whole files per worker: module fixtures (trained models, servers) are built once.
+PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadfile
 
 .DEFAULT_GOAL := help
 .PHONY: help venv run test test-fast lint format compile clean lock demo-prometheus
@@ -32,10 +37,10 @@ demo-prometheus: $(STAMP) ## Run the training pipeline against a local Prometheu
 	$(BIN)/aiops demo-prometheus
 
 test: $(STAMP) ## Run the test suite
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL)
 
 test-fast: $(STAMP) ## Run the tests not marked slow or integration
-	$(BIN)/python -m pytest -m "not slow and not integration"
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL) -m "not slow and not integration"
 
 lint: $(STAMP) ## Lint and check formatting (ruff) and type-check the library (mypy)
 	$(BIN)/ruff check .
