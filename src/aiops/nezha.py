@@ -351,7 +351,8 @@ def read_fault_list(day: str | Path) -> pd.DataFrame:
         One row per fault: ``pod``, ``start`` (UTC timestamp), ``fault_type``; sorted by ``start``.
 
     Raises:
-        SchemaError: When ``fault_list.json`` is missing, not JSON, lacks a field or has a bad time.
+        SchemaError: When the fault list (:func:`fault_list_path`) is missing or ambiguous, not JSON,
+            lacks a field or has a bad time.
     """
     folder = Path(day)
     rows = []
