@@ -420,7 +420,7 @@ def demo_prometheus(
     """
     import shutil
 
-    from aiops.localprom import LocalPrometheusError, local_prometheus
+    from aiops.localprom import SCRAPE, LocalPrometheusError, local_prometheus
     from aiops.simulate import ClusterSpec, simulate_cluster
 
     spec = ClusterSpec(duration=duration, seed=seed)
@@ -433,9 +433,13 @@ def demo_prometheus(
     try:
         with local_prometheus(telemetry, workdir) as url:
             typer.echo(f"Prometheus ready at {url}")
+            # The backfill's scrape interval, so that each row's rate window is exact.
+            catalog = workdir / "queries.yaml"
+            catalog.write_text(f"scrape_interval: {SCRAPE}\n")
             run_training(
                 source="prometheus",
                 prometheus_url=url,
+                catalog=catalog,
                 end=end.isoformat(),
                 duration=duration,
                 seed=seed,

@@ -10,11 +10,13 @@ Prometheus ingest is tested against a real server.
 
 How each canonical column becomes raw series:
 
-* **rates become cumulative counters**: the counter of a pod starts at 0 one
-  step before its first row and, within each step ``(t - step, t]``, grows
-  linearly at the row's rate. ``rate(x[step])`` at ``t`` is then exactly the
+* **rates become cumulative counters**: the counter of a pod starts one step
+  before its first row (at ten of its largest steps, as a pod seen mid-life
+  would) and, within each step ``(t - step, t]``, grows linearly at the row's
+  rate. ``rate()`` over the catalog's window (one step plus one scrape, less
+  1 ms: :func:`aiops.prometheus.rate_window_ms`) at ``t`` is then exactly the
   row's value, on Prometheus 2 (window closed on the left) and 3 (open on the
-  left, extrapolated) alike, as long as a step holds at least two scrapes;
+  left) alike, when the ingest is told the scrape interval written here;
 * **gauges** are sampled at every scrape inside ``(t - step, t]``;
 * ``cpu_throttled_ratio`` becomes CFS period counters (10 periods/s, the
   kernel's 100 ms period) with the throttled share of them;
@@ -32,6 +34,7 @@ and a counter does not advance over it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,14 +172,29 @@ def _gauge(scrapes: _Scrapes, values: np.ndarray) -> tuple[np.ndarray, list[floa
     return scrapes.times[keep], values[scrapes.row][keep].tolist()
 
 
-def _counter(scrapes: _Scrapes, increments: np.ndarray) -> tuple[list[str], list[float]]:
-    """A counter from 0 (one step before the first row) rising linearly by each row's increment."""
+def _counter_base(increments: np.ndarray) -> float:
+    """Where a pod's counter stands one step before its first row: ten of its largest steps.
+
+    A pod observed mid-life has counted for a while. Starting at 0 would put every window of the
+    first row (and of a counter that stays at 0 until, say, the first error) under Prometheus'
+    rule that extrapolation stops where the counter would cross zero, which a real counter
+    reads as the start of its life. A power of two keeps the sums exact.
+    """
+    largest = float(np.nanmax(increments, initial=0.0))
+    return 2.0 ** math.ceil(math.log2(10.0 * largest)) if largest > 0 else 1.0
+
+
+def _counter(
+    scrapes: _Scrapes, increments: np.ndarray, base: float | None = None
+) -> tuple[list[str], list[float]]:
+    """A counter from ``base`` (one step before the first row) rising linearly by each row's increment."""
     missing = np.isnan(increments)
     inc = np.where(missing, 0.0, increments)
-    before = np.cumsum(inc) - inc
+    start = _counter_base(increments) if base is None else base
+    before = start + np.cumsum(inc) - inc
     keep = ~missing[scrapes.row]
     values = before[scrapes.row] + inc[scrapes.row] * scrapes.frac
-    return [scrapes.start, *scrapes.times[keep].tolist()], [0.0, *values[keep].tolist()]
+    return [scrapes.start, *scrapes.times[keep].tolist()], [start, *values[keep].tolist()]
 
 
 def _bucket_counts(latency_ms: np.ndarray, requests: np.ndarray, bounds: np.ndarray) -> np.ndarray:
@@ -244,7 +262,12 @@ class _PodExport:
             f"{family}_count{_labels({**self.base, **labels})}",
             f"{family}_sum{_labels({**self.base, **labels})}",
         ]
-        series = [_counter(self.scrapes, totals[:, i]) for i in range(totals.shape[1])]
+        # One base for every bucket and the count keeps the buckets cumulative (sum: its own).
+        base = _counter_base(totals[:, -2])
+        series = [
+            _counter(self.scrapes, totals[:, i], base if i < totals.shape[1] - 1 else None)
+            for i in range(totals.shape[1])
+        ]
         # OpenMetrics keeps a histogram point together: all buckets, count and sum of one instant.
         lines = self.families[family].lines
         for point in range(len(series[0][0])):

@@ -64,6 +64,8 @@ _PLACEHOLDER = re.compile(r"\{([A-Za-z_]\w*)\}")
 _RETRY_STATUS = frozenset({408, 429})
 _AUTH_STATUS = frozenset({401, 403})
 _POD_KEYS = ("namespace", "pod")
+#: Prometheus' own default; a catalog's ``scrape_interval`` or the ingest's argument overrides it.
+DEFAULT_SCRAPE_INTERVAL = "1m"
 
 
 class PrometheusError(RuntimeError):
@@ -105,12 +107,16 @@ class QueryCatalog:
         pod_info: Query returning one series per ``(namespace, pod, node)``, which gives each
             pod row its ``node`` key.
         pod_info_required: Whether an empty ``pod_info`` result stops the ingest.
+        scrape_interval: How often Prometheus scrapes the series the queries read (a pandas
+            timedelta string); it sets the default ``rate()`` window (see
+            :func:`rate_window_ms`).
 
     """
 
     queries: tuple[CatalogQuery, ...]
     pod_info: str
     pod_info_required: bool = True
+    scrape_interval: str = DEFAULT_SCRAPE_INTERVAL
 
 
 def _listing(names: Iterable[object]) -> str:
@@ -126,11 +132,11 @@ def _read_yaml(source: str | Path, text: str) -> dict[str, Any]:
         return {}
     if not isinstance(raw, dict):
         raise SchemaError(f"query catalog {source} must be a mapping with 'queries' (and 'pod_info')")
-    unknown = sorted(set(raw) - {"queries", "pod_info"})
+    unknown = sorted(set(raw) - {"queries", "pod_info", "scrape_interval"})
     if unknown:
         raise SchemaError(
             f"query catalog {source}: unknown top-level key(s) {_listing(unknown)}; "
-            "expected 'queries' and 'pod_info'"
+            "expected 'queries', 'pod_info' and 'scrape_interval'"
         )
     return raw
 
@@ -152,6 +158,7 @@ def _merge(base: dict[str, Any], extra: dict[str, Any], source: str | Path) -> d
     merged: dict[str, Any] = {
         "pod_info": dict(base.get("pod_info") or {}),
         "queries": {k: dict(v) for k, v in (base.get("queries") or {}).items()},
+        "scrape_interval": extra.get("scrape_interval", base.get("scrape_interval")),
     }
     if "pod_info" in extra:
         merged["pod_info"].update(_check_fields(source, "pod_info", extra["pod_info"], _POD_INFO_FIELDS))
@@ -220,11 +227,42 @@ def _build_catalog(raw: dict[str, Any]) -> QueryCatalog:
         )
     _check_template("pod_info", pod_info["query"])
     order = {m: i for i, m in enumerate(METRIC_COLUMNS)}
+    scrape = raw.get("scrape_interval") or DEFAULT_SCRAPE_INTERVAL
+    try:
+        _whole_seconds(str(scrape), "scrape_interval")
+    except ValueError as exc:
+        raise SchemaError(f"query catalog: {exc} (e.g. '30s' or '1m')") from exc
     return QueryCatalog(
         queries=tuple(sorted(queries, key=lambda q: order[q.metric])),
         pod_info=pod_info["query"].strip(),
         pod_info_required=bool(pod_info.get("required", True)),
+        scrape_interval=str(scrape),
     )
+
+
+def rate_window_ms(step_s: int, scrape_s: int) -> int:
+    """The default ``rate()`` window: every change between two rows, counted once.
+
+    A row at ``t`` must see the counter's change from the last scrape at or before ``t - step``
+    to the last scrape at or before ``t``. Scrapes are not aligned with the step grid, so a
+    window of one step (``[t - step, t]``) misses the change between the last scrape before
+    ``t - step`` and the first after it: a burst in that gap is never seen, and Prometheus
+    extrapolates the part it does see to the whole window. A window of ``step + scrape``
+    less one millisecond holds exactly the scrapes from the last one at or before ``t - step``
+    to the last at or before ``t`` on regular scrapes, on Prometheus 2 (windows closed on the
+    left) and 3 (open on the left) alike, so consecutive rows neither overlap nor leave a gap,
+    and ``rate()`` is the counter's slope between them. A longer step than scrape is the
+    usual case; when the step is shorter, the window spans two scrapes so that it always
+    holds two samples. If the declared interval is longer than the real one, rows overlap a
+    little (smoothing, nothing lost) and a pod's rates may outlive its last scrape by one row;
+    if it is shorter, windows may hold one sample and rows go missing: declare the slowest
+    scrape interval of the series read.
+
+    Prometheus stops extrapolating where a counter would cross zero, so the first row of a
+    counter that starts at 0 (a new container, or the first errors after none) reads
+    ``step / window`` of its rate, and a row after missed scrapes reads what its window holds.
+    """
+    return (max(step_s, scrape_s) + scrape_s) * 1000 - 1
 
 
 def load_catalog(extra: str | Path | None = None) -> QueryCatalog:
@@ -668,6 +706,7 @@ def ingest_prometheus(
     max_points: int = PROMETHEUS_MAX_POINTS,
     *,
     rate_interval: str | None = None,
+    scrape_interval: str | None = None,
     selector: str = "",
     attempts: int = 4,
     backoff_s: float = 0.5,
@@ -688,8 +727,12 @@ def ingest_prometheus(
         ca_bundle: CA certificate file that verifies the server's TLS certificate.
         timeout: Seconds to wait for each HTTP answer.
         max_points: Most points per series in one request; the range is split into chunks.
-        rate_interval: Window of ``rate()``/``increase()`` (default: ``step``). Make it at least
-            twice the scrape interval, or rates go missing.
+        rate_interval: Window of ``rate()`` (default: from the step and the scrape interval, see
+            :func:`rate_window_ms`). Make it at least twice the scrape interval, or rates go
+            missing.
+        scrape_interval: How often the series are scraped (default: the catalog's
+            ``scrape_interval``, ``1m`` in the built-in one, Prometheus' own default; OpenShift
+            scrapes the kubelet's cAdvisor every 30 s).
         selector: Label matchers added to every pod-level query, e.g. ``namespace=~"shop|pay"``.
         attempts: Tries per request on server errors, time-outs and connection failures.
         backoff_s: Wait after the first failed try; doubled after each further one.
@@ -708,13 +751,17 @@ def ingest_prometheus(
     if max_points < 1 or attempts < 1:
         raise ValueError(f"max_points and attempts must be >= 1, got {max_points} and {attempts}")
     step_s = _whole_seconds(step, "step")
-    rate_s = _whole_seconds(rate_interval, "rate_interval") if rate_interval else step_s
-    grid = _grid(start, end, step_s)
     loaded = catalog if isinstance(catalog, QueryCatalog) else load_catalog(catalog)
+    scrape_s = _whole_seconds(scrape_interval or loaded.scrape_interval, "scrape_interval")
+    if rate_interval:
+        rate = f"{_whole_seconds(rate_interval, 'rate_interval')}s"
+    else:
+        rate = f"{rate_window_ms(step_s, scrape_s)}ms"
+    grid = _grid(start, end, step_s)
     client = _Client(
         url, token=token, ca_bundle=ca_bundle, timeout=timeout, retry=_Retry(attempts, backoff_s)
     )
-    run = _Run(client, grid, max_points, selector, rate=f"{rate_s}s", step=f"{step_s}s")
+    run = _Run(client, grid, max_points, selector, rate=rate, step=f"{step_s}s")
     try:
         pod_info = run.fetch("pod_info", loaded.pod_info, "pod_info")
         frames = {q.name: run.fetch(q.name, q.query, q.level) for q in loaded.queries}
@@ -751,6 +798,7 @@ class PrometheusSource:
     timeout: float = 60.0
     max_points: int = PROMETHEUS_MAX_POINTS
     rate_interval: str | None = None
+    scrape_interval: str | None = None
     selector: str = ""
     attempts: int = 4
     backoff_s: float = 0.5
@@ -769,6 +817,7 @@ class PrometheusSource:
             timeout=self.timeout,
             max_points=self.max_points,
             rate_interval=self.rate_interval,
+            scrape_interval=self.scrape_interval,
             selector=self.selector,
             attempts=self.attempts,
             backoff_s=self.backoff_s,

@@ -15,6 +15,7 @@ import http.server
 import ipaddress
 import json
 import ssl
+import subprocess
 import threading
 import time
 import urllib.error
@@ -27,8 +28,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from aiops.localprom import free_port, local_prometheus
-from aiops.prometheus import PrometheusError, PrometheusSource, ingest_prometheus, load_catalog
+from aiops.localprom import SCRAPE, binaries, free_port, local_prometheus, serve
+from aiops.prometheus import (
+    PrometheusError,
+    PrometheusSource,
+    ingest_prometheus,
+    load_catalog,
+    rate_window_ms,
+)
 from aiops.schema import ENTITY_KEYS, KEY_COLUMNS, METRIC_COLUMNS, SchemaError, validate_metrics
 from aiops.simulate import ClusterSpec, simulate_cluster
 from aiops.synth import inject
@@ -99,7 +106,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backfilled]:
 
 @pytest.fixture(scope="module")
 def ingested(server: Backfilled) -> pd.DataFrame:
-    return ingest_prometheus(server.url, server.start, server.end, cluster=SPEC.cluster).metrics
+    # The backfill's scrapes are 30 s apart (two per step): the ingest must say so to read the
+    # rows back exactly (the built-in catalog assumes Prometheus' default of 1 minute).
+    return ingest_prometheus(
+        server.url, server.start, server.end, cluster=SPEC.cluster, scrape_interval=SCRAPE
+    ).metrics
 
 
 # --------------------------------------------------------------------------- round trip
@@ -115,9 +126,20 @@ def test_output_follows_the_canonical_schema(ingested: pd.DataFrame) -> None:
 
 @pytest.mark.parametrize("column", METRIC_COLUMNS)
 def test_values_round_trip(server: Backfilled, ingested: pd.DataFrame, column: str) -> None:
-    """Counters went in cumulative and come back as the simulated rates; gauges unchanged."""
+    """Counters went in cumulative and come back as the simulated rates; gauges unchanged.
+
+    Except on the first row after the ten missed scrapes: its window holds only the step's last
+    scrape interval, so a rate is the step's second half extrapolated half-way (at most the
+    truth) and the restart count, which needs the scrape before the step, is unknown (NaN).
+    """
     merged = server.expected.merge(ingested, on=list(KEY_COLUMNS), how="left", suffixes=("", "_got"))
-    np.testing.assert_allclose(merged[f"{column}_got"], merged[column], rtol=1e-9, atol=1e-12)
+    after = server.gap_times[-1] + pd.Timedelta("1min")
+    after_gap = (merged["pod"] == server.gap_pod) & (merged["timestamp"] == after)
+    assert after_gap.sum() == 1
+    got, want = merged.loc[~after_gap, f"{column}_got"], merged.loc[~after_gap, column]
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+    first, truth = merged.loc[after_gap, f"{column}_got"].iloc[0], merged.loc[after_gap, column].iloc[0]
+    assert np.isnan(first) or 0.0 <= first <= truth * (1 + 1e-9) + 1e-12
 
 
 def test_anomalies_survive_the_round_trip(ingested: pd.DataFrame) -> None:
@@ -154,6 +176,87 @@ def test_gaps_are_explicit_nan_rows(server: Backfilled, ingested: pd.DataFrame) 
     assert rows["node"].nunique() == 1 and rows["node"].iloc[0] != ""
 
 
+# --------------------------------------------------------------------------- scrapes off the step grid
+
+T0 = 1767571200  # 2026-01-05T00:00:00Z, a whole hour
+OFF_GRID_SCRAPES = np.arange(T0 + 15, T0 + 3600, 30)  # at :15 and :45 of each minute, as real scrapes fall
+RESTARTS_AT = (T0 + 605, T0 + 1220, T0 + 1840, T0 + 2450)  # one restart each
+BURST = (T0 + 1246, T0 + 1274)  # 28 s at 2 extra cores, across a step boundary (00:21:00)
+
+
+def _cpu_seconds(t: float) -> float:
+    return 0.5 * (t - T0) + 2.0 * min(max(t - BURST[0], 0.0), BURST[1] - BURST[0])
+
+
+@pytest.fixture(scope="module")
+def off_grid(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Prometheus over one pod scraped every 30 s, half a scrape off the minute grid."""
+    need_binary("prometheus", "prometheus")
+    work = tmp_path_factory.mktemp("off-grid")
+    pod = 'namespace="shop",pod="api-1"'
+    container = f'{pod},container="api"'
+    lines = ["# TYPE kube_pod_info gauge"]
+    lines += [f'kube_pod_info{{{pod},node="n1"}} 1 {s}' for s in OFF_GRID_SCRAPES]
+    lines += ["# TYPE container_cpu_usage_seconds counter"]
+    cpu = f"container_cpu_usage_seconds_total{{{container}}}"
+    lines += [f"{cpu} {_cpu_seconds(s)} {s}" for s in OFF_GRID_SCRAPES]
+    lines += ["# TYPE container_memory_working_set_bytes gauge"]
+    lines += [f"container_memory_working_set_bytes{{{container}}} 1e8 {s}" for s in OFF_GRID_SCRAPES]
+    lines += ["# TYPE kube_pod_container_status_restarts counter"]
+    lines += [
+        f"kube_pod_container_status_restarts_total{{{container}}} {sum(r <= s for r in RESTARTS_AT)} {s}"
+        for s in OFF_GRID_SCRAPES
+    ]
+    exposition = work / "metrics.om"
+    exposition.write_text("\n".join(lines) + "\n# EOF\n")
+    _, promtool = binaries()
+    subprocess.run(
+        [promtool, "tsdb", "create-blocks-from", "openmetrics", "-q", str(exposition), str(work / "data")],
+        check=True,
+        capture_output=True,
+    )
+    with serve(work / "data", work) as url:
+        yield url
+
+
+def _off_grid_rows(url: str, scrape_interval: str | None) -> pd.DataFrame:
+    start, end = pd.Timestamp(T0 + 120, unit="s", tz="UTC"), pd.Timestamp(T0 + 3540, unit="s", tz="UTC")
+    return ingest_prometheus(url, start, end, scrape_interval=scrape_interval).metrics.set_index("timestamp")
+
+
+def test_off_grid_scrapes_lose_no_change_between_rows(off_grid: str) -> None:
+    """Each row counts the change since the previous row's last scrape: nothing missed, nothing twice.
+
+    A rate window of one step would miss the 30 s between the last scrape before ``t - step``
+    and the first after it (the 28 s burst vanished) and extrapolate what it saw (a single
+    restart read as 2, or 0).
+    """
+    rows = _off_grid_rows(off_grid, "30s")
+    assert rows["cpu_usage_cores"].notna().all() and rows["restarts"].notna().all()
+    # Core-seconds are conserved: the rows' total is the counter's rise between the last scrapes
+    # at or before the first row's previous step and the last row.
+    first, last = rows.index.min().timestamp() - 60, rows.index.max().timestamp()
+    scraped = lambda t: _cpu_seconds(OFF_GRID_SCRAPES[t >= OFF_GRID_SCRAPES].max())  # noqa: E731
+    total = (rows["cpu_usage_cores"] * 60).sum()
+    np.testing.assert_allclose(total, scraped(last) - scraped(first), rtol=1e-9)
+    burst_row = pd.Timestamp(T0 + 1320, unit="s", tz="UTC")  # the scrape at 00:21:15 sees the burst
+    assert rows.loc[burst_row, "cpu_usage_cores"] == pytest.approx(0.5 + 56 / 60, rel=1e-9)
+    # Every restart once, in the row whose step holds the first scrape that saw it.
+    seen = [OFF_GRID_SCRAPES[r <= OFF_GRID_SCRAPES].min() for r in RESTARTS_AT]
+    expected = {pd.Timestamp(-(-s // 60) * 60, unit="s", tz="UTC") for s in seen}
+    assert set(rows.index[rows["restarts"] > 0]) == expected
+    assert (rows["restarts"][rows["restarts"] > 0] == 1.0).all()
+
+
+def test_a_longer_declared_scrape_interval_smooths_but_loses_nothing(off_grid: str) -> None:
+    """The built-in 1-minute scrape interval on 30-second scrapes: rows overlap by one scrape."""
+    rows = _off_grid_rows(off_grid, None)
+    assert rows["cpu_usage_cores"].notna().all()
+    assert rows["restarts"].sum() == len(RESTARTS_AT)  # counted exactly whatever the interval
+    # The burst spreads over the rows whose 90 s of scrapes hold it, all of it still seen.
+    assert rows["cpu_usage_cores"].max() > 0.5 + 56 / 90 - 1e-9
+
+
 def test_chunked_queries_equal_one_query(
     server: Backfilled, ingested: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -167,7 +270,9 @@ def test_chunked_queries_equal_one_query(
         return original(self, query, start_time, end_time, **kw)
 
     monkeypatch.setattr(PrometheusConnect, "custom_query_range", spy)
-    chunked = ingest_prometheus(server.url, server.start, server.end, cluster=SPEC.cluster, max_points=50)
+    chunked = ingest_prometheus(
+        server.url, server.start, server.end, cluster=SPEC.cluster, max_points=50, scrape_interval=SCRAPE
+    )
     pd.testing.assert_frame_equal(chunked.metrics, ingested)
     n_queries = len(load_catalog().queries) + 1  # + pod_info
     n_points = (server.end - server.start) // pd.Timedelta("1min") + 1
@@ -176,7 +281,7 @@ def test_chunked_queries_equal_one_query(
 
 
 def test_source_settings_object_reads_the_same(server: Backfilled, ingested: pd.DataFrame) -> None:
-    source = PrometheusSource(url=server.url, cluster=SPEC.cluster, token="secret")
+    source = PrometheusSource(url=server.url, cluster=SPEC.cluster, token="secret", scrape_interval=SCRAPE)
     assert "secret" not in repr(source)
     pd.testing.assert_frame_equal(source.ingest(server.start, server.end).metrics, ingested)
 
@@ -201,9 +306,20 @@ def test_extra_catalog_overrides_and_disables_entries(server: Backfilled, tmp_pa
 
 
 def test_selector_narrows_pod_queries(server: Backfilled) -> None:
-    metrics = ingest_prometheus(server.url, server.start, server.end, selector='namespace="shop"').metrics
+    metrics = ingest_prometheus(
+        server.url, server.start, server.end, selector='namespace="shop"', scrape_interval=SCRAPE
+    ).metrics
     assert set(metrics["namespace"]) == {"shop"}
     assert metrics["node_cpu_utilisation"].notna().all()
+
+
+def test_catalog_scrape_interval_sets_the_rate_window(tmp_path: Path) -> None:
+    assert load_catalog().scrape_interval == "1m"
+    extra = tmp_path / "queries.yaml"
+    extra.write_text("scrape_interval: 30s\n")
+    assert load_catalog(extra).scrape_interval == "30s"
+    assert rate_window_ms(60, 30) == 89_999  # one step and one scrape, less 1 ms
+    assert rate_window_ms(15, 30) == 59_999  # a step shorter than the scrape: two scrapes
 
 
 def test_unknown_metric_in_extra_catalog_is_rejected(tmp_path: Path) -> None:
@@ -220,6 +336,7 @@ def test_unknown_metric_in_extra_catalog_is_rejected(tmp_path: Path) -> None:
         ("queries:\n  restarts: {qurey: up}\n", "unknown field"),
         ("queries:\n  restarts: {query: 'increase(x[{window}])'}\n", "unknown placeholder"),
         ("queries: [\n", "not valid YAML"),
+        ("scrape_interval: 1.5s\n", "scrape_interval must be a positive whole number of seconds"),
     ],
 )
 def test_malformed_extra_catalog_is_rejected(tmp_path: Path, yaml_text: str, message: str) -> None:
@@ -345,7 +462,7 @@ def _proxy_url(proxy: _Proxy, scheme: str = "http") -> str:
 
 def test_bearer_token_is_sent(server: Backfilled, ingested: pd.DataFrame, proxy: _Proxy) -> None:
     metrics = ingest_prometheus(
-        _proxy_url(proxy), server.start, server.end, cluster=SPEC.cluster, token=TOKEN
+        _proxy_url(proxy), server.start, server.end, cluster=SPEC.cluster, token=TOKEN, scrape_interval=SCRAPE
     )
     pd.testing.assert_frame_equal(metrics.metrics, ingested)
     assert set(proxy.authorizations) == {f"Bearer {TOKEN}"}
@@ -372,6 +489,7 @@ def test_server_errors_are_retried_with_backoff(
         token=TOKEN,
         attempts=4,
         backoff_s=0.05,
+        scrape_interval=SCRAPE,
     )
     assert proxy.failures == 3
     assert time.monotonic() - started >= 0.05 + 0.1 + 0.2  # three waits, doubling
@@ -381,7 +499,14 @@ def test_server_errors_are_retried_with_backoff(
 def test_timeouts_are_retried(server: Backfilled, ingested: pd.DataFrame, proxy: _Proxy) -> None:
     proxy.slow_next = 1
     metrics = ingest_prometheus(
-        _proxy_url(proxy), server.start, server.end, cluster=SPEC.cluster, token=TOKEN, timeout=0.3, **FAST
+        _proxy_url(proxy),
+        server.start,
+        server.end,
+        cluster=SPEC.cluster,
+        token=TOKEN,
+        timeout=0.3,
+        scrape_interval=SCRAPE,
+        **FAST,
     )
     pd.testing.assert_frame_equal(metrics.metrics, ingested)
     assert proxy.slow_next == 0
@@ -439,7 +564,13 @@ def test_ca_bundle_verifies_tls(server: Backfilled, ingested: pd.DataFrame, tmp_
         with pytest.raises(PrometheusError, match=f"TLS verification failed for Prometheus at {url}"):
             ingest_prometheus(url, server.start, server.end, token=TOKEN, **FAST)
         metrics = ingest_prometheus(
-            url, server.start, server.end, cluster=SPEC.cluster, token=TOKEN, ca_bundle=cert
+            url,
+            server.start,
+            server.end,
+            cluster=SPEC.cluster,
+            token=TOKEN,
+            ca_bundle=cert,
+            scrape_interval=SCRAPE,
         )
     pd.testing.assert_frame_equal(metrics.metrics, ingested)
 
@@ -454,9 +585,12 @@ def test_training_pipeline_trains_on_prometheus(server: Backfilled, tmp_path: Pa
     from pipelines.runner import run_local
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
+    catalog = tmp_path / "queries.yaml"  # the pipeline learns the scrape interval from the catalog
+    catalog.write_text(f"scrape_interval: {SCRAPE}\n")
     args = {
         "source": "prometheus",
         "prometheus_url": server.url,
+        "prometheus_catalog": str(catalog),
         "end": server.end.isoformat(),
         "duration": "3h",
         "n_anomalies": 3,
