@@ -137,6 +137,10 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
 
+#: Unix seconds that int64 nanoseconds can hold (pandas' datetime64[ns] range, 1677-2262).
+_MAX_UNIX_SECONDS = 9.2e9
+
+
 def _iso_instants(values: Sequence[str]) -> np.ndarray | None:
     """int64 ns of ISO 8601 strings, or ``None`` when one of them needs pandas' parser.
 
@@ -150,9 +154,10 @@ def _iso_instants(values: Sequence[str]) -> np.ndarray | None:
             if instant.tzinfo is None:
                 instant = instant.replace(tzinfo=UTC)  # no offset: UTC, as pandas reads it here
             out.append((instant - _EPOCH) // _MICROSECOND * 1000)
+        # Years outside 1677-2262 overflow int64 nanoseconds here: pandas then says so (400).
+        return np.array(out, dtype=np.int64)
     except (ValueError, OverflowError):
         return None
-    return np.array(out, dtype=np.int64)
 
 
 def parse_timestamps(values: Sequence[Any], where: str) -> np.ndarray:
@@ -173,13 +178,16 @@ def parse_timestamps(values: Sequence[Any], where: str) -> np.ndarray:
         return parsed.as_unit("ns").asi8
     if kinds <= {int, float}:
         seconds = np.asarray(values, dtype=np.float64)
-        if not np.isfinite(seconds).all() or (np.abs(seconds) > 1e11).any():
-            raise RequestError(f"{where}: timestamps as numbers must be finite Unix seconds")
+        if not np.isfinite(seconds).all() or (np.abs(seconds) > _MAX_UNIX_SECONDS).any():
+            raise RequestError(
+                f"{where}: timestamps as numbers must be finite Unix seconds within "
+                f"+-{_MAX_UNIX_SECONDS:.3g} (years 1677-2262; milliseconds are not accepted)"
+            )
         return np.round(seconds * 1e9).astype(np.int64)
-    bad = sorted(t.__name__ for t in kinds - {str, int, float})
+    bad = sorted(t.__name__ for t in kinds - {str, int, float}) or sorted(t.__name__ for t in kinds)
     raise RequestError(
         f"{where}: timestamp must be an ISO 8601 string or Unix seconds (all rows alike), "
-        f"got {', '.join(bad)}"
+        f"got {' and '.join(bad)}"
     )
 
 

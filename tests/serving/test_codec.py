@@ -114,6 +114,11 @@ def _first_feature(features: pd.DataFrame) -> str:
         ),
         (lambda f: _bad_instance(f, lambda r: r.update(timestamp="yesterday")), "ISO 8601"),
         (lambda f: _bad_instance(f, lambda r: r.update(timestamp=None)), "got NoneType"),
+        # Outside int64 nanoseconds (1677-2262): a 400 that says so, not a crash (500).
+        (lambda f: _bad_instance(f, lambda r: r.update(timestamp="9999-01-01T00:00:00Z")), "ISO 8601"),
+        (lambda f: _bad_instance(f, lambda r: r.update(timestamp="0001-01-01T00:00:00")), "ISO 8601"),
+        (lambda f: _bad_instance(f, lambda r: r.update(timestamp=9.3e9)), "years 1677-2262"),
+        (lambda f: _bad_instance(f, lambda r: r.update(timestamp=1_767_225_600_123)), "milliseconds"),
         (lambda f: _bad_instance(f, lambda r: r.update(pod=7)), "'pod' must be a string"),
         (lambda f: {**_bad_instance(f, lambda r: None), "parameters": {"top_k": -1}}, "'top_k'"),
         (
@@ -126,6 +131,13 @@ def _first_feature(features: pd.DataFrame) -> str:
 def test_bad_v1_requests_say_what_was_expected(decoder, features, make_body, message):
     with pytest.raises(RequestError, match=re.escape(message)):
         decoder.v1(make_body(features))
+
+
+def test_timestamps_of_mixed_types_name_the_mix(decoder, features):
+    rows = instances(features.iloc[[5, 6]])
+    rows[1]["timestamp"] = pd.Timestamp(rows[1]["timestamp"]).timestamp()
+    with pytest.raises(RequestError, match=re.escape("(all rows alike), got float and str")):
+        decoder.v1({"instances": rows})
 
 
 def test_describe_mismatch_names_misordering():
