@@ -202,22 +202,45 @@ class Registration:
 
 def find_version(name: str, tag: str, value: str, tracking_uri: str | None = None) -> str | None:
     """Return the version of ``name`` whose tag ``tag`` equals ``value``, if any (newest first)."""
+    from mlflow.exceptions import MlflowException
+
     client = mlflow_client(tracking_uri)
     try:
         versions = client.search_model_versions(f"name = '{name}' and tags.`{tag}` = '{value}'")
-    except Exception:  # noqa: BLE001 - a model that does not exist yet has no versions
-        return None
+    except MlflowException as exc:
+        if _not_found(exc):  # a model that does not exist yet has no versions
+            return None
+        raise
     return str(max(int(v.version) for v in versions)) if versions else None
 
 
+def _not_found(exc: Exception) -> bool:
+    """Whether an MLflow error says the model or alias does not exist (and nothing else).
+
+    Anything else (the tracking server down, a time-out, refused credentials) must not read as
+    "no champion yet": the gate would then promote a challenger without comparing it.
+    """
+    code = getattr(exc, "error_code", "")
+    if code == "RESOURCE_DOES_NOT_EXIST":
+        return True
+    # A missing alias: INVALID_PARAMETER_VALUE "Registered model alias champion not found."
+    return code == "INVALID_PARAMETER_VALUE" and "alias" in str(exc) and "not found" in str(exc)
+
+
 def alias_version(name: str, alias: str, tracking_uri: str | None = None) -> str | None:
-    """The version ``alias`` points at, or ``None``."""
+    """The version ``alias`` points at, or ``None`` when the model or the alias does not exist.
+
+    Raises:
+        MlflowException: Any other registry error (unreachable server, refused credentials...).
+    """
     from mlflow.exceptions import MlflowException
 
     try:
         return str(mlflow_client(tracking_uri).get_model_version_by_alias(name, alias).version)
-    except MlflowException:
-        return None
+    except MlflowException as exc:
+        if _not_found(exc):
+            return None
+        raise
 
 
 def _transform_version(client: Any, name: str, version: str) -> str | None:

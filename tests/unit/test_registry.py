@@ -114,6 +114,24 @@ def test_registry_flow(trained, tmp_path, monkeypatch):
         _publish(trained, uri, margin=-1.0)
     assert alias_version(client, "champion") == "3"
 
+    monkeypatch.undo()  # evaluation works again
+
+    # a registry that fails while the champion is looked up is not "no champion yet": the
+    # challenger is not promoted unexamined, and the champion stays
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    def unavailable(*_a, **_k):
+        raise MlflowException("upstream connect error", error_code="TEMPORARILY_UNAVAILABLE")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(MlflowClient, "get_model_version_by_alias", unavailable)
+        with pytest.raises(MlflowException, match="upstream connect error"):
+            _publish(trained, uri, margin=-1.0)
+    assert alias_version(client, "champion") == "3"
+    assert registry.alias_version("gate-model", "nope", uri) is None  # a missing alias is None
+    assert registry.alias_version("no-such-model", "champion", uri) is None
+
     # the champion loads by alias and predicts with its own threshold
     folder, test, _ = trained
     model = mlflow.pyfunc.load_model("models:/gate-model@champion")
