@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
 from serving.errors import ModelLoadError
+from serving.manifests import MODEL_VERSION_ENV
 from serving.server import DEFAULT_HOST, DEFAULT_NAME, serve
 from serving.service import DEFAULT_MAX_BATCH
 
@@ -28,7 +30,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default=DEFAULT_HOST, help="address to bind (0.0.0.0 in a container)")
     parser.add_argument("--tracking-uri", default=None, help="MLflow tracking/registry URI for models:/ URIs")
     parser.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, help="most rows per request")
-    parser.add_argument("--model-version", default=None, help="model_version metric label (default: derived)")
+    parser.add_argument(
+        "--model-version",
+        default=os.environ.get(MODEL_VERSION_ENV) or None,
+        help=f"model_version metric label (default: ${MODEL_VERSION_ENV}, else derived from the model)",
+    )
     parser.add_argument(
         "--feature-repo", default=None, help="Feast repository whose online store answers 'entities' requests"
     )

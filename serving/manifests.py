@@ -22,6 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+#: Environment variable that gives the predictor its ``model_version`` metric label (the
+#: registry version). A server that loads a folder (``/mnt/models``) otherwise labels its
+#: metrics with a content hash, which the canary analysis cannot tell apart by version.
+MODEL_VERSION_ENV = "AIOPS_MODEL_VERSION"
+
 RUNTIME_NAME = "aiops-detector-runtime"
 MODEL_FORMAT = "aiops-detector"
 DEPLOYMENT_MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
@@ -57,7 +62,9 @@ class ServiceSpec:
         namespace: Data science project.
         storage_uri: Where the model lives (``s3://...`` or ``pvc://...``), the MLflow model folder.
         mode: ``Serverless`` or ``RawDeployment``.
-        model_version: Registry version, recorded as a label (and the metrics' ``model_version``).
+        model_version: Registry version: the ``aiops/model-version`` label, and the predictor's
+            ``model_version`` metric label (through ``AIOPS_MODEL_VERSION``), by which the canary
+            analysis tells the arms apart.
         resources: Predictor resources.
         min_replicas: Minimum replicas (1 keeps a warm predictor: no scale-to-zero latency).
         max_replicas: Maximum replicas.
@@ -140,7 +147,7 @@ def inference_service(spec: ServiceSpec, canary_traffic_percent: int | None = No
         V1beta1PredictorSpec,
         constants,
     )
-    from kubernetes.client import V1ObjectMeta
+    from kubernetes.client import V1EnvVar, V1ObjectMeta
 
     if canary_traffic_percent is not None:
         if spec.mode != "Serverless":
@@ -162,6 +169,7 @@ def inference_service(spec: ServiceSpec, canary_traffic_percent: int | None = No
             protocol_version="v2",
             resources=spec.resources.as_k8s(),
             readiness_probe=_probe("/v2/health/ready"),
+            env=[V1EnvVar(name=MODEL_VERSION_ENV, value=spec.model_version)] if spec.model_version else None,
         ),
     )
     labels = {"app.kubernetes.io/part-of": "aiops-selfheal", **spec.labels}

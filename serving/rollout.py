@@ -32,7 +32,7 @@ import sys
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,6 +85,17 @@ def arm_stats(prometheus: str, selector: str, window: str | None = None) -> ArmS
         sel = ",".join(s for s in (selector, extra) if s)
         series = f"{metric}{{{sel}}}"
         return f"sum(increase({series}[{window}]))" if window else f"sum({series})"
+
+    info = "aiops_serving_model_info{" + selector + "}"
+    if not _query(prometheus, f"count(max_over_time({info}[{window}]))" if window else f"count({info})"):
+        # Without this, a selector that matches nothing reads as an arm that served 0 requests,
+        # and every rollout would end "inconclusive" with the cause hidden.
+        raise RuntimeError(
+            f"Prometheus at {prometheus} has no predictor series matching {{{selector}}}"
+            f"{f' in the last {window}' if window else ''}: is the arm scraped (the "
+            "InferenceService's prometheus.io annotations), and does its server export that label "
+            "(the manifests pass the registry version as AIOPS_MODEL_VERSION)?"
+        )
 
     def buckets(metric: str) -> dict[float, float]:
         if window is None:
@@ -376,6 +387,17 @@ class KServeCanary:
     prometheus: str
     window: str = "15m"
     client: Any = None
+    #: Creates or replaces an OpenShift Route (RawDeployment mode); the Kubernetes API by default.
+    apply_route: Callable[[dict], None] | None = None
+
+    def _route(self, canary_name: str, canary_percent: int) -> None:
+        from serving.manifests import canary_route
+
+        route = canary_route(
+            self.stable.name, self.stable.namespace, f"{self.stable.name}-predictor",
+            f"{canary_name}-predictor", canary_percent,
+        )  # fmt: skip
+        (self.apply_route or _apply_route)(route)
 
     def _client(self) -> Any:
         if self.client is None:
@@ -403,7 +425,7 @@ class KServeCanary:
         else:
             isvc, route = raw_canary(self.stable, canary, self.canary_percent)
             client.create(isvc, namespace=canary.namespace)
-            _apply_route(route)
+            (self.apply_route or _apply_route)(route)
             log.info("route %s: %s", route["metadata"]["name"], to_dict(route)["spec"])
         client.wait_isvc_ready(canary.name, namespace=canary.namespace, timeout_seconds=timeout_s)
 
@@ -414,22 +436,29 @@ class KServeCanary:
             arm_stats(self.prometheus, f'model_version="{canary_version}"', self.window),
         )
 
-    def promote(self, storage_uri: str, version: str) -> None:
-        """Give the canary all traffic."""
-        from serving.manifests import canary_route, inference_service
+    def promote(self, storage_uri: str, version: str, timeout_s: int = 600) -> None:
+        """Give the new version all traffic, and leave the cluster ready for the next rollout.
+
+        RawDeployment: all traffic to the canary first; then the stable InferenceService is
+        updated to the new model and, once ready, takes all traffic back, and the canary is
+        deleted. The next rollout then finds ``{name}`` serving the champion and no canary.
+        """
+        from dataclasses import replace
+
+        from serving.manifests import inference_service
 
         client = self._client()
+        promoted = self._canary_spec(storage_uri, version)
         if self.stable.mode == "Serverless":
-            promoted = self._canary_spec(storage_uri, version)
             client.patch(promoted.name, inference_service(promoted, 100), namespace=promoted.namespace)
-        else:
-            canary = self._canary_spec(storage_uri, version)
-            _apply_route(
-                canary_route(
-                    self.stable.name, self.stable.namespace, f"{self.stable.name}-predictor",
-                    f"{canary.name}-predictor", 100,
-                )
-            )  # fmt: skip
+            return
+        self._route(promoted.name, 100)
+        stable = replace(self.stable, storage_uri=storage_uri, model_version=version)
+        client.patch(stable.name, inference_service(stable), namespace=stable.namespace)
+        client.wait_isvc_ready(stable.name, namespace=stable.namespace, timeout_seconds=timeout_s)
+        self._route(promoted.name, 0)
+        client.delete(promoted.name, namespace=promoted.namespace)
+        self.stable = stable
 
     def rollback(self, storage_uri: str, version: str) -> None:
         """Send all traffic back to the stable arm and remove the canary."""
@@ -440,6 +469,7 @@ class KServeCanary:
             client.patch(self.stable.name, inference_service(self.stable, 0), namespace=self.stable.namespace)
         else:
             canary = self._canary_spec(storage_uri, version)
+            self._route(canary.name, 0)  # before the canary's Service disappears behind the Route
             client.delete(canary.name, namespace=canary.namespace)
 
 

@@ -56,6 +56,34 @@ def test_inference_service_validates(schema, mode):
     assert model["resources"]["limits"] == {"cpu": "2", "memory": "2Gi"}
     assert model["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert isvc["metadata"]["labels"]["aiops/model-version"] == "7"
+    # The predictor labels its metrics with the registry version, which the cluster canary selects on.
+    assert model["env"] == [{"name": "AIOPS_MODEL_VERSION", "value": "7"}]
+
+
+def test_the_predictor_takes_its_version_label_from_the_environment(monkeypatch):
+    from serving.__main__ import parse_args
+
+    assert parse_args(["--model", "/mnt/models", "--port", "8080"]).model_version is None
+    monkeypatch.setenv("AIOPS_MODEL_VERSION", "7")
+    assert parse_args(["--model", "/mnt/models", "--port", "8080"]).model_version == "7"
+    assert parse_args(["--model", "m", "--port", "1", "--model-version", "8"]).model_version == "8"
+
+
+def test_arm_stats_refuse_a_selector_that_matches_no_predictor(tmp_path):
+    """An arm Prometheus has no series for is an error, not an arm that served 0 requests."""
+    from aiops.localprom import serve
+    from serving.rollout import arm_stats
+    from tests.conftest import need_binary
+
+    need_binary("prometheus", "prometheus")
+    (tmp_path / "data").mkdir()
+    with (
+        serve(tmp_path / "data", tmp_path) as url,
+        pytest.raises(
+            RuntimeError, match=r'no predictor series matching \{model_version="6"\} in the last 15m'
+        ),
+    ):
+        arm_stats(url, 'model_version="6"', "15m")
 
 
 def test_serverless_canary_sets_the_traffic_share(schema):
@@ -96,3 +124,55 @@ def test_serving_runtime_and_yaml():
         yaml.safe_load_all(to_yaml([serving_runtime("img"), inference_service(spec(resources=Resources()))]))
     )
     assert [d["kind"] for d in docs] == ["ServingRuntime", "InferenceService"]
+
+
+class _RecordingKServe:
+    """Records what the rollout asks of ``KServeClient`` (no cluster can run here): the calls'
+    order and the InferenceServices they send, each validated against KServe's CRD."""
+
+    def __init__(self, schema):
+        self.schema, self.calls = schema, []
+
+    def create(self, isvc, namespace):
+        validate_isvc(to_dict(isvc), self.schema)
+        self.calls.append(("create", isvc.metadata.name, isvc.spec.predictor.model.storage_uri))
+
+    def patch(self, name, isvc, namespace):
+        validate_isvc(to_dict(isvc), self.schema)
+        self.calls.append(("patch", name, isvc.spec.predictor.model.storage_uri))
+
+    def wait_isvc_ready(self, name, namespace, timeout_seconds):
+        self.calls.append(("ready", name))
+
+    def delete(self, name, namespace):
+        self.calls.append(("delete", name))
+
+
+@pytest.mark.parametrize("outcome", ["promote", "rollback"])
+def test_raw_deployment_rollout_leaves_one_service_and_all_traffic_on_it(schema, outcome):
+    """After either outcome the next rollout finds ``{name}`` serving the champion and no canary."""
+    from serving.rollout import KServeCanary
+
+    kserve = _RecordingKServe(schema)
+    routes = []
+    stable = spec("RawDeployment")
+    canary = KServeCanary(stable, 20, "http://prometheus", client=kserve, apply_route=routes.append)
+    new_uri = "s3://mlflow/1/models/m-new/artifacts"
+    canary.deploy(new_uri, "8")
+    assert kserve.calls == [
+        ("create", "anomaly-detector-canary", new_uri),
+        ("ready", "anomaly-detector-canary"),
+    ]
+    assert routes[-1]["spec"]["alternateBackends"][0]["weight"] == 20
+    kserve.calls.clear()
+    getattr(canary, outcome)(new_uri, "8")
+    served = new_uri if outcome == "promote" else stable.storage_uri
+    final = routes[-1]["spec"]
+    assert final["to"] == {"kind": "Service", "name": "anomaly-detector-predictor", "weight": 100}
+    assert final["alternateBackends"][0]["weight"] == 0
+    assert kserve.calls[-1] == ("delete", "anomaly-detector-canary")
+    if outcome == "promote":
+        # traffic moves to the canary before the stable service is replaced, and back once it is ready
+        assert routes[-2]["spec"]["to"]["weight"] == 0
+        assert kserve.calls[:2] == [("patch", "anomaly-detector", new_uri), ("ready", "anomaly-detector")]
+    assert canary.stable.storage_uri == served
