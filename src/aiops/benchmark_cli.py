@@ -25,7 +25,8 @@ def _fail(message: str) -> NoReturn:
 def _print_nab(report: dict[str, Any]) -> None:
     typer.echo(f"{'profile':<22} {'score':>8} {'threshold':>10}")
     for name, entry in report["profiles"].items():
-        typer.echo(f"{name:<22} {entry['score']:>8.1f} {entry['threshold']:>10.6g}")
+        score = "n/a" if entry["score"] is None else f"{entry['score']:.1f}"  # None: no labelled window
+        typer.echo(f"{name:<22} {score:>8} {entry['threshold']:>10.6g}")
     for category, by_profile in report.get("categories", {}).items():
         score = by_profile.get("standard")
         shown = "n/a (no windows)" if score is None else f"{score:.1f}"

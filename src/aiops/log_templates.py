@@ -57,6 +57,9 @@ _LEVEL_NAMES: dict[str, str] = {
 # bunyan/pino numeric levels.
 _NUMERIC_LEVELS = ((60, "FATAL"), (50, "ERROR"), (40, "WARN"), (30, "INFO"), (0, "DEBUG"))
 _JSON_LEVEL_KEYS = ("level", "lvl", "severity", "log.level", "levelname", "loglevel", "@l", "status")
+# Only these keys may hold a number (bunyan/pino): a numeric "status" is an HTTP code, and a
+# numeric syslog "severity" counts the other way round.
+_JSON_NUMERIC_LEVEL_KEYS = frozenset({"level", "lvl"})
 _KLOG = re.compile(r"^([IWEF])\d{4} \d{2}:\d{2}:\d{2}\.\d+\s")
 _KLOG_LEVELS = {"I": "INFO", "W": "WARN", "E": "ERROR", "F": "FATAL"}
 _LOGFMT = re.compile(r"(?:^|\s)(?:level|lvl|severity)=\"?([A-Za-z]+)", re.IGNORECASE)
@@ -100,7 +103,10 @@ def _json_level(line: str) -> str | None:
     if not isinstance(record, dict):
         return None
     for key in _JSON_LEVEL_KEYS:
-        level = _normalise_level(record.get(key))
+        value = record.get(key)
+        if isinstance(value, int | float) and key not in _JSON_NUMERIC_LEVEL_KEYS:
+            continue
+        level = _normalise_level(value)
         if level is not None:
             return level
     nested = record.get("log")

@@ -212,6 +212,10 @@ def test_classify_lines(message: str, level: str, expected: set[str]) -> None:
         ('{"level": 30, "msg": "pino info"}', "INFO"),
         ('{"level": 60, "msg": "pino fatal"}', "FATAL"),
         ('{"log": {"level": "debug"}, "message": "ecs"}', "DEBUG"),
+        ('{"status": "error", "message": "datadog style"}', "ERROR"),
+        ('{"status": 200, "method": "GET", "path": "/api/cart"}', "INFO"),  # an HTTP code, not a level
+        ('{"status": 404, "path": "/x"}', "INFO"),
+        ('{"severity": 3, "msg": "syslog numbers count down"}', "INFO"),
         ("E0105 10:00:00.000000       1 controller.go:42] sync failed", "ERROR"),
         ("I0105 10:00:00.000000       1 main.go:1] started", "INFO"),
         ('ts=2026-01-05T10:00:00Z caller=main.go:1 level=warn msg="slow"', "WARN"),

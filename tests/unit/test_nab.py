@@ -542,3 +542,23 @@ def test_cli_benchmark_nab_broken_folder(tmp_path: Path) -> None:
         app, ["benchmark", "nab", "--data", str(tmp_path), "--output", str(tmp_path / "o.json")]
     )
     assert result.exit_code == 2 and "a NAB folder holds data/<category>/<name>.csv" in result.output
+
+
+def test_cli_benchmark_nab_on_a_folder_without_windows(tmp_path: Path) -> None:
+    """Like NAB's artificialNoAnomaly alone: no score is defined (perfect = null), the rest is."""
+    from typer.testing import CliRunner
+
+    from aiops.cli import app
+
+    folder = tmp_path / "nab"
+    (folder / "data" / "quiet").mkdir(parents=True)
+    stamps = pd.date_range("2015-01-01", periods=300, freq="5min").strftime("%Y-%m-%d %H:%M:%S")
+    values = np.random.default_rng(0).normal(size=300)
+    pd.DataFrame({"timestamp": stamps, "value": values}).to_csv(folder / "data/quiet/flat.csv", index=False)
+    (folder / "combined_windows.json").write_text(json.dumps({"quiet/flat.csv": []}))
+    out = tmp_path / "o.json"
+    result = CliRunner().invoke(app, ["benchmark", "nab", "--data", str(folder), "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["profiles"]["standard"]["score"] is None and "n/a" in result.output
+    assert len(report["files"]) == 1
