@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,9 +117,19 @@ def day_folders(data_dir: str | Path) -> list[Path]:
     return days
 
 
+_GO_TIME = re.compile(
+    r"^\s*(\S+[ T]\S+?)(?:\s*([+-]\d{2}:?\d{2}))?(?:\s+[A-Za-z]{2,5})?(?:\s+m=[+-][\d.]+)?\s*$"
+)
+
+
 def _parse_time(values: pd.Series) -> pd.Series:
-    """Parse Nezha's Go-style ``2022-08-22 03:51:19.607158889 +0000 UTC m=+0.11`` strings as UTC."""
-    text = values.astype(str).str.split(" +", n=1, regex=False).str[0]
+    """Parse Nezha's Go-style ``2022-08-22 03:51:19.607158889 +0000 UTC m=+0.11`` strings to UTC.
+
+    The numeric offset counts (``+0800 CST`` is eight hours ahead of UTC); the zone name and
+    Go's monotonic clock reading (``m=+...``) are dropped. Without an offset the time is UTC.
+    """
+    parts = values.astype(str).str.extract(_GO_TIME)
+    text = parts[0] + parts[1].fillna("+00:00")
     parsed = pd.to_datetime(text, utc=True, errors="coerce", format="ISO8601")
     if parsed.isna().any():
         bad = values[parsed.isna()].iloc[0]

@@ -117,3 +117,27 @@ def test_real_nezha_day_loads_with_every_fault_inside_its_pod():
     ad = tel.metrics[tel.metrics["pod"].str.startswith("adservice")]
     assert ad["timestamp"].min() == pd.Timestamp("2022-08-22T03:51:00Z")
     assert row_labels(tel.metrics, tel.labels).sum() >= 3 * len(tel.labels) - 3
+
+
+def test_go_time_strings_keep_their_offset():
+    """Nezha's ``Time`` column is Go's time.String(): a numeric offset, a zone name, a clock reading."""
+    import pandas as pd
+
+    from aiops.nezha import _parse_time
+
+    got = _parse_time(
+        pd.Series(
+            [
+                "2022-08-22 03:51:19.607158889 +0000 UTC m=+0.113",
+                "2022-08-22 11:51:19.5 +0800 CST m=+0.1",  # eight hours ahead of UTC
+                "2022-08-22 03:51:19.5 -0700 MST",
+                "2022-08-22 03:51:19",  # no offset: UTC
+            ]
+        )
+    )
+    assert got.tolist() == [
+        pd.Timestamp("2022-08-22 03:51:19.607158889", tz="UTC"),
+        pd.Timestamp("2022-08-22 03:51:19.5", tz="UTC"),
+        pd.Timestamp("2022-08-22 10:51:19.5", tz="UTC"),
+        pd.Timestamp("2022-08-22 03:51:19", tz="UTC"),
+    ]
