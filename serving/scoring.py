@@ -191,7 +191,8 @@ class EnsembleScorer:
         surprises = {name: surprise(self.reference[name], raw) + 0.0 for name, raw in raws.items()}
         # The ensemble's own rule, from the surprises computed here.
         detector: EnsembleDetector = self.bundle.detector
-        return np.asarray(detector.combine_surprises(surprises, self.alarm_levels), dtype=float), surprises
+        combined = detector.combine_surprises(surprises, self.alarm_levels, raws=raws)
+        return np.asarray(combined, dtype=float), surprises
 
 
 def _top_features(credit: np.ndarray | None, top_k: int, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -13,6 +13,7 @@ functions (its import takes seconds).
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+log = logging.getLogger(__name__)
 
 #: Rows per side kept for the report; larger windows are sampled (seeded) to bound its cost.
 MAX_ROWS = 20000
@@ -165,7 +168,7 @@ def check_against_champion(
     import mlflow
 
     from aiops.model import DetectorBundle
-    from aiops.publish import REFERENCE_ARTIFACT
+    from aiops.publish import REFERENCE_ARTIFACT, REFERENCE_SCORE
     from aiops.pyfunc import bundle_dir
     from aiops.registry import alias_version, configure, mlflow_client
 
@@ -187,11 +190,22 @@ def check_against_champion(
     latest = features["timestamp"].max()
     current = features[features["timestamp"] > latest - pd.Timedelta(window)].reset_index(drop=True)
     with np.errstate(all="ignore"):
+        if REFERENCE_SCORE in reference.columns:  # scored in context when the model was registered
+            reference_scores = reference.pop(REFERENCE_SCORE).to_numpy(dtype=float)
+        else:
+            log.warning(
+                "%s v%s's reference sample was stored without its scores (registered before they were "
+                "kept): scoring the sample now, out of its time context, so the prediction-drift "
+                "figures are approximate for sequence members",
+                model_name,
+                version,
+            )
+            reference_scores = bundle.score(reference)
         result = drift_report(
             reference,
             current,
             bundle.contract.signals,
-            reference_scores=bundle.score(reference),
+            reference_scores=reference_scores,
             current_scores=bundle.score(current),
             threshold=bundle.threshold,
         )

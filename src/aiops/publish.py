@@ -202,7 +202,7 @@ def publish_detector(
             mlflow.log_metrics({f"train_{k}": v for k, v in measured.items()})
             mlflow.log_text(bundle.contract.to_json(), "feature_contract.json")
             if reference is not None:
-                _log_reference(reference)
+                _log_reference(reference, bundle)
             info = registry.log_detector(
                 bundle_dir, test.dropna().head(20) if test.dropna().size else test.head(20)
             )
@@ -254,15 +254,25 @@ def publish_detector(
 
 REFERENCE_ARTIFACT = "reference_sample.parquet"
 REFERENCE_ROWS = 5000
+#: Column of the reference sample holding the model's own score of each row, computed in context.
+REFERENCE_SCORE = "__anomaly_score"
 
 
-def _log_reference(reference: pd.DataFrame, rows: int = REFERENCE_ROWS) -> None:
-    """Store a seeded sample of the training rows with the model: the drift baseline."""
+def _log_reference(reference: pd.DataFrame, bundle: DetectorBundle, rows: int = REFERENCE_ROWS) -> None:
+    """Store a seeded sample of the training rows with the model: the drift baseline.
+
+    Each row carries the model's score of it (:data:`REFERENCE_SCORE`), computed over the whole
+    training period in time order: the sequence members (the LSTM's windows, the forecaster's
+    running level) need each pod's preceding rows, which a random sample no longer holds, so
+    scoring the sample later would give scores the served model never produces.
+    """
     import tempfile
 
     import mlflow
 
-    sample = reference.sample(rows, random_state=0) if len(reference) > rows else reference
+    with np.errstate(all="ignore"):
+        scored = reference.assign(**{REFERENCE_SCORE: np.asarray(bundle.score(reference), dtype=float)})
+    sample = scored.sample(rows, random_state=0) if len(scored) > rows else scored
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / REFERENCE_ARTIFACT
         sample.sort_values("timestamp").to_parquet(path, index=False)

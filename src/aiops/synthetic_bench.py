@@ -127,7 +127,7 @@ def _headroom(
     best: tuple[float, dict[str, float], str] = (-1.0, {}, "")
     for _, rule, weights in weight_candidates(list(ensemble.members), list(COMBINE_RULES)):
         probe.combine, probe.weights = rule, weights
-        f1 = scorer.best_threshold(probe.combine_surprises(surprises))[0]
+        f1 = scorer.best_threshold(probe.combine_surprises(surprises, raws=test_scores))[0]
         if f1 > best[0]:
             best = (f1, dict(weights), rule)
     out["ensemble_at_test_optimal_weights"] = {
@@ -177,7 +177,9 @@ def run_synthetic_benchmark(settings: SyntheticBenchmark = SyntheticBenchmark())
     t = time.perf_counter()
     test_scores = {name: b.score(test) for name, b in bundles.items()}
     detector = ensemble.detector
-    test_scores["ensemble"] = detector.combine_surprises(detector.member_surprise(test, test_scores))
+    test_scores["ensemble"] = detector.combine_surprises(
+        detector.member_surprise(test, test_scores), raws=test_scores
+    )
     seconds["score_test"] = round(time.perf_counter() - t, 2)
     # Members are judged at the thresholds the ensemble deploys for their own alarms.
     thresholds = {**detector.member_thresholds, "ensemble": ensemble.threshold}

@@ -387,7 +387,7 @@ def train_ensemble(
         assert events is not None  # select_weights requires the event_f1 policy (checked above)
         windows = len(events.window_rows)
         if windows >= MIN_SELECTION_WINDOWS:
-            extra.update(_select_weights(ensemble, surprises, events))
+            extra.update(_select_weights(ensemble, surprises, events, raw))
         else:
             log.warning(
                 "ensemble weights not selected: %d labelled validation windows, fewer than %d; "
@@ -402,7 +402,7 @@ def train_ensemble(
     # probability), shown next to its threshold in the member's tracking run.
     for name, level in (levels or {}).items():
         extra[f"{name}.member_alarm_surprise"] = level
-    scores = ensemble.combine_surprises(surprises, levels)
+    scores = ensemble.combine_surprises(surprises, levels, raws=raw)
     threshold, basis = choose_threshold(
         scores, validation, labels, threshold_policy, alarm_quantile, events, _floor(ensemble.combine)
     )
@@ -451,6 +451,7 @@ def _select_weights(
     ensemble: EnsembleDetector,
     surprises: Mapping[str, np.ndarray],
     events: EventF1Scorer,
+    raws: Mapping[str, np.ndarray],
 ) -> dict[str, Any]:
     """Set the ensemble's combine rule and weights by validation event F1 (in place).
 
@@ -467,7 +468,7 @@ def _select_weights(
     best: tuple[float, str, dict[str, float]] | None = None
     for _, rule, weights in sorted(candidates, key=lambda candidate: candidate[0]):
         ensemble.combine, ensemble.weights = rule, weights
-        f1, _ = events.best_threshold(ensemble.combine_surprises(surprises), _floor(rule))
+        f1, _ = events.best_threshold(ensemble.combine_surprises(surprises, raws=raws), _floor(rule))
         if best is None or f1 > best[0] + tolerance:
             best = (f1, rule, weights)
     assert best is not None

@@ -14,6 +14,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from aiops.drift import DRIFT_EXPERIMENT, DriftDecision, check_against_champion, log_drift_check
@@ -23,7 +25,7 @@ from pipelines.runner import run_local
 FAST = {"seed": 5, "n_anomalies": 10, "lstm_epochs": 1, "model_name": "loop"}
 
 
-def _first_champion(uri: str) -> None:
+def _first_champion(uri: str) -> tuple:
     """Two simulated days (seed 5), trained and registered as the pipeline would (``FAST`` settings)."""
     from aiops.detectors.forecast import ForecastConfig
     from aiops.detectors.isolation_forest import IsolationForestConfig
@@ -58,6 +60,7 @@ def _first_champion(uri: str) -> None:
             ),
             reference=parts.train,
         )
+    return parts.train, ensemble
 
 
 WINDOW = {"start": "2026-01-07T00:00:00Z", "duration": "2D"}  # the two days after the champion's
@@ -79,8 +82,20 @@ def _quiet_check(uri: str) -> DriftDecision:
 def test_drift_triggers_retraining_and_no_drift_does_not(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     root = tmp_path / "kfp"
-    _first_champion(uri)
+    train, champion = _first_champion(uri)
     assert alias_version("loop", "champion", uri) == "1"
+    # The drift baseline keeps the champion's scores of its training rows, computed in time order
+    # (a random sample of rows, scored later, would break the LSTM's windows).
+    from aiops.publish import REFERENCE_ARTIFACT, REFERENCE_SCORE
+    from aiops.schema import KEY_COLUMNS
+
+    client = mlflow_client(uri)
+    model_run = client.get_run(client.get_model_version("loop", "1").run_id)
+    stored = pd.read_parquet(client.download_artifacts(model_run.info.run_id, REFERENCE_ARTIFACT))
+    in_context = train.assign(expected=champion.score(train))[[*KEY_COLUMNS, "expected"]]
+    matched = stored.merge(in_context, on=list(KEY_COLUMNS))
+    assert len(matched) == len(stored) > 0
+    np.testing.assert_allclose(matched[REFERENCE_SCORE], matched["expected"], rtol=1e-9)
 
     quiet = _quiet_check(uri)
     assert quiet.retrain is False, quiet.reason

@@ -429,10 +429,16 @@ def test_ensemble_any_alarms_when_an_included_member_passes_its_own_threshold():
     member_alarm = (new["a"] >= 2.0) | (new["b"] >= 4.0)
     assert member_alarm.any() and not member_alarm.all()
     assert (score[member_alarm.to_numpy()] >= 1.0).all()  # a member alarm is an ensemble alarm at 1
-    # below 1 only where no included member reaches its threshold's surprise; c never counts
+    # ... and only a member alarm: a score just under a member's threshold shares the threshold's
+    # surprise (the surprise is a step function of the score), and must still stay under 1
+    assert (score[~member_alarm.to_numpy()] < 1.0).all()
     levels = ens.alarm_levels()
     parts = ens.member_surprise(new)
-    np.testing.assert_allclose(score, np.maximum(parts["a"] / levels["a"], parts["b"] / levels["b"]))
+    below = {"a": new["a"].to_numpy() < 2.0, "b": new["b"].to_numpy() < 4.0}
+    ratios = {name: parts[name] / levels[name] for name in below}
+    assert any((ratios[n][below[n]] >= 1.0).any() for n in below), "no score fell between reference points"
+    capped = {n: np.where(below[n], np.minimum(r, np.nextafter(1.0, 0.0)), r) for n, r in ratios.items()}
+    np.testing.assert_allclose(score, np.maximum(capped["a"], capped["b"]))  # c never counts
     with pytest.raises(ValueError, match="needs member thresholds"):
         EnsembleDetector(members, combine="any").calibrate(frame).score(frame)
 

@@ -33,6 +33,8 @@ _MIN_ALARM_SURPRISE = 1e-6
 
 
 _FLOAT_MAX = float(np.finfo(np.float64).max)
+#: The largest ratio a member below its own threshold can have under ``combine="any"``.
+_BELOW_ONE = float(np.nextafter(1.0, 0.0))
 
 
 def nan_to_num(values: np.ndarray, nan: float = 0.0) -> np.ndarray:
@@ -122,29 +124,49 @@ class EnsembleDetector:
 
     def score(self, frame: pd.DataFrame) -> np.ndarray:
         """Combined weighted surprise of the members (see the module docstring)."""
-        return self.combine_surprises(self.member_surprise(frame))
+        raws = {name: detector.score(frame) for name, detector in self.members.items()}
+        return self.combine_surprises(self.member_surprise(frame, raws), raws=raws)
 
     def combine_surprises(
-        self, parts: Mapping[str, np.ndarray], levels: Mapping[str, float] | None = None
+        self,
+        parts: Mapping[str, np.ndarray],
+        levels: Mapping[str, float] | None = None,
+        raws: Mapping[str, np.ndarray] | None = None,
     ) -> np.ndarray:
         """The ensemble score from the members' surprises, by :attr:`combine` and :attr:`weights`.
 
         ``levels``: :meth:`alarm_levels` when the caller holds them already (``any`` only; the
-        predictor computes them once at load instead of once per request).
+        predictor computes them once at load instead of once per request). ``raws``: the
+        members' raw scores behind ``parts``; ``any`` needs them (see :meth:`_below_threshold`).
         """
         total = sum(self.weights.get(name, 0.0) for name in parts)
         if total <= 0:
             raise ValueError("ensemble weights sum to zero")
         if self.combine == "any":
+            if raws is None:
+                raise ValueError("combine='any' needs the members' raw scores (raws=...)")
             # Each included member's surprise in units of the surprise at its own threshold.
             included = [name for name in parts if self.weights.get(name, 0.0) > 0]
             levels = self.alarm_levels() if levels is None else levels
-            return np.stack([parts[name] / levels[name] for name in included]).max(axis=0)
+            return np.stack(
+                [self._below_threshold(name, raws[name], parts[name] / levels[name]) for name in included]
+            ).max(axis=0)
         weighted = np.stack([self.weights.get(name, 0.0) * value for name, value in parts.items()])
         if self.combine == "max":
             # The strongest weighted evidence wins: a fault only one member can see still alarms.
             return weighted.max(axis=0) * len(parts) / total
         return weighted.sum(axis=0) / total
+
+    def _below_threshold(self, name: str, raw: np.ndarray, ratio: np.ndarray) -> np.ndarray:
+        """Keep ``ratio`` under 1 where the member's raw score is under its own threshold.
+
+        The surprise is a step function of the raw score (the empirical tail among the reference
+        scores), so a threshold between two reference scores shares its surprise with every score
+        just below it: without this, such a score would read 1, "this member alarms", and alarm
+        at the ensemble threshold of 1 while the member itself does not.
+        """
+        below = nan_to_num(np.asarray(raw, dtype=np.float64), nan=-np.inf) < self.member_thresholds[name]
+        return np.where(below, np.minimum(ratio, _BELOW_ONE), ratio)
 
     def alarm_levels(self) -> dict[str, float]:
         """Each member's surprise at its own alarm threshold (the unit of ``combine="any"``)."""
