@@ -11,7 +11,7 @@ category. This is the check behind "the defaults sit on plateaus, not on peaks":
 neighbours score far lower was fitted to these files and will not carry over to others.
 It also scores each file with the row that is best on the other files of its category (leave
 one file out): what picking settings on development files would deliver on a new file.
-About 90 seconds for the 28 files of ``../shared/benchmarks/nab`` on 2 cores.
+About 2 minutes for the 28 files of ``../shared/benchmarks/nab`` on 2 cores.
 """
 
 from __future__ import annotations
