@@ -52,6 +52,15 @@ def canary_rollout(
         )
         return False
     if mode == "local":
+        from aiops.localprom import LocalPrometheusError, binaries
+
+        try:
+            binaries()
+        except LocalPrometheusError as exc:
+            raise RuntimeError(
+                f"rollout_mode='local' runs two model servers and a Prometheus inside this step ({exc}); "
+                "on a cluster, pass rollout_mode=cluster with rollout_namespace and rollout_prometheus_url"
+            ) from exc
         table, _ = load_features(features.path)
         traffic = table[table["timestamp"] >= table["timestamp"].quantile(0.8)]
         with tempfile.TemporaryDirectory() as tmp:

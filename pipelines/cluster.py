@@ -4,8 +4,12 @@ The local runner ignores all of these; Data Science Pipelines honours them.
 Names of secrets are the contract with the platform team (see README).
 """
 
+from pathlib import PurePosixPath
+
 from kfp import kubernetes
 from kfp.dsl import PipelineTask
+
+from aiops.ingest import SERVICE_CA_BUNDLE
 
 #: Secret holding MLFLOW_TRACKING_URI (+ optional MLFLOW_TRACKING_TOKEN) for the tracking server.
 MLFLOW_SECRET = "aiops-mlflow"
@@ -15,7 +19,7 @@ S3_SECRET = "aiops-s3"
 PROMETHEUS_SECRET = "aiops-prometheus"
 #: ConfigMap OpenShift injects in every namespace with the service CA (signs thanos-querier's cert).
 SERVICE_CA_CONFIGMAP = "openshift-service-ca.crt"
-SERVICE_CA_DIR = "/etc/pki/aiops-service-ca"
+SERVICE_CA_DIR = str(PurePosixPath(SERVICE_CA_BUNDLE).parent)
 GPU_RESOURCE = "nvidia.com/gpu"
 
 
@@ -45,9 +49,12 @@ def with_mlflow_credentials(task: PipelineTask) -> PipelineTask:
 
 
 def with_prometheus_credentials(task: PipelineTask) -> PipelineTask:
-    """Give the ingest step a bearer token and the cluster's service CA for thanos-querier.
+    """Give a step that reads Prometheus a bearer token and the cluster's service CA.
 
-    Both are optional: a synthetic or recorded-data run needs neither.
+    Both are optional: a synthetic or recorded-data run needs neither. The CA is mounted, not
+    named in the environment: ``aiops.ingest.prometheus_credentials`` uses it when it is there
+    and ``PROMETHEUS_CA_BUNDLE`` is unset, so a local run keeps the user's own setting (the local
+    runner applies a task's environment variables too).
     """
     kubernetes.use_secret_as_env(
         task, secret_name=PROMETHEUS_SECRET, secret_key_to_env={"token": "PROMETHEUS_TOKEN"}, optional=True
@@ -55,7 +62,36 @@ def with_prometheus_credentials(task: PipelineTask) -> PipelineTask:
     kubernetes.use_config_map_as_volume(
         task, config_map_name=SERVICE_CA_CONFIGMAP, mount_path=SERVICE_CA_DIR, optional=True
     )
-    task.set_env_variable("PROMETHEUS_CA_BUNDLE", f"{SERVICE_CA_DIR}/service-ca.crt")
+    return task
+
+
+#: ConfigMap (key AIOPS_FEAST_YAML, e.g. ``feature_store.production.yaml``) and Secret (keys
+#: FEAST_REGISTRY_URL, FEAST_REDIS_CONNECTION) of a production Feast; both optional.
+FEAST_CONFIGMAP = "aiops-feast"
+FEAST_SECRET = "aiops-feast"
+
+
+def with_feast(task: PipelineTask) -> PipelineTask:
+    """Point the feature-store step at the platform's Feast registry and online store, if any.
+
+    Without the ConfigMap the step uses the repository's embedded ``feature_store.yaml`` (a
+    SQLite registry and online store inside the run's artifact).
+    """
+    kubernetes.use_config_map_as_env(
+        task,
+        config_map_name=FEAST_CONFIGMAP,
+        config_map_key_to_env={"AIOPS_FEAST_YAML": "AIOPS_FEAST_YAML"},
+        optional=True,
+    )
+    kubernetes.use_secret_as_env(
+        task,
+        secret_name=FEAST_SECRET,
+        secret_key_to_env={
+            "FEAST_REGISTRY_URL": "FEAST_REGISTRY_URL",
+            "FEAST_REDIS_CONNECTION": "FEAST_REDIS_CONNECTION",
+        },
+        optional=True,
+    )
     return task
 
 

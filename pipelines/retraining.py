@@ -43,6 +43,9 @@ def retraining_pipeline(
     rollout_namespace: str = "",
     rollout_prometheus_url: str = "",
     rollout_min_anomaly_rate_ratio: float = 0.0,
+    rollout_deployment_mode: str = "RawDeployment",
+    rollout_service_name: str = "aiops-anomaly-detector",
+    rollout_analysis_window: str = "15m",
 ) -> bool:
     """Retraining pipeline; returns whether it retrained (the reason is in MLflow and the dashboard)."""
     telemetry, validate, store, started_at = ingest_validate_features(
@@ -103,5 +106,8 @@ def retraining_pipeline(
             rollout_namespace,
             rollout_prometheus_url,
             rollout_min_anomaly_rate_ratio,
+            rollout_deployment_mode,
+            rollout_service_name,
+            rollout_analysis_window,
         )
     return drift.outputs["Output"]

@@ -19,6 +19,7 @@ from components.validate import validate_telemetry
 from pipelines.cluster import (
     on_gpu,
     sized,
+    with_feast,
     with_mlflow_credentials,
     with_prometheus_credentials,
     with_pushgateway,
@@ -176,6 +177,7 @@ def ingest_validate_features(
     validate = validate_telemetry(telemetry=telemetry).set_display_name("validate")
     features = build_features(telemetry=telemetry).after(validate).set_display_name("features")
     store = sync_feature_store(features=features.outputs["features"]).set_display_name("feature store")
+    with_feast(store)
     return telemetry, validate, store, ingest.outputs["Output"]
 
 
@@ -190,6 +192,9 @@ def roll_out(
     namespace: Any,
     prometheus_url: Any,
     min_anomaly_rate_ratio: Any,
+    deployment_mode: Any = "RawDeployment",
+    service_name: Any = "aiops-anomaly-detector",
+    analysis_window: Any = "15m",
 ) -> Any:
     """The canary rollout of a new version when ``deploy`` is set (training and retraining pipelines)."""
     with dsl.If(deploy == True, name="deploy"):  # noqa: E712 - a KFP condition, not Python
@@ -203,9 +208,13 @@ def roll_out(
             namespace=namespace,
             prometheus_url=prometheus_url,
             min_anomaly_rate_ratio=min_anomaly_rate_ratio,
+            deployment_mode=deployment_mode,
+            service_name=service_name,
+            analysis_window=analysis_window,
         ).set_display_name("canary rollout")
         rollout.set_caching_options(False)
         with_mlflow_credentials(rollout)
+        with_prometheus_credentials(rollout)  # the cluster analysis queries thanos-querier
         with_pushgateway(rollout)
     return rollout
 
@@ -250,6 +259,9 @@ def training_pipeline(
     rollout_namespace: str = "",
     rollout_prometheus_url: str = "",
     rollout_min_anomaly_rate_ratio: float = 0.0,
+    rollout_deployment_mode: str = "RawDeployment",
+    rollout_service_name: str = "aiops-anomaly-detector",
+    rollout_analysis_window: str = "15m",
 ) -> str:
     """Training pipeline; returns the registered model version.
 
@@ -301,5 +313,8 @@ def training_pipeline(
         rollout_namespace,
         rollout_prometheus_url,
         rollout_min_anomaly_rate_ratio,
+        rollout_deployment_mode,
+        rollout_service_name,
+        rollout_analysis_window,
     )
     return trained.output

@@ -53,8 +53,17 @@ ARMS = ("stable", "canary")
 
 
 def _query(prometheus: str, expr: str) -> list[dict[str, Any]]:
+    """An instant query, with the bearer token and CA of ``aiops.ingest.prometheus_credentials``."""
+    import ssl
+
+    from aiops.ingest import prometheus_credentials
+
+    token, ca_bundle = prometheus_credentials()
     url = f"{prometheus}/api/v1/query?{urllib.parse.urlencode({'query': expr})}"
-    with urllib.request.urlopen(url, timeout=10) as response:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    context = ssl.create_default_context(cafile=ca_bundle) if url.startswith("https") else None
+    request = urllib.request.Request(url, headers=headers)
+    with urllib.request.urlopen(request, timeout=10, context=context) as response:
         body = json.loads(response.read())
     if body.get("status") != "success":
         raise RuntimeError(f"Prometheus query failed: {expr}: {body}")

@@ -5,6 +5,7 @@ Heavy imports (kfp, mlflow) happen inside the commands so ``aiops --help`` is in
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -29,22 +30,58 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
-def _parse_params(params: list[str]) -> dict[str, Any]:
-    """Parse ``key=value`` pairs; values are kept as strings unless they look like numbers."""
+def _parse_params(params: list[str], pipeline: str) -> dict[str, Any]:
+    """Parse ``key=value`` pairs into the types ``pipeline`` declares for those parameters.
+
+    Booleans take ``true``/``false`` (also ``yes``/``no``, ``1``/``0``), dicts and lists JSON;
+    KFP's API server refuses a parameter of the wrong type, so a mistake stops here, by name.
+    """
+    from kfp.pipeline_spec.pipeline_spec_pb2 import ParameterType
+
+    from pipelines.runner import get_pipeline
+
+    declared = get_pipeline(pipeline).pipeline_spec.root.input_definitions.parameters
     out: dict[str, Any] = {}
     for item in params:
         key, sep, value = item.partition("=")
         if not sep or not key:
             _fail(f"--param expects key=value, got '{item}'")
-        for cast in (int, float):
-            try:
-                out[key] = cast(value)
-                break
-            except ValueError:
-                continue
-        else:
-            out[key] = value
+        if key not in declared:
+            _fail(f"pipeline '{pipeline}' has no parameter '{key}'; it has: {', '.join(sorted(declared))}")
+        kind = ParameterType.ParameterTypeEnum.Name(declared[key].parameter_type)
+        try:
+            out[key] = _cast_param(value, kind)
+        except ValueError as exc:
+            _fail(f"--param {key}: {exc}")
     return out
+
+
+def _cast_param(value: str, kind: str) -> Any:
+    if kind == "BOOLEAN":
+        truth = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+        if value.strip().lower() not in truth:
+            raise ValueError(f"expects true or false, got '{value}'")
+        return truth[value.strip().lower()]
+    if kind == "NUMBER_INTEGER":
+        try:
+            return int(value)
+        except ValueError:
+            raise ValueError(f"expects an integer, got '{value}'") from None
+    if kind == "NUMBER_DOUBLE":
+        try:
+            return float(value)
+        except ValueError:
+            raise ValueError(f"expects a number, got '{value}'") from None
+    if kind in ("STRUCT", "LIST"):
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            parsed = None
+        if not isinstance(parsed, dict if kind == "STRUCT" else list):
+            example = '{"name": 0.1}' if kind == "STRUCT" else "[1, 2]"
+            raise ValueError(f"expects JSON like {example}, got '{value}'")
+        return parsed
+    return value
 
 
 @run_app.command("training")
@@ -144,7 +181,7 @@ def run_training(
                 "image": "local (this virtualenv)",
                 "threshold_policy": threshold_policy,
                 "deploy": deploy,
-                **_parse_params(param or []),
+                **_parse_params(param or [], "training"),
             },
             pipeline_root,
         )
@@ -225,7 +262,7 @@ def run_retraining(
                 "mlflow_tracking_uri": uri,
                 "git_commit": git_commit(Path.cwd()),
                 "image": "local (this virtualenv)",
-                **_parse_params(param or []),
+                **_parse_params(param or [], "retraining"),
             },
             pipeline_root,
         )
@@ -381,7 +418,7 @@ def submit_pipeline(
         get_pipeline(name)
     except ValueError as exc:
         _fail(str(exc))
-    arguments = {"git_commit": git_commit(Path.cwd()), **_parse_params(param or [])}
+    arguments = {"git_commit": git_commit(Path.cwd()), **_parse_params(param or [], name)}
     run_id = submit(name, host, arguments, experiment=experiment, namespace=namespace, ssl_ca_cert=ca_bundle)
     typer.echo(f"submitted {name}: run {run_id} on {host}")
 

@@ -14,6 +14,22 @@ SOURCES = ("synthetic", "nezha", "prometheus")
 _FILE_SOURCES = frozenset({"nezha"})
 PROMETHEUS_TOKEN_ENV = "PROMETHEUS_TOKEN"
 PROMETHEUS_CA_BUNDLE_ENV = "PROMETHEUS_CA_BUNDLE"
+#: Where a cluster run mounts OpenShift's service CA, which signs thanos-querier's certificate
+#: (``pipelines.cluster.with_prometheus_credentials``).
+SERVICE_CA_BUNDLE = "/etc/pki/aiops-service-ca/service-ca.crt"
+
+
+def prometheus_credentials() -> tuple[str | None, str | None]:
+    """The bearer token and CA bundle to reach Prometheus with, from the environment.
+
+    The token is ``PROMETHEUS_TOKEN``. The CA bundle is ``PROMETHEUS_CA_BUNDLE`` when set, else the
+    service CA where a cluster run mounted it, else ``None`` (the system's CAs).
+    """
+    token = os.environ.get(PROMETHEUS_TOKEN_ENV) or None
+    ca_bundle = os.environ.get(PROMETHEUS_CA_BUNDLE_ENV) or None
+    if ca_bundle is None and os.path.isfile(SERVICE_CA_BUNDLE):
+        ca_bundle = SERVICE_CA_BUNDLE
+    return token, ca_bundle
 
 
 @dataclass(frozen=True)
@@ -114,6 +130,7 @@ def prometheus_telemetry(settings: PrometheusRange, n_anomalies: int = 0, seed: 
     from aiops.prometheus import ingest_prometheus
 
     start, end = settings.bounds()
+    token, ca_bundle = prometheus_credentials()
     telemetry = ingest_prometheus(
         settings.url,
         start,
@@ -121,8 +138,8 @@ def prometheus_telemetry(settings: PrometheusRange, n_anomalies: int = 0, seed: 
         step=settings.step,
         catalog=settings.catalog or None,
         cluster=settings.cluster,
-        token=os.environ.get(PROMETHEUS_TOKEN_ENV) or None,
-        ca_bundle=os.environ.get(PROMETHEUS_CA_BUNDLE_ENV) or None,
+        token=token,
+        ca_bundle=ca_bundle,
     )
     return _inject(telemetry, n_anomalies, seed)
 

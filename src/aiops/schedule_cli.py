@@ -68,7 +68,7 @@ def _create(
         kfp_cron(cron)
     except ValueError as exc:
         _fail(str(exc))
-    arguments = {"git_commit": git_commit(Path.cwd()), **_parse_params(param or [])}
+    arguments = {"git_commit": git_commit(Path.cwd()), **_parse_params(param or [], name)}
     run_id = schedule(
         name, host, cron, arguments, job_name=job_name, namespace=namespace, ssl_ca_cert=ca_bundle
     )

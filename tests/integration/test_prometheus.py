@@ -618,3 +618,18 @@ def test_ingest_component_stops_on_unreachable_prometheus(tmp_path: Path) -> Non
     with pytest.raises(PrometheusError, match=url.replace(".", r"\.")):
         ingest_telemetry.python_func(source="prometheus", telemetry=out, prometheus_url=url, duration="1h")
     assert not (tmp_path / "t").exists(), "nothing may be written, least of all synthetic data"
+
+
+def test_the_mounted_service_ca_is_used_unless_the_environment_names_one(tmp_path, monkeypatch):
+    """A cluster run mounts OpenShift's service CA; a local run keeps PROMETHEUS_CA_BUNDLE."""
+    from aiops import ingest
+
+    mounted = tmp_path / "service-ca.crt"
+    monkeypatch.setattr(ingest, "SERVICE_CA_BUNDLE", str(mounted))
+    monkeypatch.delenv("PROMETHEUS_CA_BUNDLE", raising=False)
+    monkeypatch.setenv("PROMETHEUS_TOKEN", TOKEN)
+    assert ingest.prometheus_credentials() == (TOKEN, None)  # nothing mounted: the system's CAs
+    mounted.write_text("-----BEGIN CERTIFICATE-----\n")
+    assert ingest.prometheus_credentials() == (TOKEN, str(mounted))
+    monkeypatch.setenv("PROMETHEUS_CA_BUNDLE", "/home/me/ca.pem")
+    assert ingest.prometheus_credentials() == (TOKEN, "/home/me/ca.pem")

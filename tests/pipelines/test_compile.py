@@ -1,12 +1,21 @@
 """Every pipeline compiles to IR YAML that parses as a KFP PipelineSpec, with its cluster settings."""
 
+import json
+
 import yaml
 from google.protobuf import json_format
 from kfp import compiler, dsl
 from kfp.pipeline_spec import pipeline_spec_pb2
 
 from components.image import PIPELINE_IMAGE
-from pipelines.cluster import GPU_RESOURCE, MLFLOW_SECRET, S3_SECRET, on_gpu
+from pipelines.cluster import (
+    GPU_RESOURCE,
+    MLFLOW_SECRET,
+    PROMETHEUS_SECRET,
+    S3_SECRET,
+    SERVICE_CA_DIR,
+    on_gpu,
+)
 from pipelines.runner import PIPELINES, compile_pipeline
 
 
@@ -57,8 +66,21 @@ def test_training_pipeline_cluster_settings(tmp_path):
     assert lstm["resourceType"] == GPU_RESOURCE
     tolerations = executors["exec-train-lstm-autoencoder"]["tolerations"]
     assert {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"} in tolerations
-    # the ingest step may read a Prometheus token and the service CA, both optional
-    assert executors["exec-ingest-telemetry"]["secretAsEnv"][0]["optional"] is True
+    # the ingest step and the canary rollout may read a Prometheus token and the service CA (both
+    # optional); the CA is mounted, not named in the environment, where it would override the
+    # user's PROMETHEUS_CA_BUNDLE in local runs
+    for step in ("exec-ingest-telemetry", "exec-canary-rollout"):
+        token = [s for s in executors[step]["secretAsEnv"] if s["secretName"] == PROMETHEUS_SECRET]
+        assert token and token[0]["optional"] is True
+        assert executors[step]["configMapAsVolume"][0]["mountPath"] == SERVICE_CA_DIR
+    env = json.dumps(deployment)
+    assert "PROMETHEUS_CA_BUNDLE" not in env
+    # the feature-store step can be pointed at a production Feast (both optional)
+    feast = executors["exec-sync-feature-store"]
+    assert feast["configMapAsEnv"][0]["optional"] is True and feast["secretAsEnv"][0]["optional"] is True
+    # the rollout's cluster settings are pipeline parameters, passed through
+    declared = spec.root.input_definitions.parameters
+    assert {"rollout_deployment_mode", "rollout_service_name", "rollout_analysis_window"} <= set(declared)
     # the register step must not be cached: each run registers a new version
     assert not sub_dag.tasks["register-model"].caching_options.enable_cache
 

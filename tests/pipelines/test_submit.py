@@ -112,6 +112,39 @@ def test_cli_submit_reads_the_token_from_the_environment(kfp_api, monkeypatch):
     assert run["body"]["runtime_config"]["parameters"]["seed"] == 7
 
 
+def test_cli_params_take_the_types_the_pipeline_declares(kfp_api):
+    """KFP's API server refuses 'true' for a boolean: the CLI sends what the pipeline declares."""
+    host, requests = kfp_api
+    params = [
+        "deploy=true",
+        "seed=7",
+        "promotion_margin=0.02",
+        'promotion_guards={"point_f1": 0.05}',
+        "end=1",
+    ]
+    args = ["submit", "training", "--host", host]
+    result = CliRunner().invoke(app, [*args, *(a for p in params for a in ("--param", p))])
+    assert result.exit_code == 0, result.output
+    [run] = [r for r in requests if r["path"].endswith("/runs")]
+    sent = run["body"]["runtime_config"]["parameters"]
+    assert sent["deploy"] is True and sent["seed"] == 7 and sent["promotion_margin"] == 0.02
+    assert sent["promotion_guards"] == {"point_f1": 0.05} and sent["end"] == "1"  # a string parameter
+
+
+@pytest.mark.parametrize(
+    ("param", "message"),
+    [
+        ("deploy=maybe", "--param deploy: expects true or false, got 'maybe'"),
+        ("seed=7.5", "--param seed: expects an integer"),
+        ("promotion_guards=0.1", "--param promotion_guards: expects JSON like"),
+        ("sead=7", "pipeline 'training' has no parameter 'sead'; it has:"),
+    ],
+)
+def test_cli_params_of_the_wrong_type_are_refused_by_name(param, message):
+    result = CliRunner().invoke(app, ["submit", "training", "--host", "http://127.0.0.1:1", "--param", param])
+    assert result.exit_code == 2 and message in result.output
+
+
 def test_cli_rejects_unknown_pipeline():
     result = CliRunner().invoke(app, ["submit", "nope", "--host", "http://127.0.0.1:1"])
     assert result.exit_code == 2 and "unknown pipeline 'nope'" in result.output
