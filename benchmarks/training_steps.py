@@ -58,18 +58,20 @@ def main() -> None:
     for duration, n_anomalies in SIZES.items():
         runs = [measure(duration, n_anomalies) for _ in range(args.repeats)]
         results[duration] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    steps = ["simulate+inject", "features", "train", "score"]
+    rows_per_s = {size: {s: r["rows"] / r[s] for s in steps} for size, r in results.items()}
     payload = {
         "machine": {"python": platform.python_version(), "cpu": platform.processor() or platform.machine()},
         "repeats": args.repeats,
         "median": results,
+        "rows_per_s": rows_per_s,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(payload, indent=2))
 
-    steps = ["simulate+inject", "features", "train", "score"]
     print(f"{'size':>5} {'rows':>8} " + " ".join(f"{s:>16}" for s in steps) + f" {'event F1':>9}")
     for size, r in results.items():
-        cells = " ".join(f"{r[s]:>8.2f}s {r['rows'] / r[s] / 1e3:>5.0f}k/s" for s in steps)
+        cells = " ".join(f"{r[s]:>8.2f}s {rows_per_s[size][s] / 1e3:>5.0f}k/s" for s in steps)
         print(f"{size:>5} {int(r['rows']):>8} {cells} {r['test_event_f1']:>9.3f}")
     print(f"wrote {args.output}")
 
