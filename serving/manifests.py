@@ -194,10 +194,13 @@ def inference_service(spec: ServiceSpec, canary_traffic_percent: int | None = No
 def canary_route(
     name: str, namespace: str, stable_service: str, canary_service: str, canary_percent: int
 ) -> dict:
-    """An OpenShift Route splitting traffic between two predictor Services by weight."""
+    """An OpenShift Route splitting traffic between two predictor Services by weight.
+
+    At 0% the Route names the stable Service alone: the canary's may be about to be deleted.
+    """
     if not 0 <= canary_percent <= 100:
         raise ValueError(f"canary_percent must lie in [0, 100], got {canary_percent}")
-    return {
+    route = {
         "apiVersion": "route.openshift.io/v1",
         "kind": "Route",
         "metadata": {
@@ -212,6 +215,9 @@ def canary_route(
             "tls": {"termination": "edge", "insecureEdgeTerminationPolicy": "Redirect"},
         },
     }
+    if canary_percent == 0:
+        del route["spec"]["alternateBackends"]
+    return route
 
 
 def raw_canary(stable: ServiceSpec, canary: ServiceSpec, canary_percent: int) -> list[Any]:
