@@ -40,7 +40,8 @@ def _parse_params(params: list[str], pipeline: str) -> dict[str, Any]:
 
     from pipelines.runner import get_pipeline
 
-    declared = get_pipeline(pipeline).pipeline_spec.root.input_definitions.parameters
+    compiled: Any = get_pipeline(pipeline)  # a kfp GraphComponent, typed as a plain callable
+    declared = compiled.pipeline_spec.root.input_definitions.parameters
     out: dict[str, Any] = {}
     for item in params:
         key, sep, value = item.partition("=")
