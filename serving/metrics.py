@@ -9,6 +9,7 @@ can be compared side by side. The anomaly rate is a ratio of two counters::
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 
 import numpy as np
@@ -77,15 +78,17 @@ class ServingMetrics:
         )
 
 
-_BY_REGISTRY: dict[int, ServingMetrics] = {}
+#: Keyed by the registry itself, weakly: an ``id()`` is reused once a registry is collected, and
+#: would hand a new registry the families of a dead one.
+_BY_REGISTRY: weakref.WeakKeyDictionary[CollectorRegistry, ServingMetrics] = weakref.WeakKeyDictionary()
 
 
 def serving_metrics(registry: CollectorRegistry | None = None) -> ServingMetrics:
     """The metric families of ``registry`` (the process-wide default one when ``None``), created once."""
     registry = registry if registry is not None else REGISTRY
-    if id(registry) not in _BY_REGISTRY:
-        _BY_REGISTRY[id(registry)] = ServingMetrics(registry)
-    return _BY_REGISTRY[id(registry)]
+    if registry not in _BY_REGISTRY:
+        _BY_REGISTRY[registry] = ServingMetrics(registry)
+    return _BY_REGISTRY[registry]
 
 
 class ModelMetrics:

@@ -39,6 +39,14 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _outcome(promoted: bool, held_for_canary: bool) -> str:
+    if promoted:
+        return "promoted to champion"
+    if held_for_canary:
+        return "passed the gate; a canary rollout decides whether it becomes champion"
+    return "not promoted"
+
+
 def render_model_card(
     *,
     model_name: str,
@@ -51,8 +59,13 @@ def render_model_card(
     champion_version: str | None,
     decision_reason: str,
     promoted: bool,
+    held_for_canary: bool = False,
 ) -> str:
-    """Return the Markdown card of one registered version."""
+    """Return the Markdown card of one registered version.
+
+    ``promoted``: the version became champion; ``held_for_canary``: it passed the gate and a
+    canary rollout, not the gate, decides whether it becomes champion.
+    """
     meta, detector = bundle.meta, bundle.detector
     source = lineage_tags.get("lineage.source", "")
     members = getattr(detector, "members", None)
@@ -60,7 +73,7 @@ def render_model_card(
     lines = [
         f"# {model_name} v{version}",
         "",
-        f"**Gate decision:** {'promoted to champion' if promoted else 'not promoted'}: {decision_reason}",
+        f"**Gate decision:** {_outcome(promoted, held_for_canary)}: {decision_reason}",
         "",
         "## Model",
         f"- Detector: `{getattr(detector, 'kind', type(detector).__name__)}`"

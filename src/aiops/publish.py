@@ -243,7 +243,8 @@ def publish_detector(
             champion=registration.champion_metrics,
             champion_version=registration.decision.champion_version,
             decision_reason=registration.decision.reason,
-            promoted=registration.decision.promote,
+            promoted=registration.decision.promote and "champion" in registration.aliases,
+            held_for_canary=registration.decision.promote and "champion" not in registration.aliases,
         )
         mlflow.log_text(card, "model_card.md")
         mlflow.log_text(json.dumps(registration.decision.as_dict(), indent=2), "gate_decision.json")

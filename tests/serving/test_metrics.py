@@ -43,3 +43,20 @@ def test_observe_many_counts_exactly_as_observe_one_by_one():
         else:
             assert got[key] == value, key
     assert got[("score_bucket", "0.5")] == np.sum(values <= 0.5)
+
+
+def test_each_registry_gets_its_own_families_even_when_an_old_one_is_gone():
+    """A collected registry's id() is reused; the new registry must not get the dead one's families."""
+    import gc
+
+    from serving.metrics import serving_metrics
+
+    for _ in range(20):
+        registry = CollectorRegistry()
+        serving_metrics(registry).rows.labels(model_name="m", model_version="1").inc()
+        assert (
+            registry.get_sample_value("aiops_serving_rows_total", {"model_name": "m", "model_version": "1"})
+            == 1
+        )
+        del registry
+        gc.collect()

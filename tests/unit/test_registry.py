@@ -166,6 +166,9 @@ def test_a_gate_followed_by_a_canary_leaves_the_champion_to_the_canary(trained, 
     assert held.registration.decision.promote and "champion" not in held.registration.aliases
     assert client.get_model_version("gate-model", "2").tags["gate.decision"] == "passed"
     assert alias_version(client, "champion") == "1" and alias_version(client, "challenger") == "2"
+    card = client.get_model_version("gate-model", "2").description
+    assert "passed the gate; a canary rollout decides" in card and "promoted to champion" not in card
+    assert "promoted to champion" in client.get_model_version("gate-model", "1").description
 
     # a version the gate rejected is never rolled out (no servers start; nothing moves)
     rejected = _publish(trained, uri, move_champion=False)
