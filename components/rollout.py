@@ -105,15 +105,9 @@ def canary_rollout(
     else:
         raise ValueError(f"unknown rollout mode '{mode}'; choose 'local' or 'cluster'")
     if result.promoted:  # the champion-age alert reads this (a no-op without a Pushgateway)
-        import time
+        from aiops.monitoring import report_champion
 
-        from aiops.monitoring import champion_sample, push_run_metrics
-
-        push_run_metrics(
-            "aiops-rollout",
-            [champion_sample(model_name, version, time.time())],
-            grouping_key={"step": "rollout"},
-        )
+        report_champion("aiops-rollout", model_name, version, step="rollout")
     decision = "promoted" if result.promoted else "rolled back"
     print(f"rollout of {model_name} v{version}: {decision}: {'; '.join(result.reasons)}")
     return result.promoted

@@ -101,6 +101,7 @@ def promote_model(
     except (ValueError, MlflowException) as exc:
         _fail(str(getattr(exc, "message", exc)))
     typer.echo(f"{name}: champion is now version {version} (was {before or 'none'}); reason recorded")
+    _report_champion(name, version)
 
 
 @models_app.command("rollback")
@@ -119,6 +120,14 @@ def rollback_model(
     except (ValueError, MlflowException) as exc:
         _fail(str(getattr(exc, "message", exc)))
     typer.echo(f"{name}: champion rolled back from version {demoted} to {restored}; reason recorded")
+    _report_champion(name, restored)
+
+
+def _report_champion(name: str, version: str) -> None:
+    """Tell the Pushgateway (when ``AIOPS_PUSHGATEWAY_URL`` names one) that the champion changed."""
+    from aiops.monitoring import report_champion
+
+    report_champion("aiops-models-cli", name, str(version), step="promote")
 
 
 @models_app.command("performance")

@@ -444,7 +444,9 @@ def report_registration(
     """Push what the register step knows about its run.
 
     That is: the run succeeded, the new version's test metrics, and the promotion time when the
-    gate promoted it (the champion-age alert reads it).
+    gate promoted it (the champion-age alert reads it). The promotion time goes to a group of its
+    own (:func:`report_champion`): a push replaces its whole group, so a run that keeps the
+    champion would otherwise erase the time the alert needs.
     """
     samples = pipeline_run_metrics(True, _seconds_since(started_at), rows)
     samples += model_metric_samples(
@@ -453,6 +455,15 @@ def report_registration(
         {k: float(v) for k, v in metrics.items() if k in _PUSHED_MODEL_METRICS},
         alias="challenger",
     )
+    pushed = push_run_metrics(job, samples, grouping_key={"step": "register"})
     if promoted:
-        samples.append(champion_sample(model, version, time.time()))
-    return push_run_metrics(job, samples, grouping_key={"step": "register"})
+        pushed = report_champion(job, model, version) and pushed
+    return pushed
+
+
+def report_champion(job: str, model: str, version: str, step: str = "champion") -> bool:
+    """Push that ``version`` became the champion of ``model`` now, in its own group.
+
+    Only a new champion replaces the group, so the time stays until the champion changes again.
+    """
+    return push_run_metrics(job, [champion_sample(model, version, time.time())], grouping_key={"step": step})

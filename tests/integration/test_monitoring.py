@@ -536,6 +536,16 @@ def test_register_step_outcome_reaches_prometheus(stack: Stack, monkeypatch: pyt
     assert got[(PIPELINE_DURATION, "")] > 0  # seconds since the (cluster-provided) pipeline start
     assert got[(MODEL_METRIC, "event_f1")] == 0.8 and (MODEL_METRIC, "windows") not in got
     assert got[(CHAMPION_PROMOTED, "")] > 1.7e9
+    # a later run that keeps the champion replaces the register group, not the champion's time
+    assert report_registration("t-register", "det", "5", metrics, promoted=False, rows=10, started_at=started)
+
+    def after_second_run() -> dict | None:
+        found = _series(stack.prometheus, '{job="t-register"}')
+        versions = {dict(labels).get("version") for (name, labels) in found if name == MODEL_METRIC}
+        return found if versions == {"5"} else None
+
+    champion = [dict(labels) for (name, labels) in _eventually(after_second_run) if name == CHAMPION_PROMOTED]
+    assert [c["version"] for c in champion] == ["3"]
     # the local runner leaves KFP's creation-time placeholder unresolved: no duration, no crash
     assert report_registration(
         "t-local", "det", "4", metrics, False, 10, "{{$.pipeline_job_create_time_utc}}"
