@@ -16,18 +16,23 @@ def check_drift(
     max_drift_share: float = 0.5,
     force: bool = False,
     job: str = "aiops-retraining",
+    pipeline_started_at: str = "",
 ) -> bool:
     """Compare the latest window with the champion's training reference (Evidently); True = retrain.
 
     The decision, its reason, the drift share and Evidently's report also go to MLflow
     (experiment ``aiops-drift-checks``). A single boolean output keeps the condition that
     follows evaluable by the local runner as well as on the cluster.
+
+    When it keeps the champion the run ends here, so this step also pushes the run's outcome
+    (success, duration, last run), which the register step pushes when a retraining follows:
+    a schedule that runs and finds no drift is running.
     """
     import os
 
     from aiops.drift import check_against_champion, log_drift_check
     from aiops.features import load_features
-    from aiops.monitoring import DRIFT_SHARE, push_run_metrics
+    from aiops.monitoring import DRIFT_SHARE, Sample, pipeline_run_metrics, push_run_metrics, seconds_since
 
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
     if not uri:
@@ -49,6 +54,11 @@ def check_drift(
             f"## Drift check\n\n**{'retrain' if result.retrain else 'keep the champion'}**: {result.reason}\n"
         )
     log_drift_check(result, uri, model_name, window, max_drift_share, report_html=report.path)
-    if result.result is not None:  # pushed when AIOPS_PUSHGATEWAY_URL is set
-        push_run_metrics(job, {DRIFT_SHARE: result.result.drift_share}, grouping_key={"step": "check-drift"})
+    samples: list[Sample] = []  # pushed when AIOPS_PUSHGATEWAY_URL is set
+    if result.result is not None:
+        samples.append(Sample(DRIFT_SHARE, result.result.drift_share))
+    if not result.retrain:
+        samples += pipeline_run_metrics(True, seconds_since(pipeline_started_at), len(table))
+    if samples:
+        push_run_metrics(job, samples, grouping_key={"step": "check-drift"})
     return result.retrain

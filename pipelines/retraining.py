@@ -69,6 +69,7 @@ def retraining_pipeline(
         window=drift_window,
         max_drift_share=max_drift_share,
         force=force,
+        pipeline_started_at=started_at,
     ).set_display_name("drift check")
     drift.set_caching_options(False)
     with_mlflow_credentials(drift)

@@ -417,7 +417,7 @@ def write_prometheus_rule(rules_path: str | Path, out_path: str | Path, **kwargs
 _PUSHED_MODEL_METRICS = ("event_f1", "event_precision", "event_recall", "point_f1", "point_precision")
 
 
-def _seconds_since(started_at: str) -> float:
+def seconds_since(started_at: str) -> float:
     """Seconds since an ISO 8601 instant; NaN (left out of the push) when it cannot be parsed.
 
     The pipelines pass the time their ingest step started; anything unparseable means no
@@ -448,7 +448,7 @@ def report_registration(
     own (:func:`report_champion`): a push replaces its whole group, so a run that keeps the
     champion would otherwise erase the time the alert needs.
     """
-    samples = pipeline_run_metrics(True, _seconds_since(started_at), rows)
+    samples = pipeline_run_metrics(True, seconds_since(started_at), rows)
     samples += model_metric_samples(
         model,
         version,
