@@ -299,7 +299,13 @@ def test_production_config_with_redis_online_store_and_sql_registry(
 
     import redis
 
-    assert redis.Redis(host="127.0.0.1", port=redis_port).dbsize() > 0  # the values came from Redis
+    client = redis.Redis(host="127.0.0.1", port=redis_port)
+    assert client.dbsize() > 0
+    # the values came from Redis, not from the embedded SQLite online store other tests filled:
+    # once Redis is empty, the production read finds nothing
+    client.flushdb()
+    emptied = fs.online_features(embedded.repo, latest[list(ENTITY_KEYS)], fs_yaml=production)
+    assert emptied.drop(columns=list(ENTITY_KEYS)).isna().all().all()
     with sqlite3.connect(registry_db) as db:
         services = {name for (name,) in db.execute("SELECT feature_service_name FROM feature_services")}
     assert fs.ANOMALY_DETECTOR_SERVICE in services

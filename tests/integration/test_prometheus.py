@@ -497,6 +497,11 @@ def test_server_errors_are_retried_with_backoff(
 
 
 def test_timeouts_are_retried(server: Backfilled, ingested: pd.DataFrame, proxy: _Proxy) -> None:
+    # with one attempt, the slow answer (1 s) is a time-out (0.3 s): the timeout is applied ...
+    proxy.slow_next = 1
+    with pytest.raises(PrometheusError, match="after 1 attempt"):
+        ingest_prometheus(_proxy_url(proxy), server.start, server.end, token=TOKEN, timeout=0.3, attempts=1)
+    # ... and with more, the next attempt gets the answer
     proxy.slow_next = 1
     metrics = ingest_prometheus(
         _proxy_url(proxy),

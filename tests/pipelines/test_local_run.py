@@ -8,6 +8,7 @@ import pytest
 
 from aiops.registry import mlflow_client as registry_client
 from pipelines.runner import run_local
+from tests.conftest import shared_absent
 
 TINY = {
     "duration": "1D",
@@ -70,7 +71,7 @@ NEZHA = Path(__file__).resolve().parents[2].parent / "shared" / "benchmarks" / "
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not NEZHA.exists(), reason="shared Nezha data not found beside the repository")
+@pytest.mark.skipif(shared_absent(NEZHA.exists()), reason="shared Nezha data not found beside the repository")
 def test_training_pipeline_runs_on_recorded_nezha_data(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     args = {

@@ -18,6 +18,7 @@ from serving.manifests import (
     to_yaml,
     validate_isvc,
 )
+from tests.conftest import shared_absent
 
 CRD = (
     Path(__file__).resolve().parents[2].parent
@@ -26,11 +27,12 @@ CRD = (
     / "kserve"
     / "serving.kserve.io_inferenceservices.yaml"
 )
-pytestmark = pytest.mark.skipif(not CRD.exists(), reason="KServe CRD not found beside the repository")
 
 
 @pytest.fixture(scope="module")
 def schema():
+    if shared_absent(CRD.exists()):
+        pytest.skip(f"KServe CRD not found at {CRD} (the shared reference folder is absent)")
     return isvc_schema(CRD)
 
 

@@ -52,6 +52,28 @@ def test_registered_model_by_alias_or_version(predictor_cls, trained, registered
     np.testing.assert_array_equal(v1_scores(predictor, rows), trained.bundle.score(rows))
 
 
+def test_aliases_resolve_to_their_own_versions(predictor_cls, trained, small_telemetry, tmp_path):
+    """With two versions, @champion, @challenger and /N each load the version they name."""
+    from aiops.publish import Lineage, publish_detector
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    for move_champion in (True, False):  # v1 champion; v2 challenger only
+        publish_detector(
+            trained.bundle_dir,
+            trained.split.test,
+            small_telemetry.labels,
+            tracking_uri=uri,
+            experiment="alias-tests",
+            model_name="two-versions",
+            lineage=Lineage(dataset_hash="t", data_rows=1, source="synthetic", seed=7),
+            margin=-1.0,
+            move_champion=move_champion,
+        )
+    for reference, version in (("@champion", "1"), ("@challenger", "2"), ("/2", "2"), ("/1", "1")):
+        predictor = loaded(predictor_cls, f"models:/two-versions{reference}", tracking_uri=uri)
+        assert predictor.service.version == version, reference
+
+
 def test_mlflow_model_folder_as_kserve_mounts_it(predictor_cls, trained, registered, tmp_path):
     import mlflow.artifacts
 
@@ -105,11 +127,15 @@ def test_metrics_count_rows_and_anomalies_under_the_model_version(predictor_cls,
     registry = CollectorRegistry()
     predictor = predictor_cls(NAME, str(trained.bundle_dir), registry=registry)
     predictor.load()
-    rows = trained.split.test.head(7)
-    flagged = int(trained.bundle.predict(rows)["is_anomaly"].sum())
+    # a batch in which the model flags some rows and not others (scored as sent: in its own context)
+    test = trained.split.test
+    batches = (test.iloc[i : i + 40] for i in range(0, len(test) - 40, 40))
+    rows, flagged = next(
+        (b, n) for b in batches if 0 < (n := int(trained.bundle.predict(b)["is_anomaly"].sum())) < len(b)
+    )
     predictor.predict({"instances": instances(rows)})
     labels = {"model_name": NAME, "model_version": predictor.service.version}
-    assert registry.get_sample_value("aiops_serving_rows_total", labels) == 7
+    assert registry.get_sample_value("aiops_serving_rows_total", labels) == len(rows)
     assert registry.get_sample_value("aiops_serving_anomalies_total", labels) == flagged
     ok = registry.get_sample_value(
         "aiops_serving_requests_total", {**labels, "protocol": "v1", "outcome": "ok"}

@@ -574,6 +574,20 @@ def test_event_f1_policy_uses_only_validation_labels(parts):
     scores[inside] = 5.0
     threshold, basis = choose_threshold(scores, val, window, "event_f1")
     assert 0 < threshold <= 5.0 and basis["validation_event_f1"] == pytest.approx(1.0)
+    # windows in the training and test periods (none of them scored, all of them "missed" if
+    # counted) change nothing: the choice sees the validation period's labels only
+    elsewhere = []
+    for frame in (split.train.reset_index(drop=True), split.test.reset_index(drop=True)):
+        other = frame.iloc[len(frame) // 2]
+        label = labels_frame(
+            make_label(other["pod"], str(other["timestamp"]), str(other["timestamp"] + pd.Timedelta("10min")))
+        )
+        label["cluster"], label["namespace"] = other["cluster"], other["namespace"]
+        elsewhere.append(label)
+    assert choose_threshold(scores, val, pd.concat([window, *elsewhere], ignore_index=True), "event_f1") == (
+        threshold,
+        basis,
+    )
 
 
 def test_train_ensemble_end_to_end(parts):

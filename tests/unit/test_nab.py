@@ -16,10 +16,11 @@ import pytest
 
 from aiops import nab
 from aiops.detectors.streaming import RobustChangeDetector
+from tests.conftest import shared_absent
 
 NAB_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "benchmarks" / "nab"
 needs_nab = pytest.mark.skipif(
-    not (NAB_DIR / "combined_windows.json").is_file(),
+    shared_absent((NAB_DIR / "combined_windows.json").is_file()),
     reason=f"NAB benchmark data not found at {NAB_DIR} (the shared benchmarks folder is absent)",
 )
 PROFILES = tuple(nab.STANDARD_PROFILES)

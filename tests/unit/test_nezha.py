@@ -7,6 +7,7 @@ import pytest
 from aiops.ingest import check_source, load_telemetry
 from aiops.nezha import load_nezha
 from aiops.schema import SchemaError, row_labels
+from tests.conftest import shared_absent
 
 NEZHA = Path(__file__).resolve().parents[2].parent / "shared" / "benchmarks" / "nezha"
 COLUMNS = (
@@ -107,7 +108,7 @@ def test_source_selection_is_explicit():
         load_telemetry("prometheus-typo")
 
 
-@pytest.mark.skipif(not NEZHA.exists(), reason="shared Nezha data not found beside the repository")
+@pytest.mark.skipif(shared_absent(NEZHA.exists()), reason="shared Nezha data not found beside the repository")
 def test_real_nezha_day_loads_with_every_fault_inside_its_pod():
     tel = load_nezha(NEZHA)
     faults = json.loads((NEZHA / "2022-08-22" / "fault_list.json").read_text())

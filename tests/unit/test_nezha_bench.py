@@ -14,10 +14,11 @@ import pytest
 
 from aiops import nezha_bench as nb
 from aiops.nezha import load_nezha_day_extras
+from tests.conftest import shared_absent
 
 NEZHA = Path(__file__).resolve().parents[2].parent / "shared" / "benchmarks" / "nezha"
 needs_nezha = pytest.mark.skipif(
-    not any(NEZHA.glob("*/fault_list.json")),
+    shared_absent(any(NEZHA.glob("*/fault_list.json"))),
     reason=f"Nezha benchmark data not found at {NEZHA} (the shared benchmarks folder is absent)",
 )
 
