@@ -24,15 +24,15 @@ def check_drift(
     (experiment ``aiops-drift-checks``). A single boolean output keeps the condition that
     follows evaluable by the local runner as well as on the cluster.
 
-    When it keeps the champion the run ends here, so this step also pushes the run's outcome
-    (success, duration, last run), which the register step pushes when a retraining follows:
-    a schedule that runs and finds no drift is running.
+    When it keeps the champion the run's work ends here, so this step also pushes the run's
+    duration and rows, which the register step pushes when a retraining follows. Whether the run
+    succeeded is pushed by the pipeline's exit handler.
     """
     import os
 
     from aiops.drift import check_against_champion, log_drift_check
     from aiops.features import load_features
-    from aiops.monitoring import DRIFT_SHARE, Sample, pipeline_run_metrics, push_run_metrics, seconds_since
+    from aiops.monitoring import DRIFT_SHARE, Sample, push_run_metrics, run_size_samples, seconds_since
 
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
     if not uri:
@@ -58,7 +58,7 @@ def check_drift(
     if result.result is not None:
         samples.append(Sample(DRIFT_SHARE, result.result.drift_share))
     if not result.retrain:
-        samples += pipeline_run_metrics(True, seconds_since(pipeline_started_at), len(table))
+        samples += run_size_samples(seconds_since(pipeline_started_at), len(table))
     if samples:
         push_run_metrics(job, samples, grouping_key={"step": "check-drift"})
     return result.retrain

@@ -8,6 +8,7 @@ from components.feature_store import sync_feature_store
 from components.features import build_features
 from components.image import PIPELINE_IMAGE
 from components.ingest import ingest_telemetry
+from components.outcome import report_outcome
 from components.register import register_model
 from components.rollout import canary_rollout
 from components.split import split_by_time
@@ -181,6 +182,20 @@ def ingest_validate_features(
     return telemetry, validate, store, ingest.outputs["Output"]
 
 
+def outcome_reporter(job: str, model_name: Any, tracking_uri: Any) -> Any:
+    """The exit handler of both pipelines (see ``components.outcome``).
+
+    Create it before the ``dsl.ExitHandler`` block that it guards; the pipeline returns its output.
+    """
+    outcome = report_outcome(
+        job=job, model_name=model_name, tracking_uri=tracking_uri, kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER
+    ).set_display_name("report outcome")
+    outcome.set_caching_options(False)
+    with_mlflow_credentials(outcome)
+    with_pushgateway(outcome)
+    return outcome
+
+
 def roll_out(
     deploy: Any,
     features: Any,
@@ -263,58 +278,62 @@ def training_pipeline(
     rollout_service_name: str = "aiops-anomaly-detector",
     rollout_analysis_window: str = "15m",
 ) -> str:
-    """Training pipeline; returns the registered model version.
+    """Training pipeline; returns the model version it registered.
 
     With ``deploy=True`` the new version then goes through a canary rollout (promoted or rolled
-    back on measured evidence; see ``serving.rollout``).
+    back on measured evidence; see ``serving.rollout``). Every step runs inside an exit handler
+    that reports the run's outcome (``components.outcome``), which is also where the returned
+    version comes from.
 
     ``image`` is only recorded as lineage; the image that runs is fixed at compile time.
     """
-    telemetry, validate, store, started_at = ingest_validate_features(
-        source, data_path, prometheus_url, prometheus_catalog, end, seed, duration, step, n_anomalies
-    )
-    trained = train_and_register(
-        telemetry=telemetry,
-        features=store.outputs["training"],
-        dataset_hash=validate.outputs["dataset_hash"],
-        data_rows=validate.outputs["rows"],
-        source=source,
-        feature_service=store.outputs["Output"],
-        seed=seed,
-        validation_fraction=validation_fraction,
-        test_fraction=test_fraction,
-        n_estimators=n_estimators,
-        max_samples=max_samples,
-        forecaster=forecaster,
-        lstm_window=lstm_window,
-        lstm_epochs=lstm_epochs,
-        lstm_device=lstm_device,
-        alarm_quantile=alarm_quantile,
-        threshold_policy=threshold_policy,
-        model_name=model_name,
-        experiment=experiment,
-        mlflow_tracking_uri=mlflow_tracking_uri,
-        primary_metric=primary_metric,
-        promotion_margin=promotion_margin,
-        promotion_guards=promotion_guards,
-        git_commit=git_commit,
-        image=image,
-        pipeline_started_at=started_at,
-        hold_for_canary=deploy,
-    ).set_display_name("train and register")
-    roll_out(
-        deploy,
-        store.outputs["training"],
-        trained.output,
-        model_name,
-        mlflow_tracking_uri,
-        canary_percent,
-        rollout_mode,
-        rollout_namespace,
-        rollout_prometheus_url,
-        rollout_min_anomaly_rate_ratio,
-        rollout_deployment_mode,
-        rollout_service_name,
-        rollout_analysis_window,
-    )
-    return trained.output
+    outcome = outcome_reporter("aiops-training", model_name, mlflow_tracking_uri)
+    with dsl.ExitHandler(outcome, name="training run"):
+        telemetry, validate, store, started_at = ingest_validate_features(
+            source, data_path, prometheus_url, prometheus_catalog, end, seed, duration, step, n_anomalies
+        )
+        trained = train_and_register(
+            telemetry=telemetry,
+            features=store.outputs["training"],
+            dataset_hash=validate.outputs["dataset_hash"],
+            data_rows=validate.outputs["rows"],
+            source=source,
+            feature_service=store.outputs["Output"],
+            seed=seed,
+            validation_fraction=validation_fraction,
+            test_fraction=test_fraction,
+            n_estimators=n_estimators,
+            max_samples=max_samples,
+            forecaster=forecaster,
+            lstm_window=lstm_window,
+            lstm_epochs=lstm_epochs,
+            lstm_device=lstm_device,
+            alarm_quantile=alarm_quantile,
+            threshold_policy=threshold_policy,
+            model_name=model_name,
+            experiment=experiment,
+            mlflow_tracking_uri=mlflow_tracking_uri,
+            primary_metric=primary_metric,
+            promotion_margin=promotion_margin,
+            promotion_guards=promotion_guards,
+            git_commit=git_commit,
+            image=image,
+            pipeline_started_at=started_at,
+            hold_for_canary=deploy,
+        ).set_display_name("train and register")
+        roll_out(
+            deploy,
+            store.outputs["training"],
+            trained.output,
+            model_name,
+            mlflow_tracking_uri,
+            canary_percent,
+            rollout_mode,
+            rollout_namespace,
+            rollout_prometheus_url,
+            rollout_min_anomaly_rate_ratio,
+            rollout_deployment_mode,
+            rollout_service_name,
+            rollout_analysis_window,
+        )
+    return outcome.output

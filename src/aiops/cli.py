@@ -189,8 +189,10 @@ def run_training(
     except RuntimeError as exc:
         _fail(f"the training pipeline failed; the failing task's log is above. ({exc})")
     wall = time.perf_counter() - started
-    version = task.output if hasattr(task, "output") else str(task)
-    _print_summary(uri, model_name, str(version), wall)
+    version = str(getattr(task, "output", "") or "")  # the version this run registered
+    if not version:
+        _fail(f"the training pipeline succeeded but registered no version of {model_name}; see its log above")
+    _print_summary(uri, model_name, version, wall)
 
 
 @run_app.command("retraining")
@@ -237,7 +239,6 @@ def run_retraining(
     except ValueError as exc:
         _fail(str(exc))
     uri = registry.resolve_tracking_uri(tracking_uri, Path.cwd())
-    before = {v.version for v in _versions(model_name, uri)}
     typer.secho(
         f"Retraining pipeline: source={source}, window {duration}, drift check over the last {drift_window}",
         bold=True,
@@ -270,29 +271,15 @@ def run_retraining(
     except RuntimeError as exc:
         _fail(f"the retraining pipeline failed; the failing task's log is above. ({exc})")
     wall = time.perf_counter() - started
-    new = sorted(
-        (v for v in _versions(model_name, uri) if v.version not in before), key=lambda v: int(v.version)
-    )
-    retrained = bool(getattr(task, "output", False))
+    version = str(getattr(task, "output", "") or "")  # the version this run registered, if any
     typer.secho(f"\nRetraining pipeline finished in {wall:.1f} s", bold=True, fg=typer.colors.GREEN)
     typer.echo(f"  drift     {_last_drift_reason(uri)}")
-    if retrained and new:
-        _print_summary(uri, model_name, new[-1].version, wall, header=False)
+    if version:
+        _print_summary(uri, model_name, version, wall, header=False)
     else:
         typer.echo(
             f"  model     not retrained; champion stays {registry.alias_version(model_name, 'champion', uri)}"
         )
-
-
-def _versions(model_name: str, uri: str) -> list[Any]:
-    from mlflow.exceptions import MlflowException
-
-    from aiops.registry import list_versions
-
-    try:
-        return list_versions(model_name, uri)
-    except MlflowException:
-        return []  # no such model yet
 
 
 def _last_drift_reason(uri: str) -> str:

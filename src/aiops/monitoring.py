@@ -15,9 +15,11 @@ Semantics of the pushed metrics:
   Each step that pushes uses its own group (``grouping_key={"step": ...}``) so that steps do
   not erase each other's metrics.
 * **Failures are a gauge, not a counter**: a run cannot know how many runs failed before it
-  (the Pushgateway keeps no history, and a pushed counter would read 1 forever), so a failed
-  run pushes ``aiops_pipeline_success 0``, which holds until a run succeeds; the alert fires
-  after it has held for a few minutes. A run that dies before it can push is caught by
+  (the Pushgateway keeps no history, and a pushed counter would read 1 forever), so the
+  pipelines' exit handler (a ``dsl.ExitHandler`` task, which runs whether the steps inside
+  succeeded or not) pushes ``aiops_pipeline_success`` 1 or 0 with the time the run ended; a 0
+  holds until a run succeeds, and the alert fires after it has held for a few minutes. A run
+  that dies before its exit handler can push (a cancelled run, a lost node) is caught by
   ``aiops_pipeline_last_run_timestamp_seconds`` growing old.
 * Timestamps are Unix seconds, so ``time() - metric`` is an age.
 
@@ -57,7 +59,7 @@ CHAMPION_PROMOTED = "aiops_champion_promoted_timestamp_seconds"
 
 #: Every metric :func:`push_run_metrics` accepts, with its HELP text.
 PUSHED_METRICS: dict[str, str] = {
-    PIPELINE_DURATION: "Wall-clock duration of the pipeline's last run.",
+    PIPELINE_DURATION: "Seconds from the start of the pipeline's last run to the step that pushed it.",
     PIPELINE_ROWS: "Telemetry rows the pipeline's last run processed.",
     PIPELINE_SUCCESS: "1 when the pipeline's last run succeeded, 0 when it failed.",
     PIPELINE_LAST_RUN: "Unix time the pipeline's last run finished, succeeded or not.",
@@ -130,22 +132,22 @@ class Sample:
     labels: Mapping[str, str] = field(default_factory=dict)
 
 
-def pipeline_run_metrics(
-    succeeded: bool, duration_s: float, rows: int | None = None, finished_at: float | None = None
-) -> list[Sample]:
-    """The samples that summarise one pipeline run (push them under the pipeline's job).
+def run_outcome_samples(succeeded: bool, finished_at: float | None = None) -> list[Sample]:
+    """How a pipeline run ended: pushed by the pipeline's exit handler, whatever happened inside.
 
     Args:
         succeeded: Whether the run succeeded.
-        duration_s: Its wall-clock duration.
-        rows: Telemetry rows it processed, if known.
         finished_at: Unix time it finished; now by default.
     """
-    samples = [
+    return [
         Sample(PIPELINE_SUCCESS, 1.0 if succeeded else 0.0),
-        Sample(PIPELINE_DURATION, float(duration_s)),
         Sample(PIPELINE_LAST_RUN, time.time() if finished_at is None else float(finished_at)),
     ]
+
+
+def run_size_samples(duration_s: float, rows: int | None = None) -> list[Sample]:
+    """How long a run took to reach the step that pushes this, and how many telemetry rows it read."""
+    samples = [Sample(PIPELINE_DURATION, float(duration_s))]
     if rows is not None:
         samples.append(Sample(PIPELINE_ROWS, float(rows)))
     return samples
@@ -443,12 +445,14 @@ def report_registration(
 ) -> bool:
     """Push what the register step knows about its run.
 
-    That is: the run succeeded, the new version's test metrics, and the promotion time when the
-    gate promoted it (the champion-age alert reads it). The promotion time goes to a group of its
-    own (:func:`report_champion`): a push replaces its whole group, so a run that keeps the
-    champion would otherwise erase the time the alert needs.
+    That is: how long the run took to get here and how many rows it read, the new version's
+    test metrics, and the promotion time when the gate promoted it (the champion-age alert reads
+    it). Whether the run succeeded is the exit handler's to say (:func:`report_run_outcome`): a
+    later step can still fail. The promotion time goes to a group of its own
+    (:func:`report_champion`): a push replaces its whole group, so a run that keeps the champion
+    would otherwise erase the time the alert needs.
     """
-    samples = pipeline_run_metrics(True, seconds_since(started_at), rows)
+    samples = run_size_samples(seconds_since(started_at), rows)
     samples += model_metric_samples(
         model,
         version,
@@ -459,6 +463,16 @@ def report_registration(
     if promoted:
         pushed = report_champion(job, model, version) and pushed
     return pushed
+
+
+def report_run_outcome(job: str, succeeded: bool) -> bool:
+    """Push how a pipeline run ended (the exit handler of both pipelines calls this).
+
+    The group (``step="run"``) holds ``aiops_pipeline_success`` and the time the run ended
+    until the next run's exit handler replaces them: ``AiopsPipelineRunFailed`` fires on the
+    0 of a failed run and resolves when a run succeeds.
+    """
+    return push_run_metrics(job, run_outcome_samples(succeeded), grouping_key={"step": "run"})
 
 
 def report_champion(job: str, model: str, version: str, step: str = "champion") -> bool:

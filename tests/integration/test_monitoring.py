@@ -50,10 +50,11 @@ from aiops.monitoring import (
     load_rule_groups,
     metric_names,
     model_metric_samples,
-    pipeline_run_metrics,
     prometheus_rule,
     push_run_metrics,
     rule_thresholds,
+    run_outcome_samples,
+    run_size_samples,
 )
 from tests.conftest import need_binary
 
@@ -183,7 +184,7 @@ def test_pushed_run_metrics_reach_prometheus_with_their_labels(
 ) -> None:
     monkeypatch.setenv(PUSHGATEWAY_URL_ENV, stack.pushgateway)
     finished = 1_760_000_000.25
-    run = pipeline_run_metrics(succeeded=True, duration_s=123.5, rows=46124, finished_at=finished)
+    run = [*run_outcome_samples(True, finished_at=finished), *run_size_samples(123.5, rows=46124)]
     assert push_run_metrics("t-labels", run, grouping_key={"step": "run"})
     register = [
         *model_metric_samples("det", "7", {"event_f1": 0.6, "event_recall": math.nan}, alias="champion"),
@@ -249,7 +250,7 @@ def test_pushed_results_trigger_the_alerts_written_for_them(stack: Stack) -> Non
     url, now = stack.pushgateway, time.time()
     push_run_metrics(
         "t-alerts",
-        pipeline_run_metrics(succeeded=False, duration_s=30.0, finished_at=now - 3 * DAY),
+        run_outcome_samples(False, finished_at=now - 3 * DAY),
         url=url,
         grouping_key={"step": "run"},
     )
@@ -527,12 +528,14 @@ def test_register_step_outcome_reaches_prometheus(stack: Stack, monkeypatch: pyt
 
     def pushed() -> dict | None:
         found = _series(stack.prometheus, '{job="t-register"}')
-        return found if len(found) >= 7 else None
+        return found if len(found) >= 5 else None
 
     got = {
         (name, dict(labels).get("metric", "")): value for (name, labels), value in _eventually(pushed).items()
     }
-    assert got[(PIPELINE_SUCCESS, "")] == 1.0 and got[(PIPELINE_ROWS, "")] == 1234.0
+    assert got[(PIPELINE_ROWS, "")] == 1234.0
+    # whether the run succeeded is the exit handler's to say: a later step may still fail
+    assert (PIPELINE_SUCCESS, "") not in got and (PIPELINE_LAST_RUN, "") not in got
     assert got[(PIPELINE_DURATION, "")] > 0  # seconds since the (cluster-provided) pipeline start
     assert got[(MODEL_METRIC, "event_f1")] == 0.8 and (MODEL_METRIC, "windows") not in got
     assert got[(CHAMPION_PROMOTED, "")] > 1.7e9
@@ -550,3 +553,43 @@ def test_register_step_outcome_reaches_prometheus(stack: Stack, monkeypatch: pyt
     assert report_registration(
         "t-local", "det", "4", metrics, False, 10, "{{$.pipeline_job_create_time_utc}}"
     )
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_a_failed_pipeline_run_pushes_its_failure_and_the_alert_goes_pending(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The real training DAG on the local runner, failing at ingest: its exit handler still pushes."""
+    from pipelines.runner import run_local
+
+    monkeypatch.setenv(PUSHGATEWAY_URL_ENV, stack.pushgateway)  # the task subprocesses inherit it
+    before = time.time()
+    with pytest.raises(RuntimeError, match="ingest-telemetry"):
+        run_local(
+            "training",
+            {"source": "influxdb", "mlflow_tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"},
+            tmp_path / "kfp",
+        )
+    assert not (tmp_path / "mlflow.db").exists(), "a failed run's exit handler does not touch MLflow"
+
+    def pushed() -> dict | None:
+        names = "|".join(PUSHED_METRICS)
+        found = _series(stack.prometheus, f'{{__name__=~"{names}", job="aiops-training"}}')
+        return found if len(found) >= 2 else None
+
+    run_labels = (("job", "aiops-training"), ("step", "run"))
+    got = _eventually(pushed)
+    assert set(got) == {(PIPELINE_SUCCESS, run_labels), (PIPELINE_LAST_RUN, run_labels)}
+    assert got[(PIPELINE_SUCCESS, run_labels)] == 0.0
+    assert before <= got[(PIPELINE_LAST_RUN, run_labels)] <= time.time()
+
+    def pending() -> list | None:
+        found = [
+            a["metric"]
+            for a in _query(stack.prometheus, 'ALERTS{alertname="AiopsPipelineRunFailed"}')
+            if a["metric"].get("job") == "aiops-training"
+        ]
+        return found or None
+
+    assert _eventually(pending)[0]["alertstate"] == "pending"  # `for: 5m`

@@ -37,9 +37,12 @@ def test_every_pipeline_compiles_to_a_pipeline_spec(tmp_path):
 
 def test_training_pipeline_cluster_settings(tmp_path):
     spec, platform = _load(compile_pipeline("training", tmp_path))
-    # the training steps live in the sub-pipeline the retraining pipeline reuses
+    # every step runs inside the exit handler's group; the training steps live in the
+    # sub-pipeline the retraining pipeline reuses
+    assert set(spec.root.dag.tasks) == {"exit-handler-1", "report-outcome"}
+    run_dag = spec.components["comp-exit-handler-1"].dag
     sub_dag = spec.components["comp-aiops-train-and-register"].dag
-    tasks = set(spec.root.dag.tasks) | set(sub_dag.tasks)
+    tasks = set(run_dag.tasks) | set(sub_dag.tasks)
     assert {
         "ingest-telemetry",
         "validate-telemetry",
@@ -83,6 +86,18 @@ def test_training_pipeline_cluster_settings(tmp_path):
     assert {"rollout_deployment_mode", "rollout_service_name", "rollout_analysis_window"} <= set(declared)
     # the register step must not be cached: each run registers a new version
     assert not sub_dag.tasks["register-model"].caching_options.enable_cache
+    # the exit handler: runs after the group whatever its outcome, is never cached, reads the
+    # run's final status, and provides the pipeline's output (the registered version)
+    outcome = spec.root.dag.tasks["report-outcome"]
+    policy = outcome.trigger_policy
+    assert policy.strategy == policy.TriggerStrategy.ALL_UPSTREAM_TASKS_COMPLETED
+    assert outcome.inputs.parameters["status"].task_final_status.producer_task == "exit-handler-1"
+    assert not outcome.caching_options.enable_cache
+    returned = spec.root.dag.outputs.parameters["Output"].value_from_parameter
+    assert returned.producer_subtask == "report-outcome"
+    outcome_env = executors["exec-report-outcome"]
+    assert MLFLOW_SECRET in {s["secretName"] for s in outcome_env["secretAsEnv"]}
+    assert outcome_env["configMapAsEnv"][0]["keyToEnv"][0]["envVar"] == "AIOPS_PUSHGATEWAY_URL"
 
 
 @dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
