@@ -54,12 +54,14 @@ format: $(STAMP) ## Format the code (ruff)
 compile: $(STAMP) ## Compile every pipeline to KFP IR YAML under build/pipelines
 	$(BIN)/aiops compile --output-dir build/pipelines
 
+# torch is locked without its local label (+cpu): `torch==X` matches the CPU build where the
+# package index offers it (here, CI) and PyPI's own wheel elsewhere, where `X+cpu` does not exist.
 lock: ## Re-resolve requirements.lock from pyproject.toml in a scratch venv
 	rm -rf /tmp/aiops-lock && $(PYTHON) -m venv /tmp/aiops-lock
 	/tmp/aiops-lock/bin/pip install --quiet "torch==2.13.0" && /tmp/aiops-lock/bin/pip install --quiet ".[dev]"
 	{ echo "# Full lock of the development and runtime environment (CPython 3.11, x86_64)."; \
 	  echo "# Regenerate with: make lock   (after changing pyproject.toml)"; \
-	  /tmp/aiops-lock/bin/pip freeze --exclude aiops-selfheal --exclude drain3; } > requirements.lock
+	  /tmp/aiops-lock/bin/pip freeze --exclude aiops-selfheal --exclude drain3 | sed 's/^\(torch==[^+]*\)+.*/\1/'; } > requirements.lock
 
 clean: ## Remove build outputs and local pipeline outputs (keeps mlruns/)
 	rm -rf build .kfp_local .pytest_cache .ruff_cache .mypy_cache
