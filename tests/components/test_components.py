@@ -14,6 +14,7 @@ from aiops.telemetry import Telemetry
 from components.evaluate import evaluate_detector
 from components.features import build_features
 from components.ingest import ingest_telemetry
+from components.outcome import report_outcome
 from components.register import register_model
 from components.split import split_by_time
 from components.train_ensemble import train_ensemble
@@ -181,6 +182,39 @@ def test_register_promotes_first_version(chain, tmp_path):
     run = registry_client(uri).get_run(out.run_id)
     assert run.data.tags["lineage.dataset_hash"] == summary.dataset_hash
     assert run.data.metrics["test_event_f1"] == pytest.approx(f1)
+
+
+def _final(state: str) -> dsl.PipelineTaskFinalStatus:
+    return dsl.PipelineTaskFinalStatus(state, "run/exit-handler-1", "exit-handler-1", None, None)
+
+
+def test_exit_handler_returns_the_version_its_run_registered(chain, tmp_path, monkeypatch):
+    a, summary, *_ = chain
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    common = {"model_name": "outcome-model", "tracking_uri": uri}
+    registered = register_model.python_func(
+        model=a["model"],
+        train=a["train"],
+        test=a["test"],
+        telemetry=a["telemetry"],
+        plots=a["plots"],
+        dataset_hash=summary.dataset_hash,
+        data_rows=summary.rows,
+        source="synthetic",
+        seed=3,
+        kfp_run_id="run-a",
+        experiment="unit",
+        **common,
+    )
+    assert report_outcome.python_func(status=_final("SUCCEEDED"), kfp_run_id="run-a", **common) == "1"
+    # a later run that registered nothing (a retraining that kept the champion)
+    assert report_outcome.python_func(status=_final("SUCCEEDED"), kfp_run_id="run-b", **common) == ""
+    # a failed run returns nothing and does not need MLflow (it may be what failed)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    failed = report_outcome.python_func(
+        status=_final("FAILED"), kfp_run_id="run-a", model_name=common["model_name"]
+    )
+    assert failed == "" and registered.version == "1"
 
 
 def test_register_needs_a_tracking_uri(chain, monkeypatch):
