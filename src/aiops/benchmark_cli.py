@@ -135,6 +135,12 @@ def _print_nezha(report: dict[str, Any]) -> None:
                 f"{_fmt(one['detection_recall']):>7} {_fmt(one['false_alarms_per_hour']):>8} "
                 f"{_fmt(one['alarm_minutes_share']):>11} {_fmt(one['localization_top1']):>6}"
             )
+    for skipped in report.get("skipped_days", []):
+        typer.secho(
+            f"SKIPPED {skipped['day']} (not in the figures above): {skipped['reason']}",
+            fg=typer.colors.RED,
+            err=True,
+        )
 
 
 @benchmark_app.command("nezha")

@@ -82,15 +82,17 @@ FAULT_LIST = "fault_list.json"
 
 
 def fault_list_path(day: str | Path) -> Path | None:
-    """The day's fault list: ``fault_list.json``, else the single ``*-fault_list.json`` (``None``: none).
+    """The day's fault list: ``fault_list.json``, else the single ``<prefix>fault_list.json``.
+
+    A prefix is e.g. ``2022-08-22-`` or ``2022-08-22_``. ``None`` when there is no fault list.
 
     Raises:
-        SchemaError: When there is no ``fault_list.json`` but several ``*-fault_list.json``.
+        SchemaError: When there is no ``fault_list.json`` but several prefixed ones.
     """
     folder = Path(day)
     if (folder / FAULT_LIST).is_file():
         return folder / FAULT_LIST
-    named = sorted(p for p in folder.glob(f"*-{FAULT_LIST}") if p.is_file())
+    named = sorted(p for p in folder.glob(f"*{FAULT_LIST}") if p.is_file() and not p.name.startswith("."))
     if len(named) > 1:
         raise SchemaError(f"nezha: {folder} holds several fault lists ({[p.name for p in named]}); keep one")
     return named[0] if named else None
@@ -109,6 +111,12 @@ def day_folders(data_dir: str | Path) -> list[Path]:
         [root] if fault_list_path(root) is not None else sorted(p for p in root.iterdir() if p.is_dir())
     )
     days = [p for p in candidates if (p / "metric").is_dir() and fault_list_path(p) is not None]
+    for folder in candidates:
+        if (folder / "metric").is_dir() and folder not in days:
+            # Recorded metrics without labels cannot be scored or trained on: say so, never drop quietly.
+            log.warning(
+                "nezha: %s has metric/ but no %s (nor a <prefix>%s); skipped", folder, FAULT_LIST, FAULT_LIST
+            )
     if not days:
         raise SchemaError(
             f"nezha: no recorded day under {root}; "
@@ -127,14 +135,52 @@ def _parse_time(values: pd.Series) -> pd.Series:
 
     The numeric offset counts (``+0800 CST`` is eight hours ahead of UTC); the zone name and
     Go's monotonic clock reading (``m=+...``) are dropped. Without an offset the time is UTC.
+    What does not parse (or lies outside pandas' years 1677-2262) is NaT.
     """
     parts = values.astype(str).str.extract(_GO_TIME)
     text = parts[0] + parts[1].fillna("+00:00")
-    parsed = pd.to_datetime(text, utc=True, errors="coerce", format="ISO8601")
-    if parsed.isna().any():
-        bad = values[parsed.isna()].iloc[0]
-        raise SchemaError(f"nezha: cannot parse Time value {bad!r}")
-    return parsed
+    return pd.to_datetime(text, utc=True, errors="coerce", format="ISO8601")
+
+
+#: Most rows of a file whose time may fail to parse; beyond it the column is not a Nezha time.
+MAX_UNTIMED_SHARE = 0.1
+
+
+def _timed_rows(raw: pd.DataFrame, column: str, path: Path) -> tuple[pd.DataFrame, pd.Series]:
+    """The rows of ``raw`` whose ``column`` parses as a time, and those times (UTC).
+
+    A few rows that do not parse (an empty cell, a header line repeated where files were
+    joined, Go's zero time) are dropped with a warning; the columns such a line left as text
+    are read as numbers again.
+
+    Raises:
+        SchemaError: When more than :data:`MAX_UNTIMED_SHARE` of the rows do not parse.
+    """
+    parsed = _parse_time(raw[column])
+    bad = parsed.isna().to_numpy()
+    if not bad.any():
+        return raw, parsed
+    example = raw[column][bad].iloc[0]
+    if bad.mean() > MAX_UNTIMED_SHARE:
+        raise SchemaError(
+            f"nezha: cannot parse {column} value {example!r} in {path.name} "
+            f"({int(bad.sum())} of {len(raw)} rows do not parse)"
+        )
+    log.warning(
+        "nezha: %s: %d of %d rows have a %s that does not parse (e.g. %r); those rows are dropped",
+        path.name,
+        int(bad.sum()),
+        len(raw),
+        column,
+        example,
+    )
+    kept = raw.loc[~bad].copy()
+    for name in kept.columns:
+        if kept[name].dtype == object:
+            numbers = pd.to_numeric(kept[name], errors="coerce")
+            if numbers.notna().sum() == kept[name].notna().sum():
+                kept[name] = numbers
+    return kept, parsed[~bad]
 
 
 def _numeric(raw: pd.DataFrame, name: str) -> pd.Series:
@@ -148,9 +194,10 @@ def _pod_metrics(path: Path, options: NezhaOptions) -> pd.DataFrame:
         raise SchemaError(f"nezha: {path.name} lacks column(s) {missing}; is it a Nezha *_metric.csv?")
     if raw.empty:
         raise SchemaError(f"nezha: {path.name} holds no rows")
+    raw, times = _timed_rows(raw, "Time", path)
     frame = pd.DataFrame(
         {
-            TIMESTAMP: _parse_time(raw["Time"]).dt.floor(options.step),
+            TIMESTAMP: times.dt.floor(options.step),
             "cluster": CLUSTER,
             "namespace": NAMESPACE,
             "pod": raw["PodName"].astype(str),
@@ -189,8 +236,20 @@ def _faults(day: Path) -> list[dict[str, str]]:
         raw = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise SchemaError(f"nezha: {path} is not valid JSON: {exc}") from exc
-    faults = [fault for hour in sorted(raw) for fault in raw[hour]]
+    if not isinstance(raw, dict):
+        raise SchemaError(
+            f"nezha: {path} is not a fault list: expected an object of hours, each with a list of "
+            f"faults, got a JSON {type(raw).__name__}"
+        )
+    odd = [hour for hour, value in raw.items() if not isinstance(value, list | type(None))]
+    if odd:
+        raise SchemaError(
+            f"nezha: {path}: hour {odd[0]!r} holds {type(raw[odd[0]]).__name__}, expected a list of faults"
+        )
+    faults = [fault for hour in sorted(raw) for fault in raw[hour] or []]
     for fault in faults:
+        if not isinstance(fault, dict):
+            raise SchemaError(f"nezha: a fault in {day.name}/{path.name} is not an object: {fault!r}")
         missing = {"inject_time", "inject_pod", "inject_type"} - set(fault)
         if missing:
             raise SchemaError(f"nezha: a fault in {day.name}/{path.name} lacks {sorted(missing)}: {fault}")
@@ -298,7 +357,8 @@ def read_minutely_csv(path: Path, step: str = "1min") -> pd.DataFrame:
     are (numeric columns as floats, text as objects), indexed by the UTC ``timestamp``.
 
     Raises:
-        SchemaError: When the file has no rows or no ``Time`` column, or a time does not parse.
+        SchemaError: When the file has no rows or no ``Time`` column, or its times do not parse
+            (a few rows that do not are dropped, with a warning: :func:`_timed_rows`).
     """
     raw = pd.read_csv(path)
     column = next((c for c in ("Time", "time") if c in raw.columns), None)
@@ -306,7 +366,8 @@ def read_minutely_csv(path: Path, step: str = "1min") -> pd.DataFrame:
         raise SchemaError(f"nezha: {path.name} has no 'Time' column; got {list(raw.columns)[:6]} ...")
     if raw.empty:
         raise SchemaError(f"nezha: {path.name} holds no rows")
-    index = pd.DatetimeIndex(_parse_time(raw[column]).dt.floor(step), name=TIMESTAMP)
+    raw, times = _timed_rows(raw, column, path)
+    index = pd.DatetimeIndex(times.dt.floor(step), name=TIMESTAMP)
     table = raw.drop(columns=[column]).set_index(index)
     return table[~table.index.duplicated(keep="last")].sort_index()
 

@@ -457,13 +457,34 @@ def _service_of(pods: list[str], services: set[str]) -> dict[str, str | None]:
     return out
 
 
-def _entry_service(extras: NezhaDayExtras, services: set[str], edges: list[tuple[str, str]]) -> str | None:
+def _entry_service(
+    extras: NezhaDayExtras, services: set[str], edges: list[tuple[str, str]], served: set[str]
+) -> str | None:
     """The call-graph service behind ``front_service.csv`` (None when there is none to read).
 
     The file names its service (``ServiceName``, e.g. ``Frontend``); it is matched to the call
     graph's services case-insensitively. Failing that, the call graph's only root (a service
-    that calls others and is called by none) is the entry.
+    that calls others and is called by none) is the entry. An entry without pod metrics (a
+    load generator at the root, say) hands over to its only callee, as long as there is one:
+    the first service whose pods the users' requests reach. ``served``: the services with pods.
     """
+    entry = _named_entry(extras, services, edges)
+    graph = {*edges, *extras.dependencies}
+    seen: set[str] = set()
+    while entry is not None and entry not in served and entry not in seen:
+        seen.add(entry)
+        callees = sorted({b for a, b in graph if a == entry and b != entry})
+        entry = callees[0] if len(callees) == 1 else None
+    if entry is None and seen:
+        log.warning(
+            "nezha: the entry service %s has no pod metrics and no single callee that has; "
+            "front_service.csv's success rate is not used",
+            sorted(seen)[0],
+        )
+    return entry
+
+
+def _named_entry(extras: NezhaDayExtras, services: set[str], edges: list[tuple[str, str]]) -> str | None:
     front = extras.front_service
     if front is None or _SUCCESS_RATE not in front or front[_SUCCESS_RATE].isna().all():
         return None
@@ -616,7 +637,8 @@ def detect_day(day: NezhaDay, settings: NezhaBenchSettings = DEFAULT_SETTINGS) -
             evidence[pod]["silence"] = np.maximum(previous, quiet)
 
     # 3. The entry service's failed requests (the symptom users see), on its own pods.
-    entry, front = _entry_service(day.extras, services, edges), day.extras.front_service
+    entry = _entry_service(day.extras, services, edges, {s for s, p in pods_of.items() if p})
+    front = day.extras.front_service
     if entry is not None and entry in pods_of and front is not None:
         success = front[_SUCCESS_RATE].to_numpy(dtype=np.float64)
         observed = ~np.isnan(success)
@@ -826,6 +848,7 @@ class NezhaReport:
     alarms: pd.DataFrame
     settings: NezhaBenchSettings
     days: list[dict[str, Any]]
+    skipped_days: list[dict[str, str]] = field(default_factory=list)
 
     def write_alarms(self, path: str | Path) -> Path:
         """Write every alarm as CSV: ``day, pod, start, end, peak_score, kind, signal`` (ISO times)."""
@@ -838,11 +861,15 @@ class NezhaReport:
         return out
 
     def to_json(self) -> dict[str, Any]:
-        """The JSON payload: ``summary``, ``faults``, plus the ``days`` and ``settings`` used."""
+        """The JSON payload: ``summary`` and ``faults``, and the days scored and skipped, settings.
+
+        ``skipped_days`` lists the days that could not be scored, each with its reason.
+        """
         return {
             "summary": self.summary,
             "faults": self.faults,
             "days": self.days,
+            "skipped_days": self.skipped_days,
             "settings": asdict(self.settings),
         }
 
@@ -930,15 +957,44 @@ def summarise_days(scores: list[DayScore]) -> dict[str, Any]:
 def run_nezha_benchmark(data_dir: str | Path, settings: NezhaBenchSettings = DEFAULT_SETTINGS) -> NezhaReport:
     """Load every day under ``data_dir`` (a day folder or a folder of days) and score the detector.
 
+    In a folder of several days, a day that cannot be read (no pod metrics, no fault that lines
+    up with them) is left out with an error in the log and listed in the report's
+    ``skipped_days``: one misrecorded day must not void the others. The summary covers the
+    scored days only.
+
     Raises:
         NezhaBenchError: When the folder holds no readable Nezha day.
     """
     try:
-        days = [load_day(folder) for folder in day_folders(data_dir)]
+        folders = day_folders(data_dir)
+    except SchemaError as exc:
+        raise NezhaBenchError(str(exc)) from exc
+    days: list[NezhaDay] = []
+    skipped: list[dict[str, str]] = []
+    for folder in folders:
+        try:
+            days.append(_load_day_or_explain(folder))
+        except NezhaBenchError as exc:
+            if len(folders) == 1:
+                raise
+            log.error("nezha %s: day skipped, it cannot be scored: %s", folder.name, exc)
+            skipped.append({"day": folder.name, "reason": str(exc)})
+    if not days:
+        raise NezhaBenchError(
+            f"nezha: no day under {data_dir} can be scored; "
+            + "; ".join(f"{s['day']}: {s['reason']}" for s in skipped)
+        )
+    report = evaluate(days, settings)
+    report.skipped_days = skipped
+    return report
+
+
+def _load_day_or_explain(folder: Path) -> NezhaDay:
+    try:
+        return load_day(folder)
     except NezhaBenchError:
         raise
     except SchemaError as exc:
         raise NezhaBenchError(str(exc)) from exc
     except (OSError, ValueError) as exc:
-        raise NezhaBenchError(f"nezha: cannot read {data_dir}: {exc}") from exc
-    return evaluate(days, settings)
+        raise NezhaBenchError(f"nezha: cannot read {folder}: {exc}") from exc

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from aiops.ingest import check_source, load_telemetry
-from aiops.nezha import load_nezha
+from aiops.nezha import day_folders, load_nezha
 from aiops.schema import SchemaError, row_labels
 from tests.conftest import shared_absent
 
@@ -69,6 +69,56 @@ def test_the_study_repositorys_fault_list_name_is_read_too(tmp_path):
     assert len(load_nezha(day).labels) == 1  # the day folder itself
     (day / "2022-01-02-fault_list.json").write_text("{}")
     with pytest.raises(SchemaError, match="several fault lists"):
+        load_nezha(tmp_path)
+
+
+def test_an_underscore_prefixed_fault_list_is_read_and_an_unlabelled_day_is_named(tmp_path, caplog):
+    day = write_day(tmp_path / "a", {"10": [fault("2022-01-01 10:05:40")]})
+    (day / "fault_list.json").rename(day / "2022-01-01_fault_list.json")
+    assert len(load_nezha(day).labels) == 1
+    unlabelled = tmp_path / "a" / "2022-01-02"
+    (unlabelled / "metric").mkdir(parents=True)
+    with caplog.at_level("WARNING", logger="aiops.nezha"):
+        assert [d.name for d in day_folders(tmp_path / "a")] == ["2022-01-01"]
+    assert "2022-01-02 has metric/ but no fault_list.json" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ([{"inject_time": "2022-01-01 10:05:40"}], "got a JSON list"),
+        ({"10": "cpu_contention"}, "hour '10' holds str, expected a list of faults"),
+        ({"10": ["web-1"]}, "is not an object"),
+    ],
+)
+def test_a_malformed_fault_list_is_a_clear_error(tmp_path, content, message):
+    day = write_day(tmp_path, {})
+    (day / "fault_list.json").write_text(json.dumps(content))
+    with pytest.raises(SchemaError, match=message):
+        load_nezha(tmp_path)
+
+
+def test_an_hour_without_faults_may_be_null(tmp_path):
+    day = write_day(tmp_path, {"10": [fault("2022-01-01 10:05:40")]})
+    (day / "fault_list.json").write_text(json.dumps({"09": None, "10": [fault("2022-01-01 10:05:40")]}))
+    assert len(load_nezha(tmp_path).labels) == 1
+
+
+def test_rows_whose_time_does_not_parse_are_dropped_with_a_warning(tmp_path, caplog):
+    day = write_day(tmp_path, {})
+    path = day / "metric" / "web-1_metric.csv"
+    lines = path.read_text().splitlines()
+    # a header line repeated where two files were joined, and Go's zero time
+    zero = "0001-01-01 00:00:00 +0000 UTC" + lines[5][lines[5].index(",") :]
+    path.write_text("\n".join([*lines[:5], lines[0], zero, *lines[5:]]) + "\n")
+    with caplog.at_level("WARNING", logger="aiops.nezha"):
+        m = load_nezha(tmp_path).metrics
+    assert "2 of 32 rows have a Time that does not parse" in caplog.text
+    web = m[m["pod"] == "web-1"]
+    assert len(web) == 30 and web["cpu_usage_cores"].notna().all()  # the columns read as numbers again
+    # a column where most rows do not parse is not a Nezha time column
+    path.write_text("\n".join([lines[0], *(("x" + line) for line in lines[1:])]) + "\n")
+    with pytest.raises(SchemaError, match="cannot parse Time value"):
         load_nezha(tmp_path)
 
 

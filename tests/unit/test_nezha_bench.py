@@ -341,19 +341,27 @@ def test_a_run_that_outlasts_relearn_after_becomes_the_new_normal():
     assert never[-1] == pytest.approx(200 * first)  # never relearned: one run, a permanent alarm
 
 
-def test_the_entry_service_is_named_by_front_service_or_is_the_call_graph_root():
+def test_the_entry_service_is_named_by_front_service_or_is_the_call_graph_root(caplog):
     def extras(name: str | None, dependencies=(("a", "b"), ("b", "c"))):
         front = None if name is None else pd.DataFrame({"ServiceName": [name], "SuccessRate(%)": [100.0]})
         return nb.NezhaDayExtras(dependencies, None, None, front)
 
-    assert nb._entry_service(extras("A"), {"a", "b", "c"}, []) == "a"
-    assert nb._entry_service(extras("Gateway"), {"a", "b", "c"}, []) == "a"  # the only root
+    services = {"a", "b", "c"}
+    assert nb._entry_service(extras("A"), services, [], services) == "a"
+    assert nb._entry_service(extras("Gateway"), services, [], services) == "a"  # the only root
     two_roots = extras("Gateway", (("a", "c"), ("b", "c")))
-    assert nb._entry_service(two_roots, {"a", "b", "c"}, []) is None
-    assert nb._entry_service(extras(None), {"a", "b", "c"}, []) is None
+    assert nb._entry_service(two_roots, services, [], services) is None
+    assert nb._entry_service(extras(None), services, [], services) is None
     mixed = extras("A")
     mixed.front_service.loc[1] = ["B", 100.0]  # rows of two services: which minute is whose?
-    assert nb._entry_service(mixed, {"a", "b", "c"}, []) is None
+    assert nb._entry_service(mixed, services, [], services) is None
+    # A root without pod metrics (a load generator) hands over to its only callee...
+    assert nb._entry_service(extras("Frontend"), services, [], {"b", "c"}) == "b"
+    # ... and a root that calls several services names no entry (which would it be?).
+    fan_out = extras("Frontend", (("load", "a"), ("load", "b")))
+    with caplog.at_level("WARNING", logger="aiops.nezha_bench"):
+        assert nb._entry_service(fan_out, {"load", "a", "b"}, [], {"a", "b"}) is None
+    assert "the entry service load has no pod metrics" in caplog.text
 
 
 def test_errors_at_the_entry_localise_to_it_unless_a_callee_explains_them(tmp_path):
@@ -582,6 +590,35 @@ def test_several_days_get_a_summary_each(synthetic, tmp_path):
     lines = result.output.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("day ") and "alarm share" in line)
     assert [line.split()[0] for line in lines[header + 1 : header + 3]] == ["2022-01-01", "2022-01-02"]
+
+
+def test_a_day_that_cannot_be_scored_is_skipped_and_reported_not_fatal(synthetic, tmp_path):
+    from typer.testing import CliRunner
+
+    from aiops.cli import app
+
+    shutil.copytree(synthetic, tmp_path / "2022-01-01")
+    shutil.copytree(synthetic, tmp_path / "2022-01-02")
+    faults = json.loads((tmp_path / "2022-01-02" / "fault_list.json").read_text())
+    for item in faults["10"]:  # eight hours early: nothing lines up with the metrics
+        item["inject_time"] = str(pd.Timestamp(item["inject_time"]) - pd.Timedelta(hours=8))
+    (tmp_path / "2022-01-02" / "fault_list.json").write_text(json.dumps(faults))
+    output = tmp_path / "nezha.json"
+    result = CliRunner().invoke(app, ["benchmark", "nezha", "--data", str(tmp_path), "--output", str(output)])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(output.read_text())
+    assert [d["day"] for d in payload["days"]] == ["2022-01-01"]
+    [skipped] = payload["skipped_days"]
+    assert skipped["day"] == "2022-01-02" and "lies outside its metrics" in skipped["reason"]
+    assert payload["summary"]["n_faults"] == len(SYNTHETIC_FAULTS)
+    assert "SKIPPED 2022-01-02" in result.output
+    # One day alone that cannot be scored is still an error, and so is a folder of only such days.
+    with pytest.raises(nb.NezhaBenchError, match="lies outside its metrics"):
+        nb.run_nezha_benchmark(tmp_path / "2022-01-02")
+    shutil.rmtree(tmp_path / "2022-01-01")
+    shutil.copytree(tmp_path / "2022-01-02", tmp_path / "2022-01-03")
+    with pytest.raises(nb.NezhaBenchError, match="no day under .* can be scored; 2022-01-02: "):
+        nb.run_nezha_benchmark(tmp_path)
 
 
 def test_one_odd_fault_is_scored_with_a_warning_not_a_failed_day(tmp_path, caplog):
