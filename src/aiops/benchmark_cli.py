@@ -36,6 +36,13 @@ def _print_nab(report: dict[str, Any]) -> None:
         f"{len(files)} files: TP {sum(f['tp'] for f in files)}, FP {sum(f['fp'] for f in files)}, "
         f"FN {sum(f['fn'] for f in files)} (rows, standard profile)"
     )
+    for key, why in (("unlabelled", "no entry in the windows file"), ("missing", "no results file")):
+        if report.get(key):
+            typer.secho(
+                f"NOT SCORED ({why}): {len(report[key])} file(s): {', '.join(report[key])}",
+                fg=typer.colors.RED,
+                err=True,
+            )
 
 
 @benchmark_app.command("nab")
@@ -47,7 +54,10 @@ def benchmark_nab(
         ),
     ],
     output: Annotated[Path, typer.Option(help="JSON report to write.")],
-    detector: Annotated[str | None, typer.Option(help="Streaming detector to run (see --help).")] = None,
+    detector: Annotated[
+        str | None,
+        typer.Option(help="Streaming detector: novelty (default), robust_change or windowed_gaussian."),
+    ] = None,
     results_out: Annotated[
         Path | None, typer.Option(help="Also write every file's scores in NAB's results layout here.")
     ] = None,

@@ -136,12 +136,14 @@ class NabCorpus:
         root: The folder holding ``data/`` and ``combined_windows.json``.
         files: The data files, sorted by name.
         profiles: Cost matrices by profile name.
+        unlabelled: Data files the windows file has no entry for (not scored).
 
     """
 
     root: Path
     files: tuple[NabFile, ...]
     profiles: Mapping[str, CostMatrix]
+    unlabelled: tuple[str, ...] = ()
 
     def file(self, name: str) -> NabFile:
         """Return the file called ``name`` (``<category>/<name>.csv``)."""
@@ -348,7 +350,11 @@ def load_corpus(data_dir: Path | str, files: Iterable[str] | None = None) -> Nab
     profiles_path = _beside_or_in(root, "config", PROFILES_FILE)
     profiles = load_profiles(profiles_path if profiles_path.is_file() else None)
 
-    available = sorted(p.relative_to(data_root).as_posix() for p in data_root.glob("*/*.csv"))
+    available = sorted(
+        p.relative_to(data_root).as_posix()
+        for p in data_root.glob("*/*.csv")
+        if not (p.name.startswith(".") or p.parent.name.startswith("."))  # e.g. macOS ._ files
+    )
     if not available:
         raise NabError(f"{data_root} holds no <category>/<name>.csv files")
     names = available if files is None else list(dict.fromkeys(files))
@@ -356,16 +362,27 @@ def load_corpus(data_dir: Path | str, files: Iterable[str] | None = None) -> Nab
     if absent:
         raise NabError(f"requested file(s) {absent} not under {data_root}")
     unlabelled = [n for n in names if n not in windows]
-    if unlabelled:
+    if unlabelled and (files is not None or len(unlabelled) == len(names)):
         raise NabError(
             f"{windows_path} has no entry for {unlabelled}; add one per data file "
             "(an empty list [] when the file has no anomaly)"
         )
+    if unlabelled:
+        # As NAB's own labeller does: a file without labels cannot be scored; say so and go on.
+        logger.warning(
+            "%s has no entry for %d data file(s), which are not scored: %s",
+            windows_path,
+            len(unlabelled),
+            unlabelled,
+        )
+        names = [n for n in names if n in windows]
     extra = sorted(set(windows) - set(available))
     if extra:
         logger.info("ignoring windows of %d file(s) absent from %s", len(extra), data_root)
     loaded = tuple(read_data_file(data_root / n, n, windows[n]) for n in sorted(names))
-    return NabCorpus(root=root, files=loaded, profiles=MappingProxyType(profiles))
+    return NabCorpus(
+        root=root, files=loaded, profiles=MappingProxyType(profiles), unlabelled=tuple(unlabelled)
+    )
 
 
 def window_bounds(timestamps: np.ndarray, windows: Sequence[Window], name: str = "") -> list[tuple[int, int]]:
@@ -643,7 +660,7 @@ def write_results(
     path.parent.mkdir(parents=True, exist_ok=True)
     frame = pd.DataFrame(
         {
-            "timestamp": pd.DatetimeIndex(nab_file.timestamps).strftime("%Y-%m-%d %H:%M:%S"),
+            "timestamp": _stamps(nab_file.timestamps),
             "value": nab_file.values,
             "anomaly_score": scores,
             "label": nab_file.labels().astype(int),
@@ -652,6 +669,13 @@ def write_results(
     # repr-precision floats so that a read-back threshold comparison gives the same alarms.
     frame.to_csv(path, index=False, float_format="%.17g")
     return path
+
+
+def _stamps(timestamps: np.ndarray) -> pd.Index:
+    """NAB's timestamp text (``2014-02-19 10:50:00``), with the fraction where a row has one."""
+    index = pd.DatetimeIndex(timestamps)
+    whole = bool(((index.microsecond == 0) & (index.nanosecond == 0)).all())
+    return index.strftime("%Y-%m-%d %H:%M:%S" if whole else "%Y-%m-%d %H:%M:%S.%f")
 
 
 def read_results(path: Path | str, nab_file: NabFile | None = None) -> pd.DataFrame:
@@ -760,8 +784,8 @@ def run_nab(
         files: Restrict to these ``<category>/<name>.csv``; all files when None.
 
     Returns:
-        The report of :func:`score_corpus`, plus ``detector`` and ``detect_seconds`` (time spent
-        in the detector over all files).
+        The report of :func:`score_corpus`, plus ``detector``, ``detect_seconds`` (time spent
+        in the detector over all files) and ``unlabelled`` (data files without windows, not scored).
 
     Raises:
         NabError: The folder is broken, the detector's output is malformed, or the detectors
@@ -785,7 +809,12 @@ def run_nab(
             "threshold for every file (pass threshold=... or fix the factory)"
         )
     report = score_corpus(corpus, scores, thresholds.pop())
-    return {**report, "detector": detector_name, "detect_seconds": elapsed}
+    return {
+        **report,
+        "detector": detector_name,
+        "detect_seconds": elapsed,
+        "unlabelled": list(corpus.unlabelled),
+    }
 
 
 def score_results(
@@ -808,8 +837,9 @@ def score_results(
         files: Data files to score; all files that have a results file when None.
 
     Returns:
-        The report of :func:`score_corpus` over the scored files, plus ``detector`` and
-        ``missing`` (data files without a results file, not scored).
+        The report of :func:`score_corpus` over the scored files, plus ``detector``,
+        ``missing`` (data files without a results file, not scored) and ``unlabelled`` (data
+        files without windows, not scored).
 
     Raises:
         NabError: A requested file has no results file, or no file has one.
@@ -830,8 +860,21 @@ def score_results(
         raise NabError(f"no results file for {missing} under {results_dir} (expected {detector}_<name>.csv)")
     if not scores:
         raise NabError(f"no results files '<category>/{detector}_<name>.csv' under {results_dir}")
+    if missing:
+        logger.warning(
+            "%d data file(s) have no results file '<category>/%s_<name>.csv' under %s and are not scored: %s",
+            len(missing),
+            detector,
+            results_dir,
+            missing,
+        )
     scored = NabCorpus(corpus.root, tuple(f for f in corpus.files if f.name in scores), corpus.profiles)
-    return {**score_corpus(scored, scores, threshold), "detector": detector, "missing": missing}
+    return {
+        **score_corpus(scored, scores, threshold),
+        "detector": detector,
+        "missing": missing,
+        "unlabelled": list(corpus.unlabelled),
+    }
 
 
 def _infer_prefix(results_dir: Path, corpus: NabCorpus) -> str | None:

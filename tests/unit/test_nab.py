@@ -341,10 +341,25 @@ def test_missing_data_folder(tmp_path: Path) -> None:
         nab.load_corpus(tmp_path)
 
 
-def test_data_file_without_windows_entry(tiny: Path) -> None:
+def test_data_file_without_windows_entry_is_left_out_with_a_warning(
+    tiny: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As NAB's own labeller does; asked for by name, or with no labelled file at all, it is an error."""
     (tiny / "combined_windows.json").write_text(json.dumps({"catA/spiky.csv": []}))
+    with caplog.at_level("WARNING", logger="aiops.nab"):
+        corpus = nab.load_corpus(tiny)
+    assert [f.name for f in corpus.files] == ["catA/spiky.csv"] and corpus.unlabelled == ("catB/quiet.csv",)
+    assert "not scored: ['catB/quiet.csv']" in caplog.text
     with pytest.raises(nab.NabError, match=r"no entry for \['catB/quiet.csv'\]"):
+        nab.load_corpus(tiny, files=["catB/quiet.csv"])
+    (tiny / "combined_windows.json").write_text(json.dumps({}))
+    with pytest.raises(nab.NabError, match="no entry for"):
         nab.load_corpus(tiny)
+
+
+def test_hidden_files_are_not_data_files(tiny: Path) -> None:
+    (tiny / "data" / "catA" / "._spiky.csv").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")
+    assert [f.name for f in nab.load_corpus(tiny).files] == ["catA/spiky.csv", "catB/quiet.csv"]
 
 
 def test_windows_of_absent_files_are_ignored(tiny: Path) -> None:
@@ -513,6 +528,33 @@ def test_cli_benchmark_nab_runs_writes_and_rescores(tiny: Path, tmp_path: Path) 
     )
     assert result.exit_code == 0, result.output
     assert json.loads(again.read_text())["profiles"] == report["profiles"]
+    # a data file without a results file is named, not dropped quietly
+    (res / "catB" / "robust_change_quiet.csv").unlink()
+    result = runner.invoke(
+        app,
+        ["benchmark", "nab", "--data", str(tiny), "--output", str(again)]
+        + ["--scores-from", str(res), "--threshold", str(threshold)],
+    )
+    assert result.exit_code == 0, result.output
+    assert "NOT SCORED (no results file): 1 file(s): catB/quiet.csv" in result.output
+    assert json.loads(again.read_text())["missing"] == ["catB/quiet.csv"]
+
+
+def test_cli_help_names_every_detector() -> None:
+    from typer.testing import CliRunner
+
+    from aiops.cli import app
+    from aiops.detectors.streaming import STREAMING_DETECTORS
+
+    text = " ".join(CliRunner().invoke(app, ["benchmark", "nab", "--help"]).output.split())
+    assert all(name in text for name in STREAMING_DETECTORS)
+
+
+def test_results_keep_fractions_of_a_second(tmp_path: Path) -> None:
+    stamps = pd.date_range("2020-01-01", periods=40, freq="500ms")
+    nab_file = nab.NabFile("c/half.csv", stamps.to_numpy(), np.arange(40.0), ())
+    path = nab.write_results(tmp_path, "d", nab_file, np.zeros(40))
+    assert nab.read_results(path, nab_file)["timestamp"].iloc[1] == pd.Timestamp("2020-01-01 00:00:00.5")
 
 
 @pytest.mark.parametrize(
