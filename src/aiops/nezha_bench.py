@@ -192,6 +192,10 @@ def _pod_table(path: Path) -> tuple[str, pd.DataFrame]:
     return pod, numeric.apply(pd.to_numeric, errors="coerce").astype("float64")
 
 
+#: Longest span one day folder may cover (the study's days are about 20 hours).
+MAX_DAY_SPAN = pd.Timedelta(days=3)
+
+
 def load_day(day: str | Path) -> NezhaDay:
     """Read one day folder: raw per-pod metrics, call graph, edge latencies and faults.
 
@@ -214,6 +218,10 @@ def load_day(day: str | Path) -> NezhaDay:
             log.warning("nezha %s: %s holds no rows; skipped", folder.name, path.name)
             continue
         pod, table = _pod_table(path)
+        if pod in pods:
+            log.warning(
+                "nezha %s: %s holds pod %s again; it replaces the earlier file", folder.name, path.name, pod
+            )
         pods[pod] = table
     usable = {_CPU_RATE, _CPU_CORES, *_SERVER_LATENCY}
     if not any(usable & set(t.columns) for t in pods.values()):
@@ -257,6 +265,13 @@ def load_day(day: str | Path) -> NezhaDay:
     extras = load_nezha_day_extras(folder)
     start = min(t.index.min() for t in pods.values())
     end = max(t.index.max() for t in pods.values())
+    if end - start > MAX_DAY_SPAN:
+        first = min(pods, key=lambda p: pods[p].index.min())
+        last = max(pods, key=lambda p: pods[p].index.max())
+        raise NezhaBenchError(
+            f"nezha: {folder.name} spans {start} .. {end} ({first} .. {last}), more than {MAX_DAY_SPAN} "
+            "for one recorded day: a row with a wrong Time?"
+        )
     grid = pd.date_range(start, end, freq=_STEP, name="timestamp")
 
     def on_grid(table: pd.DataFrame | None) -> pd.DataFrame | None:

@@ -621,6 +621,17 @@ def test_a_day_that_cannot_be_scored_is_skipped_and_reported_not_fatal(synthetic
         nb.run_nezha_benchmark(tmp_path)
 
 
+def test_a_row_with_a_far_off_time_is_an_error_not_a_longer_day(tmp_path):
+    day = write_day(tmp_path, minutes=20, faults=[])
+    path = next((day / "metric").glob("*_metric.csv"))
+    lines = path.read_text().splitlines()
+    # one row from 1970: a grid from there would need gigabytes and dilute the false-alarm rate
+    lines[3] = "1970-01-01 00:00:00.1 +0000 UTC" + lines[3][lines[3].index(",") :]
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(nb.NezhaBenchError, match="spans 1970-01-01 .* a row with a wrong Time"):
+        nb.run_nezha_benchmark(day)
+
+
 def test_one_odd_fault_is_scored_with_a_warning_not_a_failed_day(tmp_path, caplog):
     ghost = {**fault(60.5, "cache", "network_delay"), "inject_pod": "cache-9-recreated"}
     day = write_day(tmp_path, faults=[*SYNTHETIC_FAULTS, ghost])
