@@ -24,15 +24,15 @@ def check_drift(
     (experiment ``aiops-drift-checks``). A single boolean output keeps the condition that
     follows evaluable by the local runner as well as on the cluster.
 
-    When it keeps the champion the run's work ends here, so this step also pushes the run's
-    duration and rows, which the register step pushes when a retraining follows. Whether the run
-    succeeded is pushed by the pipeline's exit handler.
+    When it keeps the champion the run's work ends here, so this step also pushes that the run
+    succeeded, with its duration and rows (the register step does when a retraining follows;
+    a failure is pushed by the pipeline's exit handler).
     """
     import os
 
     from aiops.drift import check_against_champion, log_drift_check
     from aiops.features import load_features
-    from aiops.monitoring import DRIFT_SHARE, Sample, push_run_metrics, run_size_samples, seconds_since
+    from aiops.monitoring import DRIFT_SHARE, push_run_metrics, report_run_success, seconds_since
 
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
     if not uri:
@@ -54,11 +54,9 @@ def check_drift(
             f"## Drift check\n\n**{'retrain' if result.retrain else 'keep the champion'}**: {result.reason}\n"
         )
     log_drift_check(result, uri, model_name, window, max_drift_share, report_html=report.path)
-    samples: list[Sample] = []  # pushed when AIOPS_PUSHGATEWAY_URL is set
+    # Pushed when AIOPS_PUSHGATEWAY_URL is set.
     if result.result is not None:
-        samples.append(Sample(DRIFT_SHARE, result.result.drift_share))
+        push_run_metrics(job, {DRIFT_SHARE: result.result.drift_share}, grouping_key={"step": "check-drift"})
     if not result.retrain:
-        samples += run_size_samples(seconds_since(pipeline_started_at), len(table))
-    if samples:
-        push_run_metrics(job, samples, grouping_key={"step": "check-drift"})
+        report_run_success(job, seconds_since(pipeline_started_at), len(table))
     return result.retrain

@@ -11,11 +11,15 @@ def report_outcome(
     tracking_uri: str = "",
     kfp_run_id: str = "local",
 ) -> str:
-    """The pipelines' exit handler: push how the run ended; return the version it registered.
+    """The pipelines' exit handler: push a failed run's failure; return the version it registered.
 
     It runs after every step inside the pipeline's ``dsl.ExitHandler``, whether they succeeded
-    or not, and pushes ``aiops_pipeline_success`` (1 or 0) with the time the run ended (when
-    ``AIOPS_PUSHGATEWAY_URL`` is set), which ``AiopsPipelineRunFailed`` reads.
+    or not. When KFP reports the steps failed or cancelled, it pushes ``aiops_pipeline_success
+    0`` (when ``AIOPS_PUSHGATEWAY_URL`` is set), which ``AiopsPipelineRunFailed`` reads. A
+    success is pushed by the step where the run's work ends, not here: the name of a successful
+    state differs between KFP's backend (``COMPLETE``), the local runner and Vertex AI
+    (``SUCCEEDED``), and some KFP backends leave a group with nested pipelines or conditions
+    ``RUNNING`` (kubeflow/pipelines#11979). Only a state that says failure is read as one.
 
     Returns the model version this run registered (the version tagged with ``kfp_run_id``),
     or ``""`` when it registered none (a retraining run that found no drift) or failed. The
@@ -24,18 +28,13 @@ def report_outcome(
     """
     import os
 
-    from aiops.monitoring import report_run_outcome
+    from aiops.monitoring import report_run_failure
     from aiops.registry import find_version
 
-    succeeded = status.state == "SUCCEEDED"
-    if not succeeded:
-        print(
-            f"{job}: the run ended {status.state} in {status.pipeline_task_name}: "
-            f"{status.error_message or 'no message'}"
-        )
-    report_run_outcome(job, succeeded)
-    if not succeeded:
-        return ""
+    if status.state.upper() in ("FAILED", "CANCELED", "CANCELLED"):
+        print(f"{job}: the run ended {status.state}: {status.error_message or 'no message from KFP'}")
+        report_run_failure(job)
+        return ""  # and no MLflow call: it may be what failed
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
     if not uri:
         raise ValueError("no MLflow tracking URI: pass tracking_uri or set MLFLOW_TRACKING_URI")

@@ -23,8 +23,12 @@ SERVICE_CA_DIR = str(PurePosixPath(SERVICE_CA_BUNDLE).parent)
 GPU_RESOURCE = "nvidia.com/gpu"
 
 
-def with_mlflow_credentials(task: PipelineTask) -> PipelineTask:
-    """Inject the MLflow server address and the artifact store's S3 credentials."""
+def with_mlflow_credentials(task: PipelineTask, artifacts: bool = True) -> PipelineTask:
+    """Inject the MLflow server address and the artifact store's S3 credentials.
+
+    ``artifacts=False``: the address (and token) only. A step that only reads the registry
+    needs no S3 secret, and must not fail to start for want of one.
+    """
     kubernetes.use_secret_as_env(
         task,
         secret_name=MLFLOW_SECRET,
@@ -36,6 +40,8 @@ def with_mlflow_credentials(task: PipelineTask) -> PipelineTask:
         secret_key_to_env={"MLFLOW_TRACKING_TOKEN": "MLFLOW_TRACKING_TOKEN"},
         optional=True,
     )
+    if not artifacts:
+        return task
     kubernetes.use_secret_as_env(
         task,
         secret_name=S3_SECRET,

@@ -191,7 +191,7 @@ def outcome_reporter(job: str, model_name: Any, tracking_uri: Any) -> Any:
         job=job, model_name=model_name, tracking_uri=tracking_uri, kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER
     ).set_display_name("report outcome")
     outcome.set_caching_options(False)
-    with_mlflow_credentials(outcome)
+    with_mlflow_credentials(outcome, artifacts=False)  # it only searches the registry
     with_pushgateway(outcome)
     return outcome
 

@@ -15,11 +15,13 @@ Semantics of the pushed metrics:
   Each step that pushes uses its own group (``grouping_key={"step": ...}``) so that steps do
   not erase each other's metrics.
 * **Failures are a gauge, not a counter**: a run cannot know how many runs failed before it
-  (the Pushgateway keeps no history, and a pushed counter would read 1 forever), so the
-  pipelines' exit handler (a ``dsl.ExitHandler`` task, which runs whether the steps inside
-  succeeded or not) pushes ``aiops_pipeline_success`` 1 or 0 with the time the run ended; a 0
-  holds until a run succeeds, and the alert fires after it has held for a few minutes. A run
-  that dies before its exit handler can push (a cancelled run, a lost node) is caught by
+  (the Pushgateway keeps no history, and a pushed counter would read 1 forever). How the last
+  run ended lives in one group per pipeline (``step="run"``): the step where a run's work ends
+  (registration, or the drift check that keeps the champion) pushes ``aiops_pipeline_success``
+  1 with the time, and the pipelines' exit handler (a ``dsl.ExitHandler`` task, which runs
+  whether the steps succeeded or not) pushes 0 when KFP reports the run failed. A 0 holds until
+  a run succeeds, and the alert fires after it has held for a few minutes. A run that dies
+  before its exit handler can push (a cancelled run, a lost node) is caught by
   ``aiops_pipeline_last_run_timestamp_seconds`` growing old.
 * Timestamps are Unix seconds, so ``time() - metric`` is an age.
 
@@ -434,6 +436,10 @@ def seconds_since(started_at: str) -> float:
     return time.time() - started.timestamp()
 
 
+#: The Pushgateway group (``step`` label) that holds how each pipeline's last run ended.
+RUN_GROUP = "run"
+
+
 def report_registration(
     job: str,
     model: str,
@@ -445,34 +451,43 @@ def report_registration(
 ) -> bool:
     """Push what the register step knows about its run.
 
-    That is: how long the run took to get here and how many rows it read, the new version's
-    test metrics, and the promotion time when the gate promoted it (the champion-age alert reads
-    it). Whether the run succeeded is the exit handler's to say (:func:`report_run_outcome`): a
-    later step can still fail. The promotion time goes to a group of its own
-    (:func:`report_champion`): a push replaces its whole group, so a run that keeps the champion
-    would otherwise erase the time the alert needs.
+    That is: the run got through (:func:`report_run_success`: registration is where a training
+    run's work ends, a canary aside), the new version's test metrics, and the promotion time
+    when the gate promoted it (the champion-age alert reads it). The promotion time goes to a
+    group of its own (:func:`report_champion`): a push replaces its whole group, so a run that
+    keeps the champion would otherwise erase the time the alert needs.
     """
-    samples = run_size_samples(seconds_since(started_at), rows)
-    samples += model_metric_samples(
+    pushed = report_run_success(job, seconds_since(started_at), rows)
+    samples = model_metric_samples(
         model,
         version,
         {k: float(v) for k, v in metrics.items() if k in _PUSHED_MODEL_METRICS},
         alias="challenger",
     )
-    pushed = push_run_metrics(job, samples, grouping_key={"step": "register"})
+    pushed = push_run_metrics(job, samples, grouping_key={"step": "register"}) and pushed
     if promoted:
         pushed = report_champion(job, model, version) and pushed
     return pushed
 
 
-def report_run_outcome(job: str, succeeded: bool) -> bool:
-    """Push how a pipeline run ended (the exit handler of both pipelines calls this).
+def report_run_success(job: str, duration_s: float, rows: int | None = None) -> bool:
+    """Push that a run got through its work: success 1, the time, its duration and rows.
 
-    The group (``step="run"``) holds ``aiops_pipeline_success`` and the time the run ended
-    until the next run's exit handler replaces them: ``AiopsPipelineRunFailed`` fires on the
-    0 of a failed run and resolves when a run succeeds.
+    Called by the step where a run's work ends (registration, or the drift check that keeps
+    the champion). It replaces the ``step="run"`` group, so a failure pushed by an earlier
+    run's exit handler (:func:`report_run_failure`) resolves.
     """
-    return push_run_metrics(job, run_outcome_samples(succeeded), grouping_key={"step": "run"})
+    samples = [*run_outcome_samples(True), *run_size_samples(duration_s, rows)]
+    return push_run_metrics(job, samples, grouping_key={"step": RUN_GROUP})
+
+
+def report_run_failure(job: str) -> bool:
+    """Push that a run failed (success 0 and the time), from the pipelines' exit handler.
+
+    The 0 replaces the ``step="run"`` group and holds until a run succeeds;
+    ``AiopsPipelineRunFailed`` fires on it.
+    """
+    return push_run_metrics(job, run_outcome_samples(False), grouping_key={"step": RUN_GROUP})
 
 
 def report_champion(job: str, model: str, version: str, step: str = "champion") -> bool:

@@ -882,7 +882,8 @@ def _infer_prefix(results_dir: Path, corpus: NabCorpus) -> str | None:
     for nab_file in corpus.files:
         category, _, file_name = nab_file.name.rpartition("/")
         for path in sorted((results_dir / category).glob(f"*_{file_name}")):
-            return path.name[: -len(file_name) - 1]
+            if not path.name.startswith("."):  # e.g. macOS ._ files beside the results
+                return path.name[: -len(file_name) - 1]
     return None
 
 

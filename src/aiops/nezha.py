@@ -98,6 +98,14 @@ def fault_list_path(day: str | Path) -> Path | None:
     return named[0] if named else None
 
 
+def _has_fault_list(folder: Path) -> bool:
+    """Whether ``folder`` holds a fault list, even an ambiguous one (reading it says what is wrong)."""
+    try:
+        return fault_list_path(folder) is not None
+    except SchemaError:
+        return True
+
+
 def day_folders(data_dir: str | Path) -> list[Path]:
     """Return the recorded days under ``data_dir`` (itself, or its sub-folders).
 
@@ -110,7 +118,7 @@ def day_folders(data_dir: str | Path) -> list[Path]:
     candidates = (
         [root] if fault_list_path(root) is not None else sorted(p for p in root.iterdir() if p.is_dir())
     )
-    days = [p for p in candidates if (p / "metric").is_dir() and fault_list_path(p) is not None]
+    days = [p for p in candidates if (p / "metric").is_dir() and _has_fault_list(p)]
     for folder in candidates:
         if (folder / "metric").is_dir() and folder not in days:
             # Recorded metrics without labels cannot be scored or trained on: say so, never drop quietly.
@@ -142,6 +150,9 @@ def _parse_time(values: pd.Series) -> pd.Series:
     return pd.to_datetime(text, utc=True, errors="coerce", format="ISO8601")
 
 
+#: Longest span one day folder may cover (the study's days are about 20 hours); a longer one
+#: means a row with a wrong time, whose minute grid could take gigabytes.
+MAX_DAY_SPAN = pd.Timedelta(days=3)
 #: Most rows of a file whose time may fail to parse; beyond it the column is not a Nezha time.
 MAX_UNTIMED_SHARE = 0.1
 
@@ -216,8 +227,14 @@ def _pod_metrics(path: Path, options: NezhaOptions) -> pd.DataFrame:
         if ratio in frame:
             frame[ratio] = frame[ratio].clip(0.0, 1.0)
     frame = frame.drop_duplicates(subset=[TIMESTAMP], keep="last")
+    first, last = frame[TIMESTAMP].min(), frame[TIMESTAMP].max()
+    if last - first > MAX_DAY_SPAN:
+        raise SchemaError(
+            f"nezha: {path.name} spans {first} .. {last}, more than {MAX_DAY_SPAN} for one recorded "
+            "day: a row with a wrong Time?"
+        )
     # Explicit NaN rows for missed minutes keep row-count windows honest.
-    grid = pd.date_range(frame[TIMESTAMP].min(), frame[TIMESTAMP].max(), freq=options.step)
+    grid = pd.date_range(first, last, freq=options.step)
     frame = frame.set_index(TIMESTAMP).reindex(grid)
     frame.index.name = TIMESTAMP
     for key in ENTITY_KEYS:

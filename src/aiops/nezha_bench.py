@@ -58,6 +58,7 @@ import pandas as pd
 
 from aiops.nezha import (
     FAULT_KINDS,
+    MAX_DAY_SPAN,
     NezhaDayExtras,
     day_folders,
     load_nezha_day_extras,
@@ -190,10 +191,6 @@ def _pod_table(path: Path) -> tuple[str, pd.DataFrame]:
         pod = path.name.removesuffix("_metric.csv")
     numeric = table.drop(columns=[c for c in ("PodName", "TimeStamp") if c in table.columns])
     return pod, numeric.apply(pd.to_numeric, errors="coerce").astype("float64")
-
-
-#: Longest span one day folder may cover (the study's days are about 20 hours).
-MAX_DAY_SPAN = pd.Timedelta(days=3)
 
 
 def load_day(day: str | Path) -> NezhaDay:
@@ -483,7 +480,7 @@ def _entry_service(
     load generator at the root, say) hands over to its only callee, as long as there is one:
     the first service whose pods the users' requests reach. ``served``: the services with pods.
     """
-    entry = _named_entry(extras, services, edges)
+    named = entry = _named_entry(extras, services, edges)
     graph = {*edges, *extras.dependencies}
     seen: set[str] = set()
     while entry is not None and entry not in served and entry not in seen:
@@ -494,7 +491,7 @@ def _entry_service(
         log.warning(
             "nezha: the entry service %s has no pod metrics and no single callee that has; "
             "front_service.csv's success rate is not used",
-            sorted(seen)[0],
+            named,
         )
     return entry
 

@@ -528,14 +528,16 @@ def test_register_step_outcome_reaches_prometheus(stack: Stack, monkeypatch: pyt
 
     def pushed() -> dict | None:
         found = _series(stack.prometheus, '{job="t-register"}')
-        return found if len(found) >= 5 else None
+        names = {name for name, _ in found}
+        return found if {PIPELINE_SUCCESS, MODEL_METRIC, CHAMPION_PROMOTED} <= names else None
 
-    got = {
-        (name, dict(labels).get("metric", "")): value for (name, labels), value in _eventually(pushed).items()
-    }
-    assert got[(PIPELINE_ROWS, "")] == 1234.0
-    # whether the run succeeded is the exit handler's to say: a later step may still fail
-    assert (PIPELINE_SUCCESS, "") not in got and (PIPELINE_LAST_RUN, "") not in got
+    found = _eventually(pushed)
+    got = {(name, dict(labels).get("metric", "")): value for (name, labels), value in found.items()}
+    # the run got through: its outcome goes to the group of the run, where a failure would go
+    run = {name: dict(labels)["step"] for (name, labels) in found if name.startswith("aiops_pipeline")}
+    outcome = (PIPELINE_SUCCESS, PIPELINE_LAST_RUN, PIPELINE_DURATION, PIPELINE_ROWS)
+    assert run == dict.fromkeys(outcome, "run")
+    assert got[(PIPELINE_SUCCESS, "")] == 1.0 and got[(PIPELINE_ROWS, "")] == 1234.0
     assert got[(PIPELINE_DURATION, "")] > 0  # seconds since the (cluster-provided) pipeline start
     assert got[(MODEL_METRIC, "event_f1")] == 0.8 and (MODEL_METRIC, "windows") not in got
     assert got[(CHAMPION_PROMOTED, "")] > 1.7e9
@@ -561,6 +563,7 @@ def test_a_failed_pipeline_run_pushes_its_failure_and_the_alert_goes_pending(
     stack: Stack, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """The real training DAG on the local runner, failing at ingest: its exit handler still pushes."""
+    from aiops.monitoring import report_run_success
     from pipelines.runner import run_local
 
     monkeypatch.setenv(PUSHGATEWAY_URL_ENV, stack.pushgateway)  # the task subprocesses inherit it
@@ -593,3 +596,13 @@ def test_a_failed_pipeline_run_pushes_its_failure_and_the_alert_goes_pending(
         return found or None
 
     assert _eventually(pending)[0]["alertstate"] == "pending"  # `for: 5m`
+
+    # the next run that gets through replaces the 0, and the alert resolves
+    assert report_run_success("aiops-training", duration_s=12.0, rows=34)
+
+    def resolved() -> dict | None:
+        found = _series(stack.prometheus, f'{PIPELINE_SUCCESS}{{job="aiops-training"}}')
+        return found if list(found.values()) == [1.0] else None
+
+    _eventually(resolved)
+    _eventually(lambda: not pending())

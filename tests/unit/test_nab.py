@@ -357,9 +357,15 @@ def test_data_file_without_windows_entry_is_left_out_with_a_warning(
         nab.load_corpus(tiny)
 
 
-def test_hidden_files_are_not_data_files(tiny: Path) -> None:
+def test_hidden_files_are_neither_data_nor_results(tiny: Path, tmp_path: Path) -> None:
     (tiny / "data" / "catA" / "._spiky.csv").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")
-    assert [f.name for f in nab.load_corpus(tiny).files] == ["catA/spiky.csv", "catB/quiet.csv"]
+    corpus = nab.load_corpus(tiny)
+    assert [f.name for f in corpus.files] == ["catA/spiky.csv", "catB/quiet.csv"]
+    assert corpus.unlabelled == ()  # not even an unlabelled data file
+    report = nab.run_nab(tiny, RobustChangeDetector, detector_name="mine", results_dir=tmp_path / "res")
+    (tmp_path / "res" / "catA" / "._mine_spiky.csv").write_bytes(b"\x00\x05\x16\x07")
+    rescored = nab.score_results(tiny, tmp_path / "res", report["profiles"]["standard"]["threshold"])
+    assert rescored["detector"] == "mine" and rescored["profiles"] == report["profiles"]
 
 
 def test_windows_of_absent_files_are_ignored(tiny: Path) -> None:

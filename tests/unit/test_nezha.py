@@ -122,6 +122,16 @@ def test_rows_whose_time_does_not_parse_are_dropped_with_a_warning(tmp_path, cap
         load_nezha(tmp_path)
 
 
+def test_a_row_with_a_far_off_time_is_an_error_not_a_grid_of_decades(tmp_path):
+    day = write_day(tmp_path, {})
+    path = day / "metric" / "web-1_metric.csv"
+    lines = path.read_text().splitlines()
+    lines[3] = "1970-01-01 00:00:00.1 +0000 UTC" + lines[3][lines[3].index(",") :]
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(SchemaError, match="web-1_metric.csv spans 1970-01-01 .* a row with a wrong Time"):
+        load_nezha(tmp_path)
+
+
 def test_fault_outside_the_recording_is_an_error(tmp_path):
     write_day(tmp_path, {"18": [fault("2022-01-01 18:00:00")]})
     with pytest.raises(SchemaError, match="outside its metrics"):

@@ -612,6 +612,14 @@ def test_a_day_that_cannot_be_scored_is_skipped_and_reported_not_fatal(synthetic
     assert skipped["day"] == "2022-01-02" and "lies outside its metrics" in skipped["reason"]
     assert payload["summary"]["n_faults"] == len(SYNTHETIC_FAULTS)
     assert "SKIPPED 2022-01-02" in result.output
+    # a day with two fault lists (which one?) is skipped in the same way
+    shutil.copytree(synthetic, tmp_path / "2022-01-04")
+    (tmp_path / "2022-01-04" / "fault_list.json").rename(tmp_path / "2022-01-04" / "a-fault_list.json")
+    shutil.copy(tmp_path / "2022-01-04" / "a-fault_list.json", tmp_path / "2022-01-04" / "b-fault_list.json")
+    report = nb.run_nezha_benchmark(tmp_path)
+    assert [d["day"] for d in report.skipped_days] == ["2022-01-02", "2022-01-04"]
+    assert "several fault lists" in report.skipped_days[1]["reason"]
+    shutil.rmtree(tmp_path / "2022-01-04")
     # One day alone that cannot be scored is still an error, and so is a folder of only such days.
     with pytest.raises(nb.NezhaBenchError, match="lies outside its metrics"):
         nb.run_nezha_benchmark(tmp_path / "2022-01-02")
