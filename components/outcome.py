@@ -31,7 +31,7 @@ def report_outcome(
     from aiops.monitoring import report_run_failure
     from aiops.registry import find_version
 
-    if status.state.upper() in ("FAILED", "CANCELED", "CANCELLED"):
+    if str(status.state or "").upper() in ("FAILED", "CANCELED", "CANCELLED"):
         print(f"{job}: the run ended {status.state}: {status.error_message or 'no message from KFP'}")
         report_run_failure(job)
         return ""  # and no MLflow call: it may be what failed
