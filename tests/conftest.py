@@ -91,3 +91,8 @@ def small_telemetry():
     return synthetic_telemetry(
         SyntheticSource(seed=7, duration="1D", n_anomalies=6, deployments_per_namespace=1)
     )
+
+
+def retimed(line: str, time: str) -> str:
+    """A CSV row whose first cell (a Nezha file's ``Time``) is replaced by ``time``."""
+    return time + line[line.index(",") :]

@@ -161,10 +161,10 @@ def test_ensemble_and_evaluation_outputs(chain):
     assert (Path(a["plots"].path) / "detector_comparison.png").stat().st_size > 0
 
 
-def test_register_promotes_first_version(chain, tmp_path):
-    a, summary, f1, _ = chain
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    out = register_model.python_func(
+def _register(chain, uri: str, **options):
+    """The register step on the chain's ensemble, into the MLflow store at ``uri``."""
+    a, summary, *_ = chain
+    return register_model.python_func(
         model=a["model"],
         train=a["train"],
         test=a["test"],
@@ -174,10 +174,16 @@ def test_register_promotes_first_version(chain, tmp_path):
         data_rows=summary.rows,
         source="synthetic",
         seed=3,
-        model_name="unit-model",
         experiment="unit",
         tracking_uri=uri,
+        **options,
     )
+
+
+def test_register_promotes_first_version(chain, tmp_path):
+    _, summary, f1, _ = chain
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    out = _register(chain, uri, model_name="unit-model")
     assert out.version == "1" and out.promoted and out.aliases == "challenger,champion"
     run = registry_client(uri).get_run(out.run_id)
     assert run.data.tags["lineage.dataset_hash"] == summary.dataset_hash
@@ -189,23 +195,9 @@ def _final(state: str) -> dsl.PipelineTaskFinalStatus:
 
 
 def test_exit_handler_returns_the_version_its_run_registered(chain, tmp_path, monkeypatch):
-    a, summary, *_ = chain
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     common = {"model_name": "outcome-model", "tracking_uri": uri}
-    registered = register_model.python_func(
-        model=a["model"],
-        train=a["train"],
-        test=a["test"],
-        telemetry=a["telemetry"],
-        plots=a["plots"],
-        dataset_hash=summary.dataset_hash,
-        data_rows=summary.rows,
-        source="synthetic",
-        seed=3,
-        kfp_run_id="run-a",
-        experiment="unit",
-        **common,
-    )
+    registered = _register(chain, uri, model_name=common["model_name"], kfp_run_id="run-a")
     failures: list[str] = []
     monkeypatch.setattr("aiops.monitoring.report_run_failure", failures.append)
     # KFP's backend says COMPLETE, the local runner SUCCEEDED; a backend that does not propagate

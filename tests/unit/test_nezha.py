@@ -7,7 +7,7 @@ import pytest
 from aiops.ingest import check_source, load_telemetry
 from aiops.nezha import day_folders, load_nezha
 from aiops.schema import SchemaError, row_labels
-from tests.conftest import shared_absent
+from tests.conftest import retimed, shared_absent
 
 NEZHA = Path(__file__).resolve().parents[2].parent / "shared" / "benchmarks" / "nezha"
 COLUMNS = (
@@ -109,7 +109,7 @@ def test_rows_whose_time_does_not_parse_are_dropped_with_a_warning(tmp_path, cap
     path = day / "metric" / "web-1_metric.csv"
     lines = path.read_text().splitlines()
     # a header line repeated where two files were joined, and Go's zero time
-    zero = "0001-01-01 00:00:00 +0000 UTC" + lines[5][lines[5].index(",") :]
+    zero = retimed(lines[5], "0001-01-01 00:00:00 +0000 UTC")
     path.write_text("\n".join([*lines[:5], lines[0], zero, *lines[5:]]) + "\n")
     with caplog.at_level("WARNING", logger="aiops.nezha"):
         m = load_nezha(tmp_path).metrics
@@ -126,7 +126,7 @@ def test_a_row_with_a_far_off_time_is_an_error_not_a_grid_of_decades(tmp_path):
     day = write_day(tmp_path, {})
     path = day / "metric" / "web-1_metric.csv"
     lines = path.read_text().splitlines()
-    lines[3] = "1970-01-01 00:00:00.1 +0000 UTC" + lines[3][lines[3].index(",") :]
+    lines[3] = retimed(lines[3], "1970-01-01 00:00:00.1 +0000 UTC")
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(SchemaError, match="web-1_metric.csv spans 1970-01-01 .* a row with a wrong Time"):
         load_nezha(tmp_path)

@@ -14,7 +14,7 @@ import pytest
 
 from aiops import nezha_bench as nb
 from aiops.nezha import load_nezha_day_extras
-from tests.conftest import shared_absent
+from tests.conftest import retimed, shared_absent
 
 NEZHA = Path(__file__).resolve().parents[2].parent / "shared" / "benchmarks" / "nezha"
 needs_nezha = pytest.mark.skipif(
@@ -634,7 +634,7 @@ def test_a_row_with_a_far_off_time_is_an_error_not_a_longer_day(tmp_path):
     path = next((day / "metric").glob("*_metric.csv"))
     lines = path.read_text().splitlines()
     # one row from 1970: a grid from there would need gigabytes and dilute the false-alarm rate
-    lines[3] = "1970-01-01 00:00:00.1 +0000 UTC" + lines[3][lines[3].index(",") :]
+    lines[3] = retimed(lines[3], "1970-01-01 00:00:00.1 +0000 UTC")
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(nb.NezhaBenchError, match="spans 1970-01-01 .* a row with a wrong Time"):
         nb.run_nezha_benchmark(day)
