@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -32,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from aiops.detectors import forecast as forecast_module
-from aiops.detectors.ensemble import nan_to_num
+from aiops.detectors.ensemble import FLOAT_MAX, nan_to_num
 from aiops.detectors.forecast import workload_of
 from serving.batch import Batch
 
@@ -443,12 +444,14 @@ class _Workload:
         sigma: Each known signal's training residual spread.
         forecasters: Each known signal's cached forecaster.
         units: Each known signal's unit (residuals are on ``log1p(value / unit)``).
+        columns: Each known signal's position in the contract's features.
     """
 
     known: np.ndarray
     sigma: np.ndarray
     forecasters: tuple[CachedForecaster, ...]
     units: np.ndarray
+    columns: np.ndarray
 
 
 #: Workload instants whose log-forecast vectors :class:`ForecastScorer` keeps (a few MB).
@@ -504,12 +507,15 @@ class ForecastScorer:
                 sigma=np.array([float(m.sigma) for m in models]),  # the spread this scorer divides by
                 forecasters=tuple(m.forecaster for m in models),
                 units=self.units[known],
+                columns=self.columns[known],
             )
         self._names = np.array([*self.signals, None], dtype=object)  # index -1: no signal
         self._log_forecasts: dict[tuple[str, int], np.ndarray] = {}
 
     def score(self, batch: Batch, explain: bool = False) -> MemberOutput:
         """Max over signals of ``|log1p(x/unit) - log1p(forecast/unit) - level| / sigma`` (0: none)."""
+        if len(batch) == 1 and self.persistence > 1:
+            return self._lone_row(batch)
         cluster, namespace, pod, _ = batch.entities
         keys = zip(cluster.tolist(), namespace.tolist(), pod.tolist(), strict=True)
         groups = [_group_of(*key) for key in keys]
@@ -538,6 +544,30 @@ class ForecastScorer:
         scores = z.max(axis=1) if z.shape[1] else np.zeros(len(targets))
         strongest = np.where(scores > 0, z.argmax(axis=1) if z.shape[1] else -1, -1)
         return MemberOutput(raw=scores, signal=self._names[strongest])
+
+    def _lone_row(self, batch: Batch) -> MemberOutput:
+        """:meth:`score` of a request of one row, on its workload's signals only.
+
+        One row has no history in the request: no level correction and (``persistence`` above
+        1) no running mean, so its score is the largest ``|log1p(x/unit) - log1p(forecast/unit)|
+        / sigma``, computed with the same numpy operations on the workload's known signals (the
+        others score 0).
+        """
+        cluster, namespace, pod, _ = batch.entities
+        group = _group_of(cluster[0], namespace[0], pod[0])
+        workload = self.workloads.get(group)
+        strongest = -1
+        score = 0.0
+        if workload is not None and len(workload.known):
+            expected = self._base(group, workload, batch.timestamps)[0]
+            values = _log(batch.features[0].take(workload.columns) / workload.units)
+            z = (np.abs(values - expected) / workload.sigma).tolist()
+            # nan_to_num: a missing value scores 0, an infinite one the largest float.
+            z = [0.0 if math.isnan(v) else min(v, FLOAT_MAX) for v in z]
+            score = max(z)
+            if score > 0:
+                strongest = int(workload.known[z.index(score)])
+        return MemberOutput(raw=np.array([score]), signal=self._names[[strongest]])
 
     def _base(self, group: str, workload: _Workload, codes: np.ndarray) -> np.ndarray:
         """``log1p`` of the workload's forecasts ``(len(codes), len(workload.known))`` at sorted instants."""

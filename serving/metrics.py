@@ -9,6 +9,7 @@ can be compared side by side. The anomaly rate is a ratio of two counters::
 
 from __future__ import annotations
 
+import math
 import weakref
 from collections.abc import Mapping
 
@@ -123,6 +124,14 @@ class ModelMetrics:
         """Record the rows of one successful request."""
         self._batch[protocol].observe(len(score))
         self.rows.inc(len(score))
+        if len(score) == 1:
+            # A single row: one observe() beats the bucket counting of observe_many.
+            value = float(score[0])
+            if bool(is_anomaly[0]):
+                self.anomalies.inc()
+            if math.isfinite(value):
+                self.scores.observe(value)
+            return
         self.anomalies.inc(int(is_anomaly.sum()))
         observe_many(self.scores, score[np.isfinite(score)])
 

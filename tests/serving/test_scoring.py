@@ -240,3 +240,73 @@ def test_top_features_are_the_largest_credits_strongest_first():
     np.testing.assert_allclose(shares[2], [0.5, 0.4, 0.1])
     np.testing.assert_array_equal(shares[1], 0.0)
     np.testing.assert_allclose(shares[0], credit[0, top[0]] / 7.5)
+
+
+def _edge_raws(scorer, raws: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Member scores plus NaN, +-inf, reference scores themselves and each member's own threshold."""
+    rng = np.random.default_rng(5)
+    out = {}
+    for name, raw in raws.items():
+        reference = scorer.reference[name]
+        threshold = scorer.member_thresholds.get(name, 0.0)
+        drawn = reference[rng.integers(0, len(reference), 40)]
+        extra = [np.nan, np.inf, -np.inf, threshold, threshold, *drawn]
+        out[name] = np.concatenate([raw, extra])
+    return out
+
+
+@pytest.mark.parametrize("rule", ["mean", "max", "any"])
+def test_a_single_row_combines_to_the_bits_of_the_array_rule(trained, rule):
+    """A served row takes the float path of the ensemble rule; it must give the array rule's numbers."""
+    import copy
+
+    bundle = copy.deepcopy(trained.bundle)
+    bundle.detector.combine = rule
+    scorer = build_scorer(bundle, probe_batch(bundle))
+    assert scorer._row_rule is not None, "the load-time check turned the single-row rule off"
+    names = bundle.contract.feature_names
+    batch = Batch.from_frame(trained.split.test.iloc[:300], names)
+    raws = _edge_raws(scorer, {name: s.score(batch).raw for name, s in scorer.scorers.items()})
+    combined, surprises = scorer.combine(raws)
+    for i in range(len(combined)):
+        one, one_surprises = scorer.combine({name: raw[i : i + 1] for name, raw in raws.items()})
+        assert one.tolist() == [combined[i]], (i, {name: raw[i] for name, raw in raws.items()})
+        assert {n: s.tolist() for n, s in one_surprises.items()} == {n: [s[i]] for n, s in surprises.items()}
+
+
+def test_a_lone_row_scores_and_explains_as_in_a_batch(trained, scorer):
+    """Single-row requests take shortcuts (forecast, ensemble, top features): same scores, same signal.
+
+    The reference puts each row in a two-row batch beside a pod of a workload the model does not
+    know, at another instant, so it goes through the array code and still has no history.
+    """
+    names = trained.bundle.contract.feature_names
+    rows = trained.split.test.iloc[::7].head(120).copy()
+    values = rows.loc[:, list(names)].to_numpy()
+    rng = np.random.default_rng(2)
+    values[rng.random(values.shape) < 0.1] = np.nan
+    values[rng.random(values.shape) < 0.01] *= 1e6
+    rows.loc[:, list(names)] = values
+    forecast_hits = 0
+    for i in range(len(rows)):
+        row = rows.iloc[[i]]
+        stranger = row.assign(pod="unknown-workload-x9z2k", timestamp=row["timestamp"] - pd.Timedelta(days=3))
+        alone = scorer.score(Batch.from_frame(row, names), top_k=3)
+        paired = scorer.score(Batch.from_frame(pd.concat([row, stranger]), names), top_k=3)
+        # Member scores to rounding: numpy sums the trees' depths of one row and of two rows in
+        # different orders, and a last-bit difference can cross a reference score, so the
+        # ensemble score is compared with the array rule applied to the lone row's own scores.
+        raws = {name: member.raw for name, member in alone.members.items()}
+        twice, _ = scorer.combine({name: np.repeat(raw, 2) for name, raw in raws.items()})
+        assert alone.score.tolist() == twice[:1].tolist()
+        for name, member in alone.members.items():
+            np.testing.assert_allclose(member.raw, paired.members[name].raw[:1], rtol=1e-12, atol=1e-15)
+            if member.signal is not None:
+                assert member.signal.tolist() == paired.members[name].signal[:1].tolist(), name
+        np.testing.assert_allclose(alone.top_shares, paired.top_shares[:1], rtol=1e-12, atol=1e-15)
+        # The same features lead; features with equal credit may come in either order.
+        shares = alone.top_shares[0].tolist()
+        untied = next((k for k in range(len(shares) - 1) if shares[k] == shares[k + 1]), len(shares))
+        assert alone.top_features[0][:untied].tolist() == paired.top_features[0][:untied].tolist()
+        forecast_hits += int(alone.members["forecast"].raw[0] > 0)
+    assert forecast_hits > 10, "too few rows on workloads the forecaster knows to test its shortcut"

@@ -32,9 +32,9 @@ COMBINE_RULES = ("mean", "max", "any")
 _MIN_ALARM_SURPRISE = 1e-6
 
 
-_FLOAT_MAX = float(np.finfo(np.float64).max)
+FLOAT_MAX = float(np.finfo(np.float64).max)
 #: The largest ratio a member below its own threshold can have under ``combine="any"``.
-_BELOW_ONE = float(np.nextafter(1.0, 0.0))
+BELOW_ONE = float(np.nextafter(1.0, 0.0))
 
 
 def nan_to_num(values: np.ndarray, nan: float = 0.0) -> np.ndarray:
@@ -44,7 +44,7 @@ def nan_to_num(values: np.ndarray, nan: float = 0.0) -> np.ndarray:
     pays for every member; the arithmetic on one row costs less than that.
     """
     values = np.asarray(values, dtype=np.float64)
-    return np.where(np.isnan(values), nan, np.minimum(np.maximum(values, -_FLOAT_MAX), _FLOAT_MAX))
+    return np.where(np.isnan(values), nan, np.minimum(np.maximum(values, -FLOAT_MAX), FLOAT_MAX))
 
 
 def surprise(reference: np.ndarray, scores: np.ndarray) -> np.ndarray:
@@ -166,7 +166,7 @@ class EnsembleDetector:
         at the ensemble threshold of 1 while the member itself does not.
         """
         below = nan_to_num(np.asarray(raw, dtype=np.float64), nan=-np.inf) < self.member_thresholds[name]
-        return np.where(below, np.minimum(ratio, _BELOW_ONE), ratio)
+        return np.where(below, np.minimum(ratio, BELOW_ONE), ratio)
 
     def alarm_levels(self) -> dict[str, float]:
         """Each member's surprise at its own alarm threshold (the unit of ``combine="any"``)."""
