@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -33,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from aiops.detectors import forecast as forecast_module
-from aiops.detectors.ensemble import FLOAT_MAX, nan_to_num
+from aiops.detectors.ensemble import finite, nan_to_num
 from aiops.detectors.forecast import workload_of
 from serving.batch import Batch
 
@@ -561,9 +560,8 @@ class ForecastScorer:
         if workload is not None and len(workload.known):
             expected = self._base(group, workload, batch.timestamps)[0]
             values = _log(batch.features[0].take(workload.columns) / workload.units)
-            z = (np.abs(values - expected) / workload.sigma).tolist()
-            # nan_to_num: a missing value scores 0, an infinite one the largest float.
-            z = [0.0 if math.isnan(v) else min(v, FLOAT_MAX) for v in z]
+            # As nan_to_num: a missing value scores 0, an infinite one the largest float.
+            z = [finite(v) for v in (np.abs(values - expected) / workload.sigma).tolist()]
             score = max(z)
             if score > 0:
                 strongest = int(workload.known[z.index(score)])

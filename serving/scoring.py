@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from aiops.detectors.ensemble import BELOW_ONE, FLOAT_MAX, EnsembleDetector, surprise
+from aiops.detectors.ensemble import BELOW_ONE, EnsembleDetector, finite, surprise
 from aiops.model import DetectorBundle
 from aiops.schema import ENTITY_KEYS, KEY_COLUMNS, TIMESTAMP
 from serving.batch import Batch
@@ -223,7 +223,8 @@ class _RowRule:
         self.thresholds = dict(detector.member_thresholds)
 
     def combine(self, raws: Mapping[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        values = {name: _finite(float(raw[0])) for name, raw in raws.items()}
+        # nan_to_num(raw, nan=-inf): the surprise's and the threshold's view of a raw score.
+        values = {name: finite(float(raw[0]), nan=-math.inf) for name, raw in raws.items()}
         surprises = {}
         for name, value in values.items():
             reference = self.references[name]
@@ -242,13 +243,6 @@ class _RowRule:
             weighted = [self.weights.get(name, 0.0) * part for name, part in surprises.items()]
             combined = max(weighted) * len(weighted) / total if self.rule == "max" else sum(weighted) / total
         return np.array([combined]), {name: np.array([part]) for name, part in surprises.items()}
-
-
-def _finite(value: float) -> float:
-    """``nan_to_num(value, nan=-inf)``: the surprise's view of one raw score."""
-    if math.isnan(value):
-        return -math.inf
-    return min(max(value, -FLOAT_MAX), FLOAT_MAX)
 
 
 def _top_features(credit: np.ndarray | None, top_k: int, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -19,6 +19,7 @@ All members score causally, so the ensemble does too.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,7 +33,7 @@ COMBINE_RULES = ("mean", "max", "any")
 _MIN_ALARM_SURPRISE = 1e-6
 
 
-FLOAT_MAX = float(np.finfo(np.float64).max)
+_FLOAT_MAX = float(np.finfo(np.float64).max)
 #: The largest ratio a member below its own threshold can have under ``combine="any"``.
 BELOW_ONE = float(np.nextafter(1.0, 0.0))
 
@@ -44,7 +45,14 @@ def nan_to_num(values: np.ndarray, nan: float = 0.0) -> np.ndarray:
     pays for every member; the arithmetic on one row costs less than that.
     """
     values = np.asarray(values, dtype=np.float64)
-    return np.where(np.isnan(values), nan, np.minimum(np.maximum(values, -FLOAT_MAX), FLOAT_MAX))
+    return np.where(np.isnan(values), nan, np.minimum(np.maximum(values, -_FLOAT_MAX), _FLOAT_MAX))
+
+
+def finite(value: float, nan: float = 0.0) -> float:
+    """:func:`nan_to_num` of one float: NaN to ``nan``, ±inf to ±max float (a served row's scalars)."""
+    if math.isnan(value):
+        return nan
+    return min(max(value, -_FLOAT_MAX), _FLOAT_MAX)
 
 
 def surprise(reference: np.ndarray, scores: np.ndarray) -> np.ndarray:
