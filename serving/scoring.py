@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from aiops.detectors.ensemble import BELOW_ONE, EnsembleDetector, finite, surprise
+from aiops.detectors.ensemble import EnsembleDetector, finite, surprise
 from aiops.model import DetectorBundle
 from aiops.schema import ENTITY_KEYS, KEY_COLUMNS, TIMESTAMP
 from serving.batch import Batch
@@ -204,23 +204,20 @@ class _RowRule:
     """:meth:`EnsembleScorer.combine` for a single row, in Python floats (a served row's common case).
 
     One row through the array code costs some fifty numpy calls of a microsecond each; the same
-    rule on floats costs a few microseconds. The surprise of a member can only take the
-    ``len(reference) + 1`` values ``-log10((k + 1) / (n + 1))``, which are computed once with
-    numpy's own ``log10``, so both paths give the same bits; ``build_scorer`` checks that on the
-    probe rows and the tests on whole test periods.
+    rule on floats (:meth:`EnsembleDetector.combine_row`) costs a few microseconds. The surprise
+    of a member can only take the ``len(reference) + 1`` values ``-log10((k + 1) / (n + 1))``,
+    which are computed once with numpy's own ``log10``, so both paths give the same bits;
+    ``build_scorer`` checks that on the probe rows and the tests on whole test periods.
     """
 
     def __init__(self, scorer: EnsembleScorer) -> None:
-        detector: EnsembleDetector = scorer.bundle.detector
-        self.rule = detector.combine
+        self.detector: EnsembleDetector = scorer.bundle.detector
         self.references = {name: ref.tolist() for name, ref in scorer.reference.items()}
         self.tables = {
             name: (-np.log10((np.arange(len(ref) + 1) + 1.0) / (len(ref) + 1.0)) + 0.0).tolist()
             for name, ref in scorer.reference.items()
         }
-        self.weights = dict(detector.weights)
         self.levels = scorer.alarm_levels or {}
-        self.thresholds = dict(detector.member_thresholds)
 
     def combine(self, raws: Mapping[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         # nan_to_num(raw, nan=-inf): the surprise's and the threshold's view of a raw score.
@@ -229,19 +226,7 @@ class _RowRule:
         for name, value in values.items():
             reference = self.references[name]
             surprises[name] = self.tables[name][len(reference) - bisect.bisect_left(reference, value)]
-        total = sum(self.weights.get(name, 0.0) for name in surprises)
-        if total <= 0:
-            raise ValueError("ensemble weights sum to zero")
-        if self.rule == "any":
-            ratios = []
-            for name, part in surprises.items():
-                if self.weights.get(name, 0.0) > 0:
-                    ratio = part / self.levels[name]
-                    ratios.append(min(ratio, BELOW_ONE) if values[name] < self.thresholds[name] else ratio)
-            combined = max(ratios)
-        else:
-            weighted = [self.weights.get(name, 0.0) * part for name, part in surprises.items()]
-            combined = max(weighted) * len(weighted) / total if self.rule == "max" else sum(weighted) / total
+        combined = self.detector.combine_row(surprises, self.levels, values)
         return np.array([combined]), {name: np.array([part]) for name, part in surprises.items()}
 
 

@@ -35,7 +35,7 @@ _MIN_ALARM_SURPRISE = 1e-6
 
 _FLOAT_MAX = float(np.finfo(np.float64).max)
 #: The largest ratio a member below its own threshold can have under ``combine="any"``.
-BELOW_ONE = float(np.nextafter(1.0, 0.0))
+_BELOW_ONE = float(np.nextafter(1.0, 0.0))
 
 
 def nan_to_num(values: np.ndarray, nan: float = 0.0) -> np.ndarray:
@@ -165,6 +165,32 @@ class EnsembleDetector:
             return weighted.max(axis=0) * len(parts) / total
         return weighted.sum(axis=0) / total
 
+    def combine_row(
+        self, parts: Mapping[str, float], levels: Mapping[str, float], values: Mapping[str, float]
+    ) -> float:
+        """:meth:`combine_surprises` of one row, on Python floats (the predictor's single rows).
+
+        The same rule with the same operations in the same order, so the same bits; keep the two
+        in step (the predictor checks them against each other when it loads a model).
+        ``values``: the members' raw scores as ``nan_to_num(raw, nan=-inf)``; ``levels`` as for
+        :meth:`combine_surprises` (needed for ``any``).
+        """
+        total = sum(self.weights.get(name, 0.0) for name in parts)
+        if total <= 0:
+            raise ValueError("ensemble weights sum to zero")
+        if self.combine == "any":
+            ratios = []
+            for name, part in parts.items():
+                if self.weights.get(name, 0.0) > 0:
+                    ratio = part / levels[name]
+                    below = values[name] < self.member_thresholds[name]
+                    ratios.append(min(ratio, _BELOW_ONE) if below else ratio)
+            return max(ratios)
+        weighted = [self.weights.get(name, 0.0) * part for name, part in parts.items()]
+        if self.combine == "max":
+            return max(weighted) * len(parts) / total
+        return sum(weighted) / total
+
     def _below_threshold(self, name: str, raw: np.ndarray, ratio: np.ndarray) -> np.ndarray:
         """Keep ``ratio`` under 1 where the member's raw score is under its own threshold.
 
@@ -174,7 +200,7 @@ class EnsembleDetector:
         at the ensemble threshold of 1 while the member itself does not.
         """
         below = nan_to_num(np.asarray(raw, dtype=np.float64), nan=-np.inf) < self.member_thresholds[name]
-        return np.where(below, np.minimum(ratio, BELOW_ONE), ratio)
+        return np.where(below, np.minimum(ratio, _BELOW_ONE), ratio)
 
     def alarm_levels(self) -> dict[str, float]:
         """Each member's surprise at its own alarm threshold (the unit of ``combine="any"``)."""
