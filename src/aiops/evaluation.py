@@ -9,8 +9,10 @@ Definitions (all on rows of one evaluation frame, e.g. the test split):
   least one row in the frame are counted.
 * **event-wise precision**: consecutive alarm rows of one entity (gaps of up
   to ``merge_gap`` rows allowed) form one alarm event; an alarm event is true
-  when any of its rows is inside a labelled window.
-* **detection delay**: time from a window's start to its first alarm, over
+  when any of its alarm rows is inside a labelled window. Rows are consecutive
+  on the entity's own time grid (its median spacing), so a hole in its data
+  (a scrape gap, a restart) ends an event as quiet rows would.
+* **detection delay**: time from a window's start to its earliest alarm, over
   detected windows.
 
 Undefined ratios (no alarms, no labels) are reported as 0.0, never NaN, so a
@@ -67,33 +69,82 @@ def alarm_events(frame: pd.DataFrame, alarms: np.ndarray, merge_gap: int = 0) ->
     Args:
         frame: Rows with the entity keys and ``timestamp``.
         alarms: Boolean alarm flag per row of ``frame``.
-        merge_gap: Alarm runs separated by at most this many quiet rows merge.
+        merge_gap: Alarm runs separated by at most this many quiet rows merge. A missing row
+            (a hole in the entity's time grid, see :func:`grid_slots`) counts as a quiet one.
 
     Returns:
         One row per event: entity keys, ``start``, ``end`` (time of the last
-        alarm row) and ``rows`` (indices into ``frame``).
+        alarm row) and ``rows`` (positions in ``frame``, the quiet rows between
+        merged runs included).
 
     """
     alarms = np.asarray(alarms, dtype=bool)
+    frame = frame.reset_index(drop=True)
+    if len(alarms) != len(frame):
+        raise ValueError(f"{len(alarms)} alarm flags for {len(frame)} rows")
+    order, group, slots = entity_time_order(frame)
     records: list[dict[str, Any]] = []
-    order = frame.sort_values([*ENTITY_KEYS, TIMESTAMP], kind="stable")
-    for keys, group in order.groupby(list(ENTITY_KEYS), sort=False):
-        idx = group.index.to_numpy()
+    stamps = frame[TIMESTAMP]
+    keys = frame[list(ENTITY_KEYS)]
+    for ids in np.split(np.arange(len(order)), np.flatnonzero(np.diff(group)) + 1):
+        idx = order[ids]
         hits = np.flatnonzero(alarms[idx])
         if hits.size == 0:
             continue
-        breaks = np.flatnonzero(np.diff(hits) > merge_gap + 1)
+        breaks = np.flatnonzero(np.diff(slots[ids][hits]) > merge_gap + 1)
         for run in np.split(hits, breaks + 1):
             rows = idx[run[0] : run[-1] + 1]
             records.append(
                 {
-                    **dict(zip(ENTITY_KEYS, keys, strict=True)),
-                    "start": frame.at[rows[0], TIMESTAMP],
-                    "end": frame.at[rows[-1], TIMESTAMP],
+                    **dict(zip(ENTITY_KEYS, keys.iloc[idx[0]].tolist(), strict=True)),
+                    "start": stamps.iloc[rows[0]],
+                    "end": stamps.iloc[rows[-1]],
                     "rows": rows,
                 }
             )
     return pd.DataFrame(records, columns=[*ENTITY_KEYS, "start", "end", "rows"])
+
+
+def entity_time_order(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows sorted by entity, then time, with each row's entity and place on its entity's grid.
+
+    Returns:
+        ``(order, group, slots)``: ``order`` holds positions in ``frame``; ``group`` numbers the
+        entities in that order; ``slots`` is each row's step on its entity's time grid, see
+        :func:`grid_slots`. Two rows of one entity are neighbours when their slots differ by 1.
+    """
+    frame = frame.reset_index(drop=True)
+    ordered = frame.sort_values([*ENTITY_KEYS, TIMESTAMP], kind="stable")
+    order = ordered.index.to_numpy()
+    if not len(order):
+        return order, np.array([], dtype=np.int64), np.array([], dtype=np.int64)
+    keys = ordered[list(ENTITY_KEYS)].to_numpy()
+    starts = np.r_[True, (keys[1:] != keys[:-1]).any(axis=1)]
+    group = np.cumsum(starts) - 1
+    stamps = pd.DatetimeIndex(ordered[TIMESTAMP]).as_unit("ns").asi8
+    slots = np.empty(len(order), dtype=np.int64)
+    bounds = np.r_[np.flatnonzero(starts), len(order)]
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+        slots[lo:hi] = grid_slots(stamps[lo:hi])
+    return order, group, slots
+
+
+def grid_slots(stamps: np.ndarray) -> np.ndarray:
+    """Each sorted timestamp (int64 nanoseconds) as a step on its own grid.
+
+    A row's slot is its time since the first timestamp over the median positive spacing. Rows
+    scraped on a regular grid get ``0, 1, 2, ...``; a hole of ``k`` missing rows makes the next
+    slot jump by ``k + 1``, and jitter of under half a step is rounded away.
+    """
+    n = len(stamps)
+    if n < 2:
+        return np.zeros(n, dtype=np.int64)
+    offsets = (np.asarray(stamps, dtype=np.int64) - stamps[0]).astype(np.float64)
+    gaps = np.diff(offsets)
+    step = float(np.median(gaps[gaps > 0])) if (gaps > 0).any() else 0.0
+    if step <= 0:
+        return np.arange(n, dtype=np.int64)
+    return np.rint(offsets / step).astype(np.int64)
 
 
 @dataclass
@@ -139,7 +190,8 @@ def evaluate(
         if not mask.any():
             continue
         hit = np.flatnonzero(mask & alarms)
-        first = ts.iloc[hit[0]] if hit.size else pd.NaT
+        # Earliest in time: a node-level window spans several entities, rows are not in time order.
+        first = ts.iloc[hit].min() if hit.size else pd.NaT
         windows.append(
             {
                 **label,
@@ -149,7 +201,8 @@ def evaluate(
         )
     windows_df = pd.DataFrame(windows)
     events = alarm_events(frame, alarms, merge_gap=merge_gap)
-    events["true"] = [bool(truth[rows].any()) for rows in events["rows"]]
+    # Only the alarm rows of an event count: merged runs hold quiet rows between them.
+    events["true"] = [bool((truth[rows] & alarms[rows]).any()) for rows in events["rows"]]
 
     n_windows = len(windows_df)
     n_detected = int(windows_df["detected"].sum()) if n_windows else 0

@@ -61,6 +61,11 @@ def time_split(
         raise SchemaError(f"split: need at least 3 distinct timestamps, got {n}")
     val_idx = int(round(n * (1 - validation_fraction - test_fraction)))
     test_idx = int(round(n * (1 - test_fraction)))
+    if test_idx >= n:
+        raise SchemaError(
+            f"split: {n} distinct timestamps leave none for the test part at test_fraction "
+            f"{test_fraction}; ingest a longer time range"
+        )
     val_start, test_start = instants.iloc[val_idx], instants.iloc[test_idx]
 
     ts = frame[TIMESTAMP]

@@ -32,9 +32,10 @@ from aiops.detectors.ensemble import COMBINE_RULES, EnsembleDetector
 from aiops.detectors.forecast import ForecastConfig, ForecastDetector
 from aiops.detectors.isolation_forest import IsolationForestConfig, IsolationForestDetector
 from aiops.detectors.lstm_autoencoder import LstmAutoencoderDetector, LstmConfig
+from aiops.evaluation import entity_time_order
 from aiops.features import FeatureConfig, contract_for
 from aiops.model import DetectorBundle
-from aiops.schema import ENTITY_KEYS, TIMESTAMP, label_masks, row_labels
+from aiops.schema import label_masks, row_labels
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ class EventF1Scorer:
 
     window_rows: list[np.ndarray]  # rows of each labelled window present in the frame
     order: np.ndarray  # rows sorted by entity, then time
-    continues: np.ndarray  # in that order: the row has the same entity as the one before
+    continues: np.ndarray  # in that order: the row is the next step of the row before's entity
     truth: np.ndarray  # in that order: the row lies inside a labelled window
 
     @classmethod
@@ -85,10 +86,9 @@ class EventF1Scorer:
         """Prepare the scorer for the rows of ``frame`` and the windows of ``labels``."""
         frame = frame.reset_index(drop=True)
         windows = [np.flatnonzero(mask) for _, mask in label_masks(frame, labels) if mask.any()]
-        ordered = frame.sort_values([*ENTITY_KEYS, TIMESTAMP], kind="stable")
-        order = ordered.index.to_numpy()
-        keys = ordered[list(ENTITY_KEYS)].to_numpy()
-        continues = np.r_[False, (keys[1:] == keys[:-1]).all(axis=1)] if len(order) else np.array([], bool)
+        order, group, slots = entity_time_order(frame)
+        # As alarm_events (merge_gap=0): a hole in an entity's time grid ends an event.
+        continues = np.r_[False, (np.diff(group) == 0) & (np.diff(slots) <= 1)][: len(order)]
         return cls(windows, order, continues, row_labels(frame, labels)[order])
 
     def f1(self, scores: np.ndarray, threshold: float) -> float:

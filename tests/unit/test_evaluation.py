@@ -85,3 +85,56 @@ def test_report_files(tmp_path):
         assert (tmp_path / name).stat().st_size > 0
     assert "event_f1" in page and "data:image/png;base64" in page
     assert result.metrics["alarm_rate"] == pytest.approx(np.mean(scores >= 0.9))
+
+
+def test_delay_runs_from_the_earliest_alarm_in_time_not_in_row_order():
+    # A node-level window (pod '') on node-0 covers api-1 and api-3.
+    frame = make_metrics(n_steps=20, pods=("api-1", "api-2", "api-3"))
+    frame = frame.sort_values(["pod", "timestamp"]).reset_index(drop=True)  # entity, then time
+    node = labels_frame(make_label("", "2026-01-05T00:05Z", "2026-01-05T00:10Z", node="node-0"))
+    # api-1 (earlier rows) alarms at 00:09, api-3 (later rows) at 00:06.
+    alarms = _alarm(frame, "api-1", [9]) | _alarm(frame, "api-3", [6])
+    result = evaluate(frame, alarms, node)
+    assert result.metrics["windows_detected"] == 1
+    assert result.metrics["mean_delay_s"] == pytest.approx(60.0)
+
+
+def test_a_hole_in_an_entitys_data_ends_an_alarm_event():
+    frame, labels = _frame_and_labels()
+    # api-1 loses minutes 10-14 (a scrape gap); its alarms at 9 and 15 are neighbours by row only.
+    gap = frame[~((frame["pod"] == "api-1") & frame["timestamp"].dt.minute.between(10, 14))]
+    gap = gap.reset_index(drop=True)
+    alarms = _alarm(gap, "api-1", [9, 15])
+    result = evaluate(gap, alarms, labels)
+    # 00:09 lies in the first window (00:05-00:10), 00:15 in the second (00:15-00:18).
+    assert result.metrics["alarm_events"] == 2 and result.metrics["false_alarm_events"] == 0
+    assert len(alarm_events(gap, alarms, merge_gap=4)) == 2  # 5 missing rows: still apart
+    assert len(alarm_events(gap, alarms, merge_gap=5)) == 1
+    # The threshold search's fast scorer cuts events the same way.
+    from aiops.training import EventF1Scorer
+
+    scores = alarms.astype(float)
+    assert EventF1Scorer.of(gap, labels).f1(scores, 0.5) == pytest.approx(result.metrics["event_f1"])
+
+
+def test_a_merged_event_is_true_only_through_its_alarm_rows():
+    frame, labels = _frame_and_labels()
+    # Alarms at 00:03 and 00:11, both outside the window 00:05-00:10, merged over the quiet rows
+    # between them (which lie inside it).
+    alarms = _alarm(frame, "api-1", [3, 11])
+    result = evaluate(frame, alarms, labels, merge_gap=8)
+    assert result.metrics["alarm_events"] == 1
+    assert result.metrics["false_alarm_events"] == 1 and result.metrics["event_precision"] == 0.0
+    assert result.metrics["windows_detected"] == 0
+
+
+def test_alarm_events_take_positions_whatever_the_frames_index():
+    frame, _ = _frame_and_labels()
+    alarms = _alarm(frame, "api-1", [1, 2, 9])
+    shifted = frame.set_axis(frame.index + 1000)
+    expected = alarm_events(frame, alarms)
+    got = alarm_events(shifted, alarms)
+    assert len(got) == len(expected) == 2
+    for a, b in zip(got["rows"], expected["rows"], strict=True):
+        assert list(a) == list(b)
+    assert list(got["start"]) == list(expected["start"])

@@ -36,3 +36,10 @@ def test_bad_fractions(val, test):
 def test_too_short_for_min_rows():
     with pytest.raises(SchemaError, match="fewer than 100"):
         time_split(make_metrics(n_steps=10), min_rows=100)
+
+
+@pytest.mark.parametrize("test_fraction", [0.04, 0.05])
+def test_a_test_share_under_one_timestamp_is_a_schema_error(test_fraction):
+    # 10 instants x 0.95 rounds to 10: the test part would start past the last instant.
+    with pytest.raises(SchemaError, match="leave none for the test part"):
+        time_split(make_metrics(n_steps=10), 0.3, test_fraction)
