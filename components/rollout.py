@@ -29,7 +29,8 @@ def canary_rollout(
     ``min_anomaly_rate_ratio`` > 0 also rolls back a canary that raises significantly fewer
     alarms than that share of the stable arm's (off by default; see ``CanaryPolicy``).
     Returns True when the canary was promoted. The decision is recorded in MLflow either way.
-    A version the promotion gate rejected is not rolled out at all (returns False).
+    Only a version the promotion gate passed is rolled out; one it rejected or never judged is
+    skipped (returns False).
     """
     import os
     import tempfile
@@ -45,11 +46,16 @@ def canary_rollout(
         raise ValueError("no MLflow tracking URI: pass tracking_uri or set MLFLOW_TRACKING_URI")
     client = mlflow_client(uri)
     tags = client.get_model_version(model_name, version).tags
-    if tags.get("gate.decision") == "rejected":
-        print(
-            f"rollout of {model_name} v{version} skipped: the promotion gate kept the champion "
-            f"({tags.get('gate.reason', 'no reason recorded')})"
+    gate = tags.get("gate.decision")
+    if gate not in ("passed", "promoted"):
+        # Only a version the gate has judged and passed reaches production traffic.
+        why = (
+            f"the promotion gate kept the champion ({tags.get('gate.reason', 'no reason recorded')})"
+            if gate == "rejected"
+            else "the promotion gate never judged it (no gate.decision tag): register it through "
+            "the pipeline's register step"
         )
+        print(f"rollout of {model_name} v{version} skipped: {why}")
         return False
     if mode == "local":
         from aiops.localprom import LocalPrometheusError, binaries
@@ -64,9 +70,10 @@ def canary_rollout(
         table, _ = load_features(features.path)
         traffic = table[table["timestamp"] >= table["timestamp"].quantile(0.8)]
         with tempfile.TemporaryDirectory() as tmp:
+            # The floors follow the traffic this step sends (a fifth of it per arm), but never
+            # below what a test can judge: too little traffic ends inconclusive, rolled back.
             policy = CanaryPolicy(
-                min_requests=min(200, requests // 5),
-                min_rows=min(200, requests),
+                min_requests=max(50, min(200, requests // 5)),
                 min_anomaly_rate_ratio=min_anomaly_rate_ratio,
             )
             result = run_local_rollout(

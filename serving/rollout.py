@@ -24,12 +24,14 @@ Two ways to run the arms:
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import logging
 import os
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -112,9 +114,11 @@ def arm_stats(prometheus: str, selector: str, window: str | None = None) -> ArmS
         result = _query(prometheus, f"sum by (le) (increase({metric}_bucket{{{selector}}}[{window}]))")
         return {float(r["metric"]["le"]): float(r["value"][1]) for r in result}
 
+    # Every outcome counts: both arms see the same traffic, so a canary that rejects requests the
+    # stable arm accepts (a narrower feature contract, say) fails like one that crashes.
     return ArmStats(
-        requests=_scalar(prometheus, counter("aiops_serving_requests_total", 'outcome!="client_error"')),
-        errors=_scalar(prometheus, counter("aiops_serving_requests_total", 'outcome="server_error"')),
+        requests=_scalar(prometheus, counter("aiops_serving_requests_total")),
+        errors=_scalar(prometheus, counter("aiops_serving_requests_total", 'outcome!="ok"')),
         rows=_scalar(prometheus, counter("aiops_serving_rows_total")),
         anomalies=_scalar(prometheus, counter("aiops_serving_anomalies_total")),
         latency_buckets=buckets("aiops_serving_request_seconds"),
@@ -205,6 +209,7 @@ class LocalCanary:
         records = json.loads(payload.to_json(orient="records", date_format="iso"))
         rng = np.random.default_rng(seed)
         sent = dict.fromkeys(ARMS, 0)
+        unanswered = dict.fromkeys(ARMS, 0)
         for i in range(requests):
             arm = "canary" if rng.random() < canary_percent / 100 else "stable"
             start = (i * batch) % max(len(records) - batch, 1)
@@ -212,10 +217,15 @@ class LocalCanary:
             request = urllib.request.Request(
                 f"{self.urls[arm]}/v1/models/{self.name}:predict", body, {"Content-Type": "application/json"}
             )
-            with contextlib.suppress(urllib.error.HTTPError):  # errors are evidence, counted by the server
+            try:
                 urllib.request.urlopen(request, timeout=30).read()
+            except urllib.error.HTTPError:
+                pass  # an error answer is evidence, counted by the server
+            except (OSError, http.client.HTTPException):
+                # No answer at all (refused, reset, timed out): the server cannot count it.
+                unanswered[arm] += 1
             sent[arm] += 1
-        return sent
+        return {**sent, "unanswered": unanswered}
 
     def evidence(self, timeout_s: float = 60.0) -> tuple[ArmStats, ArmStats]:
         """Both arms' stats, once Prometheus has scraped both after the last request was answered."""
@@ -367,14 +377,49 @@ def run_local_rollout(
             tracking_uri,
             model_name,
         )
-        with canary.running():
-            sent = canary.drive(traffic, canary_percent, requests, batch, seed)
-            stable_stats, canary_stats = canary.evidence()
+        try:
+            with canary.running():
+                sent = canary.drive(traffic, canary_percent, requests, batch, seed)
+                stable_stats, canary_stats = (
+                    _with_unanswered(stats, sent["unanswered"][arm])
+                    for arm, stats in zip(ARMS, canary.evidence(), strict=True)
+                )
+        except Exception as exc:
+            # The servers are stopped and the alias never moved: record why, then fail loudly.
+            _record_failure(model_name, candidate_version, stable, exc, tracking_uri, canary_percent, "local")
+            raise
         verdict = analyse(stable_stats, canary_stats, policy)
         verdict.evidence["requests_sent"] = sent
         result = decide(model_name, candidate_version, stable, verdict, tracking_uri)
     run_id = record_decision(result, tracking_uri, canary_percent, "local")
     return RolloutResult(**{**result.as_dict(), "run_id": run_id})
+
+
+def _with_unanswered(stats: ArmStats, unanswered: int) -> ArmStats:
+    """Add requests the arm never answered (the server could not count them) as failed ones."""
+    from dataclasses import replace
+
+    if not unanswered:
+        return stats
+    return replace(stats, requests=stats.requests + unanswered, errors=stats.errors + unanswered)
+
+
+def _record_failure(
+    model_name: str,
+    candidate_version: str,
+    stable_version: str | None,
+    exc: BaseException,
+    tracking_uri: str,
+    canary_percent: int,
+    mode: str,
+) -> None:
+    """Record a rollout that broke off as rolled back, with the error as its reason (best effort)."""
+    reason = f"rollout failed before a verdict, canary rolled back: {type(exc).__name__}: {exc}"
+    result = RolloutResult(model_name, candidate_version, stable_version, False, (reason,), {})
+    try:
+        record_decision(result, tracking_uri, canary_percent, mode)
+    except Exception:  # noqa: BLE001 - the original error is the one to raise
+        log.exception("could not record the failed rollout of %s v%s", model_name, candidate_version)
 
 
 # --------------------------------------------------------------------------- the cluster arms
@@ -431,12 +476,14 @@ class KServeCanary:
             client.patch(
                 canary.name, inference_service(canary, self.canary_percent), namespace=canary.namespace
             )
-        else:
-            isvc, route = raw_canary(self.stable, canary, self.canary_percent)
-            client.create(isvc, namespace=canary.namespace)
-            (self.apply_route or _apply_route)(route)
-            log.info("route %s: %s", route["metadata"]["name"], to_dict(route)["spec"])
+            client.wait_isvc_ready(canary.name, namespace=canary.namespace, timeout_seconds=timeout_s)
+            return
+        isvc, route = raw_canary(self.stable, canary, self.canary_percent)
+        client.create(isvc, namespace=canary.namespace)
+        # The Route shifts traffic only once the canary can answer it.
         client.wait_isvc_ready(canary.name, namespace=canary.namespace, timeout_seconds=timeout_s)
+        (self.apply_route or _apply_route)(route)
+        log.info("route %s: %s", route["metadata"]["name"], to_dict(route)["spec"])
 
     def evidence(self, stable_version: str, canary_version: str) -> tuple[ArmStats, ArmStats]:
         """Both arms' stats over the window, told apart by their ``model_version`` label."""
@@ -511,14 +558,25 @@ def run_cluster_rollout(
     wait_s: float | None = None,
 ) -> RolloutResult:
     """Deploy the canary on the cluster, wait one analysis window, decide, act, record."""
-    canary.deploy(storage_uri, candidate_version)
-    time.sleep(wait_s if wait_s is not None else pd.Timedelta(canary.window).total_seconds())
-    stable_stats, canary_stats = canary.evidence(stable_version, candidate_version)
-    verdict = analyse(stable_stats, canary_stats, policy)
-    if verdict.promote:
-        canary.promote(storage_uri, candidate_version)
-    else:
+    mode = canary.stable.mode
+    try:
+        canary.deploy(storage_uri, candidate_version)
+        time.sleep(wait_s if wait_s is not None else pd.Timedelta(canary.window).total_seconds())
+        stable_stats, canary_stats = canary.evidence(stable_version, candidate_version)
+        verdict = analyse(stable_stats, canary_stats, policy)
+        if verdict.promote:
+            canary.promote(storage_uri, candidate_version)
+    except Exception as exc:
+        # Whatever broke (a canary never ready, Prometheus without its series, a failed
+        # promotion), the stable arm takes all traffic back and the alias stays.
+        with contextlib.suppress(Exception):
+            canary.rollback(storage_uri, candidate_version)
+        _record_failure(
+            model_name, candidate_version, stable_version, exc, tracking_uri, canary.canary_percent, mode
+        )
+        raise
+    if not verdict.promote:
         canary.rollback(storage_uri, candidate_version)
     result = decide(model_name, candidate_version, stable_version, verdict, tracking_uri)
-    run_id = record_decision(result, tracking_uri, canary.canary_percent, canary.stable.mode)
+    run_id = record_decision(result, tracking_uri, canary.canary_percent, mode)
     return RolloutResult(**{**result.as_dict(), "run_id": run_id})

@@ -7,8 +7,13 @@ the Prometheus layout). The verdict:
 
 * **inconclusive** (roll back) when either arm has fewer requests or scored rows than the
   policy's minimum: too little evidence is not a pass;
-* **error rate**: one-sided two-proportion z-test; roll back when the canary's error rate is
-  significantly higher *and* exceeds the stable one by more than a tolerance;
+* **inconclusive** too when evidence is missing: a count that is not a number, or an arm
+  without a latency or anomaly-score histogram. A check that cannot be made is not passed;
+* **error rate**: one-sided Fisher exact test (exact at the handful of errors a canary
+  usually shows, where a z-test overstates significance); roll back when the canary's error
+  rate is significantly higher *and* exceeds the stable one by more than a tolerance. An error
+  is any request not answered ``ok``: both arms see the same traffic, so a canary that rejects
+  what the stable arm accepts fails like one that crashes;
 * **latency**: roll back when the canary's p95 (from the histogram) exceeds the stable p95 by
   more than a ratio;
 * **score distribution**: chi-square test on the score-histogram bucket counts plus the
@@ -35,8 +40,9 @@ class ArmStats:
     """What the serving metrics say about one arm over the analysis window.
 
     Attributes:
-        requests: Requests served.
-        errors: Requests answered with a server error (5xx).
+        requests: Requests received (answered or not).
+        errors: Requests not answered ``ok``: server and client errors, and requests the
+            client could not get an answer to.
         rows: Rows scored.
         anomalies: Rows flagged as anomalous.
         latency_buckets: Cumulative latency histogram: upper bound (seconds) -> count.
@@ -137,23 +143,30 @@ def histogram_quantile(q: float, buckets: Mapping[float, float]) -> float:
     return bounds[-1]
 
 
+def _observed(buckets: Mapping[float, float]) -> bool:
+    """Whether a cumulative histogram holds any observation."""
+    total = max(buckets.values(), default=0.0)
+    return math.isfinite(total) and total > 0
+
+
 def _bucket_counts(buckets: Mapping[float, float], bounds: Sequence[float]) -> np.ndarray:
     cumulative = np.array([buckets.get(b, 0.0) for b in bounds], dtype=float)
     return np.diff(np.concatenate([[0.0], cumulative])).clip(min=0)
 
 
 def two_proportion_pvalue(errors_a: float, n_a: float, errors_b: float, n_b: float) -> float:
-    """One-sided p-value that proportion b exceeds proportion a (pooled z-test)."""
-    from scipy.stats import norm
+    """One-sided p-value that proportion b exceeds proportion a (Fisher's exact test).
 
-    if n_a <= 0 or n_b <= 0:
+    Counts from Prometheus' ``increase()`` are extrapolated and need not be whole: they are
+    rounded. Exact at any count, so a few errors on a small arm are not overstated.
+    """
+    from scipy.stats import fisher_exact
+
+    if not n_a > 0 or not n_b > 0:
         return 1.0
-    pooled = (errors_a + errors_b) / (n_a + n_b)
-    se = math.sqrt(pooled * (1 - pooled) * (1 / n_a + 1 / n_b))
-    if se == 0:
-        return 1.0 if errors_b / n_b <= errors_a / n_a else 0.0
-    z = (errors_b / n_b - errors_a / n_a) / se
-    return float(norm.sf(z))
+    a, b = round(min(max(errors_a, 0.0), n_a)), round(min(max(errors_b, 0.0), n_b))
+    table = [[b, round(n_b) - b], [a, round(n_a) - a]]
+    return float(fisher_exact(table, alternative="greater").pvalue)
 
 
 def score_shift(stable: Mapping[float, float], canary: Mapping[float, float]) -> tuple[float, float]:
@@ -189,11 +202,22 @@ def analyse(stable: ArmStats, canary: ArmStats, policy: CanaryPolicy = CanaryPol
     }
     reasons: list[str] = []
     for name, arm in (("stable", stable), ("canary", canary)):
-        if arm.requests < policy.min_requests or arm.rows < policy.min_rows:
+        counts = (arm.requests, arm.errors, arm.rows, arm.anomalies)
+        if not all(math.isfinite(c) for c in counts):
+            reasons.append(f"inconclusive: {name}'s counts are not all numbers {counts}")
+        elif not (arm.requests >= policy.min_requests and arm.rows >= policy.min_rows):
             reasons.append(
                 f"inconclusive: {name} served {arm.requests:.0f} requests / {arm.rows:.0f} rows, "
                 f"fewer than the {policy.min_requests} / {policy.min_rows} required"
             )
+        else:
+            missing = [
+                what
+                for what, buckets in (("latency", arm.latency_buckets), ("anomaly-score", arm.score_buckets))
+                if not _observed(buckets)
+            ]
+            if missing:
+                reasons.append(f"inconclusive: no {' or '.join(missing)} histogram for {name}")
     if reasons:
         return CanaryVerdict(False, tuple(reasons), evidence)
 

@@ -178,3 +178,56 @@ def test_raw_deployment_rollout_leaves_one_service_and_all_traffic_on_it(schema,
         assert routes[-2]["spec"]["to"]["weight"] == 0
         assert kserve.calls[:2] == [("patch", "anomaly-detector", new_uri), ("ready", "anomaly-detector")]
     assert canary.stable.storage_uri == served
+
+
+def test_raw_deployment_routes_traffic_to_the_canary_only_once_it_is_ready(schema):
+    from serving.rollout import KServeCanary
+
+    kserve = _RecordingKServe(schema)
+    canary = KServeCanary(
+        spec("RawDeployment"), 20, "http://prometheus", client=kserve,
+        apply_route=lambda route: kserve.calls.append(("route", route["spec"].get("alternateBackends"))),
+    )  # fmt: skip
+    canary.deploy("s3://mlflow/1/models/m-new/artifacts", "8")
+    assert [call[0] for call in kserve.calls] == ["create", "ready", "route"]
+
+
+def test_a_cluster_rollout_that_breaks_off_rolls_back_and_records_why(schema, tmp_path):
+    """Prometheus unreachable after the canary went live: traffic back on stable, alias kept, run recorded."""
+    from aiops.registry import alias_version, mlflow_client
+    from serving.rollout import ROLLOUT_EXPERIMENT, KServeCanary, run_cluster_rollout
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = mlflow_client(uri)
+    client.create_registered_model("m")
+    for _ in range(2):
+        client.create_model_version("m", source=str(tmp_path))
+    client.set_registered_model_alias("m", "champion", "1")
+    kserve, routes = _RecordingKServe(schema), []
+    stable = spec("RawDeployment")
+    # Port 9 (discard) is closed here: the evidence query fails after the canary was deployed.
+    canary = KServeCanary(stable, 20, "http://127.0.0.1:9", client=kserve, apply_route=routes.append)
+    with pytest.raises(OSError):
+        run_cluster_rollout(canary, "m", "2", "s3://mlflow/1/models/m-new/artifacts", "1", uri, wait_s=0)
+    assert routes[-1]["spec"]["to"]["weight"] == 100 and "alternateBackends" not in routes[-1]["spec"]
+    assert kserve.calls[-1] == ("delete", "anomaly-detector-canary")
+    assert alias_version("m", "champion", uri) == "1"
+    [run] = client.search_runs([client.get_experiment_by_name(ROLLOUT_EXPERIMENT).experiment_id])
+    assert run.data.tags["decision"] == "rolled_back"
+    assert run.data.tags["reason"].startswith("rollout failed before a verdict")
+    assert client.get_model_version("m", "2").tags["rollout.decision"] == "rolled_back"
+
+
+def test_requests_an_arm_never_answers_count_as_its_errors(tmp_path):
+    """A canary that crashed or hangs cannot count its own failures: the driver counts them."""
+    from aiops.canary import ArmStats
+    from serving.rollout import LocalCanary, _with_unanswered
+    from tests.conftest import make_metrics
+
+    dead = {"stable": "http://127.0.0.1:9", "canary": "http://127.0.0.1:9"}  # nothing listens
+    canary = LocalCanary("models:/m/1", "models:/m/2", tmp_path, "sqlite://", urls=dead)
+    sent = canary.drive(make_metrics(n_steps=10), 50, 20, batch=2)
+    assert sent["stable"] + sent["canary"] == 20
+    assert sent["unanswered"] == {"stable": sent["stable"], "canary": sent["canary"]}
+    stats = _with_unanswered(ArmStats(requests=100, errors=1, rows=800, anomalies=5), 7)
+    assert (stats.requests, stats.errors, stats.rows) == (107, 8, 800)

@@ -106,3 +106,37 @@ def test_a_silent_canary_rolls_back_only_when_the_policy_sets_a_floor():
 def test_too_little_traffic_is_inconclusive():
     verdict = analyse(arm(), arm(requests=50), CanaryPolicy(min_requests=200))
     assert not verdict.promote and verdict.reasons[0].startswith("inconclusive: canary")
+
+
+def test_a_few_errors_on_a_small_arm_are_judged_exactly():
+    # 0/1000 against 2/200: a pooled z-test gives p = 0.0008; Fisher's exact test 0.028.
+    assert two_proportion_pvalue(0, 1000, 2, 200) == pytest.approx(0.0278, abs=5e-4)
+    assert two_proportion_pvalue(0, 1000, 2, 200) > CanaryPolicy().alpha
+    # Extrapolated counts from increase() are not whole: they are rounded, not rejected.
+    assert two_proportion_pvalue(0.4, 999.6, 40.2, 1000.3) < 1e-6
+
+
+@pytest.mark.parametrize(
+    ("canary", "missing"),
+    [
+        (ArmStats(1000, 1, 1000, 10, {}, cumulative(SCORE_BOUNDS, (500, 300, 150, 40, 8, 2))), "latency"),
+        (
+            ArmStats(1000, 1, 1000, 10, cumulative(LATENCY_BOUNDS, (600, 300, 80, 15, 5, 0)), {}),
+            "anomaly-score",
+        ),
+        (ArmStats(1000, 1, 1000, 10, cumulative(LATENCY_BOUNDS, (0,) * 6), {}), "latency or anomaly-score"),
+    ],
+)
+def test_a_missing_histogram_is_inconclusive_not_a_pass(canary, missing):
+    verdict = analyse(arm(), canary)
+    assert not verdict.promote
+    assert verdict.reasons == (f"inconclusive: no {missing} histogram for canary",)
+
+
+def test_counts_that_are_not_numbers_are_inconclusive():
+    nan = float("nan")
+    broken = ArmStats(nan, nan, nan, nan, arm().latency_buckets, arm().score_buckets)
+    verdict = analyse(arm(), broken)
+    assert not verdict.promote and verdict.reasons[0].startswith("inconclusive: canary's counts")
+    verdict = analyse(broken, arm())
+    assert not verdict.promote and verdict.reasons[0].startswith("inconclusive: stable's counts")
