@@ -412,10 +412,24 @@ def _record_failure(
     tracking_uri: str,
     canary_percent: int,
     mode: str,
+    verdict: CanaryVerdict | None = None,
 ) -> None:
-    """Record a rollout that broke off as rolled back, with the error as its reason (best effort)."""
-    reason = f"rollout failed before a verdict, canary rolled back: {type(exc).__name__}: {exc}"
-    result = RolloutResult(model_name, candidate_version, stable_version, False, (reason,), {})
+    """Record a rollout that broke off, with the error as its reason (best effort).
+
+    Without a ``verdict`` it broke off before one and the canary was rolled back. With a passing
+    one, the cluster already serves the candidate but the ``champion`` alias could not be moved.
+    """
+    error = f"{type(exc).__name__}: {exc}"
+    if verdict is None:
+        reasons: tuple[str, ...] = (f"rollout failed before a verdict, canary rolled back: {error}",)
+        result = RolloutResult(model_name, candidate_version, stable_version, False, reasons, {})
+    else:
+        reasons = (
+            *verdict.reasons,
+            f"the cluster serves v{candidate_version}, but the champion alias could not be moved "
+            f"({error}); move it with `aiops models promote {model_name} --version {candidate_version}`",
+        )
+        result = RolloutResult(model_name, candidate_version, stable_version, True, reasons, verdict.evidence)
     try:
         record_decision(result, tracking_uri, canary_percent, mode)
     except Exception:  # noqa: BLE001 - the original error is the one to raise
@@ -577,6 +591,14 @@ def run_cluster_rollout(
         raise
     if not verdict.promote:
         canary.rollback(storage_uri, candidate_version)
-    result = decide(model_name, candidate_version, stable_version, verdict, tracking_uri)
+    try:
+        result = decide(model_name, candidate_version, stable_version, verdict, tracking_uri)
+    except Exception as exc:
+        if verdict.promote:  # the cluster and the registry now disagree: say so where people look
+            _record_failure(
+                model_name, candidate_version, stable_version, exc, tracking_uri,
+                canary.canary_percent, mode, verdict,
+            )  # fmt: skip
+        raise
     run_id = record_decision(result, tracking_uri, canary.canary_percent, mode)
     return RolloutResult(**{**result.as_dict(), "run_id": run_id})

@@ -231,3 +231,35 @@ def test_requests_an_arm_never_answers_count_as_its_errors(tmp_path):
     assert sent["unanswered"] == {"stable": sent["stable"], "canary": sent["canary"]}
     stats = _with_unanswered(ArmStats(requests=100, errors=1, rows=800, anomalies=5), 7)
     assert (stats.requests, stats.errors, stats.rows) == (107, 8, 800)
+
+
+def test_a_promotion_the_registry_refuses_is_recorded_with_how_to_reconcile(schema, tmp_path):
+    """The analysis passed and the cluster serves the canary, but the alias cannot move."""
+    import math
+
+    from aiops.canary import ArmStats
+    from aiops.registry import mlflow_client
+    from serving.rollout import ROLLOUT_EXPERIMENT, KServeCanary, run_cluster_rollout
+
+    def healthy() -> ArmStats:
+        latency = {0.01: 900.0, 0.05: 1000.0, math.inf: 1000.0}
+        scores = {1.0: 800.0, 2.0: 990.0, math.inf: 1000.0}
+        return ArmStats(1000, 0, 1000, 10, latency, scores)
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    kserve = _RecordingKServe(schema)
+    canary = KServeCanary(
+        spec("RawDeployment"), 20, "http://prometheus", client=kserve, apply_route=lambda r: None
+    )
+    canary.evidence = lambda stable, candidate: (healthy(), healthy())
+    # "missing" was never registered: moving its alias fails after the cluster promoted.
+    with pytest.raises(Exception, match="missing"):
+        run_cluster_rollout(
+            canary, "missing", "2", "s3://mlflow/1/models/m-new/artifacts", "1", uri, wait_s=0
+        )
+    assert ("patch", "anomaly-detector", "s3://mlflow/1/models/m-new/artifacts") in kserve.calls
+    client = mlflow_client(uri)
+    [run] = client.search_runs([client.get_experiment_by_name(ROLLOUT_EXPERIMENT).experiment_id])
+    assert run.data.tags["decision"] == "promoted"
+    assert "champion alias could not be moved" in run.data.tags["reason"]
+    assert "aiops models promote missing --version 2" in run.data.tags["reason"]
