@@ -137,8 +137,12 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
 
-#: Unix seconds that int64 nanoseconds can hold (pandas' datetime64[ns] range, 1677-2262).
-_MAX_UNIX_SECONDS = 9.2e9
+#: Instants a request may carry (int64 ns): 1970 to 2199. pandas holds 1677-2262, but the
+#: forecasters measure time from their training data and fetch hours ahead of a request, so
+#: the edges of that range overflow there (a 500 instead of a 400).
+_EARLIEST_NS = 0
+_LATEST_NS = int(pd.Timestamp("2200-01-01", tz="UTC").value)
+_RANGE_TEXT = "from 1970-01-01 to 2199-12-31 UTC"
 
 
 def _iso_instants(values: Sequence[str]) -> np.ndarray | None:
@@ -166,29 +170,42 @@ def parse_timestamps(values: Sequence[Any], where: str) -> np.ndarray:
     if kinds <= {str}:
         fast = _iso_instants(values)
         if fast is not None:
-            return fast
+            return _in_range(fast, where)
         try:
             parsed = pd.to_datetime(list(values), utc=True, format="ISO8601")
         except (ValueError, TypeError, OverflowError) as exc:
             raise RequestError(
-                f"{where}: timestamps must be ISO 8601 strings, e.g. '2026-01-05T10:00:00Z' ({exc})"
+                f"{where}: timestamps must be ISO 8601 strings {_RANGE_TEXT}, e.g. "
+                f"'2026-01-05T10:00:00Z' ({exc})"
             ) from exc
         if parsed.isna().any():
             raise RequestError(f"{where}: timestamp missing (NaT) at row {int(np.argmax(parsed.isna()))}")
-        return parsed.as_unit("ns").asi8
+        return _in_range(parsed.as_unit("ns").asi8, where)
     if kinds <= {int, float}:
-        seconds = np.asarray(values, dtype=np.float64)
-        if not np.isfinite(seconds).all() or (np.abs(seconds) > _MAX_UNIX_SECONDS).any():
+        try:
+            seconds = np.asarray(values, dtype=np.float64)
+        except OverflowError:  # an integer beyond float range (stdlib json reads it)
+            seconds = np.array([np.inf])
+        if not np.isfinite(seconds).all() or (np.abs(seconds) > 1e10).any():
             raise RequestError(
-                f"{where}: timestamps as numbers must be finite Unix seconds within "
-                f"+-{_MAX_UNIX_SECONDS:.3g} (years 1677-2262; milliseconds are not accepted)"
+                f"{where}: timestamps as numbers must be finite Unix seconds {_RANGE_TEXT} "
+                "(milliseconds are not accepted)"
             )
-        return np.round(seconds * 1e9).astype(np.int64)
+        return _in_range(np.round(seconds * 1e9).astype(np.int64), where)
     bad = sorted(t.__name__ for t in kinds - {str, int, float}) or sorted(t.__name__ for t in kinds)
     raise RequestError(
         f"{where}: timestamp must be an ISO 8601 string or Unix seconds (all rows alike), "
         f"got {' and '.join(bad)}"
     )
+
+
+def _in_range(instants: np.ndarray, where: str) -> np.ndarray:
+    outside = (instants < _EARLIEST_NS) | (instants >= _LATEST_NS)
+    if outside.any():
+        row = int(np.argmax(outside))
+        shown = pd.Timestamp(int(instants[row]), tz="UTC").isoformat()
+        raise RequestError(f"{where}: timestamp {shown} of row {row} is outside {_RANGE_TEXT}")
+    return instants
 
 
 def parse_entity(values: Sequence[Any], key: str, where: str) -> np.ndarray:
@@ -269,7 +286,7 @@ class RequestDecoder:
         if isinstance(body, bytes | bytearray):
             try:
                 body = json.loads(body)
-            except (ValueError, UnicodeDecodeError) as exc:
+            except (ValueError, UnicodeDecodeError, RecursionError) as exc:
                 raise RequestError(f"request body is not valid JSON ({exc})") from exc
         if not isinstance(body, dict):
             raise RequestError(
@@ -389,8 +406,9 @@ class RequestDecoder:
             targets = np.arange(len(features))
         else:
             # build_features sorts by entity then time: an entity's last row is its latest.
-            entity = features[list(ENTITY_KEYS)].astype(str).agg("\x1f".join, axis=1).to_numpy()
-            targets = np.flatnonzero(np.r_[entity[1:] != entity[:-1], True])
+            keys = features[list(ENTITY_KEYS)].astype(str).to_numpy()
+            changes = (keys[1:] != keys[:-1]).any(axis=1)
+            targets = np.flatnonzero(np.r_[changes, True])
         return Batch.from_frame(features, self.names, targets)
 
     def _metrics_frame(self, rows: list[dict[str, Any]]) -> pd.DataFrame:
@@ -400,12 +418,16 @@ class RequestDecoder:
             raise RequestError(
                 f"telemetry: key column(s) {_shown(absent)} missing; every row needs {', '.join(KEY_COLUMNS)}"
             )
-        ragged = next((i for i, row in enumerate(rows) if len(row) != len(columns)), None)
+        first = rows[0].keys()
+        ragged = next((i for i, row in enumerate(rows) if row.keys() != first), None)
         if ragged is not None:
+            extra = sorted(set(rows[ragged]) - set(first))
+            lacking = sorted(set(first) - set(rows[ragged]))
             raise RequestError(
-                f"telemetry[{ragged}] has columns {_shown(sorted(rows[ragged]))}, not those of the "
-                "other rows; "
-                "every row needs the same columns (null for a missing sample)"
+                f"telemetry[{ragged}] does not have the columns of telemetry[0]"
+                + (f": it adds {_shown(extra)}" if extra else "")
+                + (f"{';' if extra else ':'} it lacks {_shown(lacking)}" if lacking else "")
+                + "; every row needs the same columns (null for a missing sample)"
             )
         frame = {
             TIMESTAMP: pd.to_datetime(parse_timestamps([r[TIMESTAMP] for r in rows], "telemetry"), utc=True)
@@ -422,7 +444,10 @@ class RequestDecoder:
                 raise RequestError(
                     f"telemetry: metric {name!r} must hold numbers or null, got {', '.join(bad)}"
                 )
-            frame[name] = np.array(values, dtype=np.float64)
+            try:
+                frame[name] = np.array(values, dtype=np.float64)
+            except OverflowError as exc:  # an integer beyond float range (stdlib json reads it)
+                raise RequestError(f"telemetry: metric {name!r} holds a number beyond float range") from exc
         return pd.DataFrame(frame)
 
     def _lookup(self, rows: list[dict[str, Any]]) -> Batch:
@@ -493,7 +518,7 @@ class RequestDecoder:
             )
         self._check_names(tensor.parameters)
         try:
-            matrix = np.asarray(tensor.data, dtype=np.float64).reshape(shape)
+            matrix = _numbers(tensor.data).reshape(shape)
         except (TypeError, ValueError, OverflowError) as exc:
             raise RequestError(
                 f"input 'features': data does not fill shape {shape} with numbers (null = missing): {exc}"
@@ -532,9 +557,28 @@ class RequestDecoder:
         for i, item in enumerate(_flat(tensor.data)):
             try:
                 rows.append(json.loads(item))
-            except (TypeError, ValueError) as exc:
+            except (TypeError, ValueError, RecursionError) as exc:
                 raise RequestError(f"input 'telemetry' element {i} is not a JSON object ({exc})") from exc
         return rows
+
+
+def _numbers(data: Any) -> np.ndarray:
+    """A numeric tensor's data as float64; strings and booleans are refused, not converted.
+
+    numpy would read ``"0.5"`` as 0.5 and ``true`` as 1.0; the v1 decoder refuses both, and so
+    does this. (A boolean among floats in one list is still promoted by numpy unseen.)
+    """
+    raw = np.asarray(data)
+    if raw.dtype.kind in "fiu":
+        return raw.astype(np.float64, copy=False)
+    if raw.dtype.kind == "O":  # nulls, or mixed types
+        kinds = set(map(type, raw.reshape(-1).tolist()))
+        if kinds <= _NUMBER_TYPES and bool not in kinds:
+            return raw.astype(np.float64)
+        bad = sorted(t.__name__ for t in kinds - _NUMBER_TYPES)
+        raise ValueError(f"values must be numbers or null, got {', '.join(bad)}")
+    shown = {"b": "bool", "U": "str", "S": "bytes"}.get(raw.dtype.kind, str(raw.dtype))
+    raise ValueError(f"values must be numbers or null, got {shown}")
 
 
 def _flat(data: Any) -> list[Any]:
@@ -565,7 +609,14 @@ _ISO_MEMO_ENTRIES = 65_536
 
 def iso_timestamps(instants: np.ndarray) -> list[str]:
     """ISO 8601 UTC strings (``Z``) of int64 nanosecond instants."""
-    unit: Literal["s", "ms"] = "s" if not (instants % 1_000_000_000).any() else "ms"
+    unit: Literal["s", "ms", "us", "ns"] = next(
+        (
+            u
+            for u, ns in (("s", 1_000_000_000), ("ms", 1_000_000), ("us", 1_000))
+            if not (instants % ns).any()
+        ),
+        "ns",
+    )
     wanted = [(t, unit) for t in instants.tolist()]
     missing = list({key for key in wanted if key not in _ISO_MEMO})
     if missing:

@@ -194,7 +194,16 @@ def add_fast_v2_infer(app: Any, dataplane: Any, model_repository_extension: Any)
     async def infer(raw_request: Request, raw_response: Response, model_name: str) -> Any:
         body = await raw_request.body()
         if INFERENCE_CONTENT_LENGTH_HEADER in raw_request.headers:
-            return await endpoints.infer(raw_request, raw_response, model_name, body)
+            try:
+                return await endpoints.infer(raw_request, raw_response, model_name, body)
+            except (ValueError, TypeError, KeyError, IndexError, UnicodeDecodeError) as exc:
+                # KServe's decoding of the binary extension (header length, sizes, element
+                # types); the model itself raises only KServe's own errors (predictor.predict).
+                raise InvalidInput(
+                    f"the binary tensor request could not be decoded: {type(exc).__name__}: {exc}; "
+                    "check inference-header-content-length and each input's binary_data_size "
+                    "against its shape and datatype"
+                ) from exc
         try:
             parsed = orjson.loads(body)
         except orjson.JSONDecodeError as exc:

@@ -117,7 +117,18 @@ def _first_feature(features: pd.DataFrame) -> str:
         # Outside int64 nanoseconds (1677-2262): a 400 that says so, not a crash (500).
         (lambda f: _bad_instance(f, lambda r: r.update(timestamp="9999-01-01T00:00:00Z")), "ISO 8601"),
         (lambda f: _bad_instance(f, lambda r: r.update(timestamp="0001-01-01T00:00:00")), "ISO 8601"),
-        (lambda f: _bad_instance(f, lambda r: r.update(timestamp=9.3e9)), "years 1677-2262"),
+        (lambda f: _bad_instance(f, lambda r: r.update(timestamp=9.3e9)), "from 1970-01-01 to 2199-12-31"),
+        (lambda f: _bad_instance(f, lambda r: r.update(timestamp=10**400)), "finite Unix seconds"),
+        # Inside pandas' range but where the forecasters overflow (their origin, their prefetch).
+        (
+            lambda f: _bad_instance(f, lambda r: r.update(timestamp="1700-01-01T00:00:00Z")),
+            "timestamp 1700-01-01T00:00:00+00:00 of row 0 is outside",
+        ),
+        (
+            lambda f: _bad_instance(f, lambda r: r.update(timestamp="2262-04-11T20:00:00Z")),
+            "is outside from 1970-01-01 to 2199-12-31 UTC",
+        ),
+        (lambda f: _bad_instance(f, lambda r: r.update(timestamp=-9.0e9)), "is outside from 1970"),
         (lambda f: _bad_instance(f, lambda r: r.update(timestamp=1_767_225_600_123)), "milliseconds"),
         (lambda f: _bad_instance(f, lambda r: r.update(pod=7)), "'pod' must be a string"),
         (lambda f: {**_bad_instance(f, lambda r: None), "parameters": {"top_k": -1}}, "'top_k'"),
@@ -168,7 +179,12 @@ def test_telemetry_scores_the_latest_row_of_each_entity(decoder, features):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda rows: rows[3].pop("request_rate"), "not those of the other rows"),
+        (lambda rows: rows[3].pop("request_rate"), "telemetry[3] does not have the columns of telemetry[0]"),
+        (
+            lambda rows: rows[3].update(gpu_temp=1.0),
+            "telemetry[3] does not have the columns of telemetry[0]: it adds 'gpu_temp'",
+        ),
+        (lambda rows: rows[2].update(request_rate=10**400), "beyond float range"),
         (lambda rows: [r.pop("cpu_usage_cores") for r in rows], "signal(s) 'cpu_usage_cores'"),
         (lambda rows: rows[2].update(request_rate=-5.0), "below 0"),
         (lambda rows: rows[2].update(request_rate="fast"), "must hold numbers or null"),
@@ -219,6 +235,19 @@ def test_v2_feature_names_and_contract_id_are_checked(decoder, features):
         ),
         (lambda t: t.__setitem__(0, Tensor("features", "BYTES", t[0].shape, t[0].data)), "must be FP64"),
         (lambda t: t.__setitem__(0, Tensor("features", "FP64", t[0].shape, t[0].data[:-1])), "does not fill"),
+        # numpy would read these as numbers; v1 refuses them, so does v2.
+        (
+            lambda t: t.__setitem__(0, Tensor("features", "FP64", t[0].shape, [str(v) for v in t[0].data])),
+            "must be numbers or null, got str",
+        ),
+        (
+            lambda t: t.__setitem__(0, Tensor("features", "FP64", t[0].shape, [True] * len(t[0].data))),
+            "got bool",
+        ),
+        (
+            lambda t: t.__setitem__(0, Tensor("features", "FP64", t[0].shape, [None, "1", *t[0].data[2:]])),
+            "got str",
+        ),
         (
             lambda t: t.__setitem__(1, Tensor("timestamp", "BYTES", [2], ["2026-01-05T00:00:00Z"] * 2)),
             "expected 1",
@@ -239,3 +268,25 @@ def test_v2_telemetry_is_one_json_object_per_element(decoder):
     assert decoded.kind == "telemetry" and decoded.batch.n_targets == 2
     with pytest.raises(RequestError, match="not a JSON object"):
         decoder.v2([Tensor("telemetry", "BYTES", [1], ["{oops"])], None)
+    deep = "[" * 100_000 + "]" * 100_000
+    with pytest.raises(RequestError, match="not a JSON object"):
+        decoder.v2([Tensor("telemetry", "BYTES", [1], [deep])], None)
+    with pytest.raises(RequestError, match="not valid JSON"):
+        decoder.v1(deep.encode())
+
+
+def test_telemetry_entities_are_told_apart_by_their_keys_not_a_joined_string(decoder):
+    """Two entities whose keys joined with a separator would read the same stay two."""
+    rows = telemetry_rows(make_metrics(n_steps=6, pods=("api-1",)))
+    a = [{**r, "cluster": "c", "namespace": "ns\x1fx"} for r in rows]
+    b = [{**r, "cluster": "c\x1fns", "namespace": "x"} for r in rows]
+    assert decoder.v1({"telemetry": a + b}).batch.n_targets == 2
+
+
+def test_sub_millisecond_timestamps_come_back_as_sent():
+    base = np.int64(1_767_225_600) * 1_000_000_000
+    assert iso_timestamps(np.array([base + 250_000, base + 750_000])) == [
+        "2026-01-01T00:00:00.000250Z",
+        "2026-01-01T00:00:00.000750Z",
+    ]
+    assert iso_timestamps(np.array([base + 1])) == ["2026-01-01T00:00:00.000000001Z"]

@@ -262,3 +262,23 @@ def test_the_server_survives_bad_requests_and_counts_them(server, trained):
     assert value("aiops_serving_stage_seconds_count", stage="score.forecast") >= 1
     info = [s for s in samples if s.name == "aiops_serving_model_info"]
     assert info and info[0].labels["members"] == "isolation_forest:fast,forecast:fast"
+
+
+@pytest.mark.parametrize("cut", [8, 3])  # one value short; a byte count no FP64 tensor can have
+def test_a_binary_tensor_that_does_not_fill_its_shape_is_a_400(server, trained, cut):
+    names = trained.bundle.contract.feature_names
+    rows = trained.split.test.iloc[[20]]
+    features, *keys = v2_inputs(rows, names)
+    raw = rows.loc[:, list(names)].to_numpy(dtype="<f8").tobytes()[:-cut]
+    del features["data"]
+    features["parameters"] = {"binary_data_size": len(raw)}
+    header = json.dumps({"inputs": [features, *keys]}).encode()
+    status, body = server.infer(
+        header + raw,
+        headers={
+            "content-type": "application/octet-stream",
+            "inference-header-content-length": str(len(header)),
+        },
+    )
+    assert status == 400, body
+    assert "binary tensor request could not be decoded" in json.dumps(body)
