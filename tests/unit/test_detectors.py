@@ -610,3 +610,22 @@ def test_train_ensemble_end_to_end(parts):
     assert np.mean(bundle.score(split.validation) >= bundle.threshold) == pytest.approx(0.02, abs=0.01)
     with pytest.raises(ValueError, match="at least one member"):
         train_ensemble({}, split.validation, labels)
+
+
+def test_arima_reads_far_instants_off_its_calendar_regression_without_stepping(monkeypatch):
+    """Beyond FAR_HORIZON the ARMA part has died out: the shortcut equals stepping all the way."""
+    from aiops.detectors import forecast
+
+    index = pd.date_range("2026-01-05", periods=3 * 24 * 60, freq="1min", tz="UTC")
+    rng = np.random.default_rng(0)
+    values = 100 + 30 * np.sin(2 * np.pi * np.arange(len(index)) / 1440) + rng.normal(0, 5, len(index))
+    model = forecast.ArimaForecaster().fit(pd.Series(index), values)
+    probe = pd.Series([model._end + pd.Timedelta(d) for d in ("20D", "20D 6h", "3h", "1h")])
+    shortcut = model.predict(probe)
+    monkeypatch.setattr(forecast, "FAR_HORIZON", "400D")
+    stepped = model.predict(probe)
+    pd.testing.assert_frame_equal(shortcut, stepped, rtol=1e-6)
+    monkeypatch.undo()
+    # A request stamped near the end of the accepted range is answered, not stepped to.
+    [far] = model.predict(pd.Series([pd.Timestamp("2199-06-01", tz="UTC")]))["yhat"].tolist()
+    assert 80 < far < 120

@@ -208,6 +208,11 @@ def _accepts_seed() -> bool:
     return "seed" in inspect.signature(Prophet.fit).parameters
 
 
+#: How far past its training data an ARIMA forecast is stepped through; beyond, see
+#: :meth:`ArimaForecaster.predict`.
+FAR_HORIZON = "14D"
+
+
 class ArimaForecaster:
     """Regression on seasonal Fourier terms with ARMA(p, q) errors, on ``log1p(y)``.
 
@@ -279,18 +284,37 @@ class ArimaForecaster:
         return self
 
     def predict(self, ts: pd.Series) -> pd.DataFrame:
-        """Forecast forward from the end of training, then read off each instant."""
+        """Forecast forward from the end of training, then read off each instant.
+
+        The state-space forecast steps through every ``resample`` step up to the instant asked
+        for, so a year ahead costs seconds and gigabytes. Beyond ``FAR_HORIZON`` the ARMA part
+        has died out (a stationary model, ``d == 0``), and what is left is the regression on the
+        calendar terms with the forecast's long-run interval: instants that far out are read off
+        that directly, without stepping.
+        """
         if self._end is None:
             raise RuntimeError("fit the forecaster first")
         index = pd.DatetimeIndex(pd.to_datetime(ts, utc=True))
         step = pd.Timedelta(self.resample)
-        last = max(index.max(), self._end + step)
-        grid = pd.date_range(self._end + step, last.ceil(self.resample), freq=self.resample)
+        last = max(index.max(), self._end + step).ceil(self.resample)
+        stationary = self.order[1] == 0
+        if stationary:
+            last = min(last, self._end + pd.Timedelta(FAR_HORIZON))
+        grid = pd.date_range(self._end + step, last, freq=self.resample)
         forecast = self._result.get_forecast(len(grid), exog=self._exog(grid))
         interval = np.asarray(forecast.conf_int(alpha=0.01))
         table = pd.DataFrame(
             {"yhat": forecast.predicted_mean, "lower": interval[:, 0], "upper": interval[:, 1]}, index=grid
         )
+        far = pd.DatetimeIndex(index.floor(self.resample).unique()).sort_values()
+        far = far[far > grid[-1]]
+        if stationary and len(far):
+            beta = np.asarray(self._result.params)[: self._result.model.k_exog]
+            mean = self._exog(far) @ beta
+            half = (interval[-1, 1] - interval[-1, 0]) / 2.0  # the interval has converged by then
+            table = pd.concat(
+                [table, pd.DataFrame({"yhat": mean, "lower": mean - half, "upper": mean + half}, index=far)]
+            )
         # In-sample instants get the fitted values (one-step predictions use only the past).
         fitted = pd.Series(
             self._result.fittedvalues,
