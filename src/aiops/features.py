@@ -186,9 +186,10 @@ def _entity_features(values: pd.DataFrame, config: FeatureConfig) -> dict[str, n
         for w in config.windows:
             roll = x.rolling(w, min_periods=1)
             out[f"{s}__mean_{w}"] = roll.mean().to_numpy()
-            out[f"{s}__std_{w}"] = x.rolling(w, min_periods=2).std().to_numpy()
-            prev = previous.rolling(w, min_periods=max(3, w // 2))
-            z = (x - prev.mean()) / (prev.std() + _EPS)
+            out[f"{s}__std_{w}"] = rolling_std(x.to_numpy(), w, min_periods=2)
+            least = min(w, max(3, w // 2))
+            prev_mean = previous.rolling(w, min_periods=least).mean().to_numpy()
+            z = pd.Series((x.to_numpy() - prev_mean) / (rolling_std(previous.to_numpy(), w, least) + _EPS))
             # A flat history (std 0) would turn float noise into 1e9; cap the evidence instead.
             out[f"{s}__z_{w}"] = np.clip(z.to_numpy(), -_Z_CAP, _Z_CAP)
         for k in config.lags:
@@ -212,6 +213,29 @@ def _repeats(x: pd.Series, cap: int) -> np.ndarray:
     return np.where(x.isna().to_numpy(), np.nan, run)
 
 
+def rolling_std(x: np.ndarray, window: int, min_periods: int) -> np.ndarray:
+    """Sample std of the last ``window`` values (NaN skipped), NaN with fewer than ``min_periods``.
+
+    Computed window by window, not with pandas' running sums: those keep the rounding error of
+    large values that left the window long ago, so a signal that fell from 0.8 to 1e-8 read a
+    std of 0 (and a z-score off by an order of magnitude) in a long history, and the right
+    value in the short one a request carries. Training and serving must agree.
+    """
+    values = np.asarray(x, dtype=np.float64)
+    n = len(values)
+    if n == 0:
+        return np.zeros(0)
+    padded = np.concatenate([np.full(window - 1, np.nan), values])
+    windows = np.lib.stride_tricks.sliding_window_view(padded, window)
+    count = np.count_nonzero(~np.isnan(windows), axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.nansum(windows, axis=1) / count
+        squares = np.nansum((windows - mean[:, None]) ** 2, axis=1)
+        std = np.sqrt(squares / (count - 1))
+    std[count < max(min_periods, 2)] = np.nan
+    return std
+
+
 def _flatness(x: pd.Series, short: int, long: int) -> np.ndarray:
     """``log10`` of the short rolling std over its own median in the ``long`` rows before; ``[-3, 0]``.
 
@@ -220,7 +244,7 @@ def _flatness(x: pd.Series, short: int, long: int) -> np.ndarray:
     series that never moves (a counter that stays at 0) has no noise to lose and gets 0 (no
     evidence) rather than -3.
     """
-    short_std = x.rolling(short, min_periods=short).std()
+    short_std = pd.Series(rolling_std(x.to_numpy(), short, min_periods=short), index=x.index)
     reference = short_std.shift(1).rolling(long, min_periods=max(2, long // 2)).median().to_numpy()
     current = short_std.to_numpy()
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -185,3 +185,30 @@ def test_new_features_are_causal():
     a, b = build_features(base, TWO), build_features(changed, TWO)
     pd.testing.assert_frame_equal(a.iloc[:30], b.iloc[:30])
     assert (b["cpu_usage_cores__run"].iloc[31:] > 0).all()
+
+
+def test_a_short_history_gives_the_features_of_a_long_one():
+    """What serving computes from a request's few rows equals what training computed from all.
+
+    A signal that fell from ~0.8 to ~1e-8 kept pandas' running-sum rounding error: its std read
+    0 in the long history and ~1e-8 in the short one, and its z-score differed tenfold.
+    """
+    from aiops.features import rolling_std
+
+    rng = np.random.default_rng(3)
+    x = np.r_[0.8 + 0.1 * rng.random(500), 1e-8 * (1 + rng.random(200))]
+    for window, least in ((5, 2), (30, 15)):
+        full = rolling_std(x, window, least)[-100:]
+        tail = rolling_std(x[-150:], window, least)[-100:]
+        np.testing.assert_allclose(full, tail, rtol=1e-9)
+        expected = pd.Series(x[-150:]).rolling(window, min_periods=least).std().to_numpy()[-100:]
+        np.testing.assert_allclose(tail, expected, rtol=1e-6)  # a short history: pandas is exact
+    gaps = np.r_[1.0, np.nan, 3.0, np.nan, np.nan, 6.0]
+    np.testing.assert_allclose(
+        rolling_std(gaps, 3, 2), pd.Series(gaps).rolling(3, min_periods=2).std().to_numpy(), equal_nan=True
+    )
+
+
+def test_a_two_row_window_builds():
+    frame = build_features(make_metrics(n_steps=12), FeatureConfig(windows=(2, 4)))
+    assert frame["cpu_usage_cores__z_2"].notna().any()
