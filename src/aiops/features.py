@@ -258,6 +258,9 @@ def _flatness(x: pd.Series, short: int, long: int) -> np.ndarray:
 def build_features(metrics: pd.DataFrame, config: FeatureConfig = FeatureConfig()) -> pd.DataFrame:
     """Compute the feature table for a canonical metrics table.
 
+    Windows and lags count steps of ``config.step_seconds``, not rows: a sample missing from
+    an entity's rows is an empty step, as a NaN row for it would be.
+
     Args:
         metrics: Metrics in the canonical schema (see :mod:`aiops.schema`).
         config: Transform settings.
@@ -287,12 +290,38 @@ def build_features(metrics: pd.DataFrame, config: FeatureConfig = FeatureConfig(
     base = base[signals]
 
     names = feature_names(signals, config)
+    stamps = pd.DatetimeIndex(frame[TIMESTAMP]).as_unit("ns").asi8
+    reach = max(config.windows) + max(config.lags, default=1) + 2
     parts = []
     for _, idx in frame.groupby(list(ENTITY_KEYS), sort=False).indices.items():
-        cols = _entity_features(base.iloc[idx].reset_index(drop=True), config)
+        values = base.iloc[idx].reset_index(drop=True)
+        slots = _grid_slots(stamps[idx], config.step_seconds, reach)
+        if slots is None:
+            cols = _entity_features(values, config)
+        else:
+            # Missing samples become empty steps, so windows and lags count time, not rows.
+            grid = pd.DataFrame(np.nan, index=pd.RangeIndex(int(slots[-1]) + 1), columns=values.columns)
+            grid.iloc[slots] = values.to_numpy()
+            cols = {name: column[slots] for name, column in _entity_features(grid, config).items()}
         parts.append(pd.DataFrame(cols, index=idx))
     feats = pd.concat(parts).sort_index()[names].astype("float64")
     return pd.concat([frame[list(KEY_COLUMNS)], feats], axis=1)
+
+
+def _grid_slots(stamps: np.ndarray, step_seconds: float, reach: int) -> np.ndarray | None:
+    """Positions of an entity's sorted samples on its step grid, when samples are missing.
+
+    ``None`` when nothing is missing (every row is the next step) or when two samples fall on
+    the same step (off-grid timestamps: rows are then taken as consecutive steps, as before).
+    A hole longer than ``reach`` steps (the farthest any feature looks back) is shortened to
+    it: beyond that, more empty steps change no feature.
+    """
+    if len(stamps) < 2:
+        return None
+    steps = np.rint(np.diff(stamps) / (step_seconds * 1e9)).astype(np.int64)
+    if (steps == 1).all() or (steps < 1).any():
+        return None
+    return np.r_[0, np.cumsum(np.minimum(steps, reach + 1))]
 
 
 def contract_for(features: pd.DataFrame, config: FeatureConfig = FeatureConfig()) -> FeatureContract:

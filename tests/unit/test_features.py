@@ -212,3 +212,22 @@ def test_a_short_history_gives_the_features_of_a_long_one():
 def test_a_two_row_window_builds():
     frame = build_features(make_metrics(n_steps=12), FeatureConfig(windows=(2, 4)))
     assert frame["cpu_usage_cores__z_2"].notna().any()
+
+
+def test_a_missing_sample_is_an_empty_step_whether_sent_as_nan_or_left_out():
+    metrics = make_metrics(n_steps=40)
+    hole = (metrics["pod"] == "api-1") & metrics["timestamp"].dt.minute.between(12, 21)
+    as_nan = metrics.copy()
+    as_nan.loc[hole, ["cpu_usage_cores", "request_rate"]] = np.nan
+    left_out = metrics[~hole]
+    expected = (
+        build_features(as_nan)
+        .set_index(list(KEY_COLUMNS))
+        .loc[build_features(left_out).set_index(list(KEY_COLUMNS)).index]
+    )
+    got = build_features(left_out).set_index(list(KEY_COLUMNS))
+    pd.testing.assert_frame_equal(got, expected)
+    # Without the hole, rows are steps as before (nothing to re-grid).
+    pd.testing.assert_frame_equal(
+        build_features(metrics), build_features(metrics.sample(frac=1, random_state=1))
+    )
