@@ -607,16 +607,14 @@ _ISO_MEMO: dict[tuple[int, str], str] = {}
 _ISO_MEMO_ENTRIES = 65_536
 
 
+_Unit = Literal["s", "ms", "us", "ns"]
+#: The coarsest unit that shows every instant exactly: seconds, else milliseconds, ...
+_UNITS: tuple[tuple[_Unit, int], ...] = (("s", 1_000_000_000), ("ms", 1_000_000), ("us", 1_000))
+
+
 def iso_timestamps(instants: np.ndarray) -> list[str]:
     """ISO 8601 UTC strings (``Z``) of int64 nanosecond instants."""
-    unit: Literal["s", "ms", "us", "ns"] = next(
-        (
-            u
-            for u, ns in (("s", 1_000_000_000), ("ms", 1_000_000), ("us", 1_000))
-            if not (instants % ns).any()
-        ),
-        "ns",
-    )
+    unit: _Unit = next((u for u, ns in _UNITS if not (instants % ns).any()), "ns")
     wanted = [(t, unit) for t in instants.tolist()]
     missing = list({key for key in wanted if key not in _ISO_MEMO})
     if missing:
