@@ -133,6 +133,13 @@ def _print_nezha(report: dict[str, Any]) -> None:
         f"{summary['n_detected']}/{summary['n_faults']} faults detected; "
         f"{summary['n_false_alarms']} false alarms in {summary['hours']:.1f} h"
     )
+    strict = summary["strict"]
+    typer.echo(
+        "strictly read (an onset row must be sampled after the recorded injection): recall "
+        f"{_fmt(strict['detection_recall'])}, "
+        + ", ".join(f"{kind} {_fmt(v)}" for kind, v in strict["recall_by_kind"].items())
+        + f", median delay {_fmt(strict['median_delay_s'], '{:.0f}s')}"
+    )
     if len(report["days"]) > 1:
         typer.echo(
             f"\n{'day':<16} {'pods':>5} {'hours':>6} {'faults':>6} {'recall':>7} {'false/h':>8} "

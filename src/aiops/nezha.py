@@ -367,11 +367,12 @@ class NezhaDayExtras:
     front_service: pd.DataFrame | None
 
 
-def read_minutely_csv(path: Path, step: str = "1min") -> pd.DataFrame:
+def read_minutely_csv(path: Path, step: str = "1min", sampled_column: str | None = None) -> pd.DataFrame:
     """Read one Nezha CSV timed by a Go-style ``Time``/``time`` column onto its minute grid.
 
     Rows are floored to ``step`` (later duplicates win); the other columns are returned as they
-    are (numeric columns as floats, text as objects), indexed by the UTC ``timestamp``.
+    are (numeric columns as floats, text as objects), indexed by the UTC ``timestamp``. With
+    ``sampled_column``, the row's own (unfloored) time is kept in a column of that name.
 
     Raises:
         SchemaError: When the file has no rows or no ``Time`` column, or its times do not parse
@@ -386,6 +387,8 @@ def read_minutely_csv(path: Path, step: str = "1min") -> pd.DataFrame:
     raw, times = _timed_rows(raw, column, path)
     index = pd.DatetimeIndex(times.dt.floor(step), name=TIMESTAMP)
     table = raw.drop(columns=[column]).set_index(index)
+    if sampled_column:
+        table[sampled_column] = times.to_numpy()
     return table[~table.index.duplicated(keep="last")].sort_index()
 
 

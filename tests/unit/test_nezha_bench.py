@@ -195,6 +195,28 @@ def test_metrics_on_a_hand_made_case():
     assert summary["kind_accuracy"] == 0.5
 
 
+def test_the_strict_reading_counts_an_onset_only_if_its_row_was_sampled_after_the_injection():
+    # Fault on A at 10:05:30; A's alarm starts on the 10:05 row. Sampled at 10:05:20 that row
+    # precedes the injection: the headline (the minute's row counts) detects the fault with
+    # delay 0, the strict reading does not.
+    day, detection = handmade(
+        {"A": [("10:05", "10:07", 9.0, "cpu")]}, [("A", "2022-01-01 10:05:30", "cpu_contention")]
+    )
+    day.sampled["A"] = pd.Series(day.grid + pd.Timedelta(seconds=20), index=day.grid)
+    [fault] = nb.score_day(day, detection).faults
+    assert fault["detected"] and fault["delay_s"] == 0.0
+    assert not fault["detected_strict"] and fault["delay_strict_s"] is None
+    summary = nb.summarise([fault], 0, 2.0, 100, 0)
+    assert summary["detection_recall"] == 1.0 and summary["strict"]["detection_recall"] == 0.0
+    # Sampled 40 s into the minute, the same row comes 10 s after the injection: both count.
+    day.sampled["A"] = pd.Series(day.grid + pd.Timedelta(seconds=40), index=day.grid)
+    [fault] = nb.score_day(day, detection).faults
+    assert fault["detected_strict"] and fault["delay_strict_s"] == 10.0
+    # Without a known sampling time the onset counts from its minute (10:05:00): not after 10:05:30.
+    day.sampled.clear()
+    assert not nb.score_day(day, detection).faults[0]["detected_strict"]
+
+
 def test_an_alarm_that_never_ends_shows_in_the_alarm_minutes_share():
     day, detection = handmade(
         {"C": [("10:20", "11:59", 6.0, "cpu")]}, [("A", "2022-01-01 10:05:30", "cpu_contention")]
