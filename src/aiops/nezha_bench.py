@@ -937,9 +937,9 @@ class DayScore:
     Attributes:
         faults: Per-fault records (see :func:`score_faults`).
         false_alarms: Alarm onsets outside every fault window.
-        quiet_minutes: Minutes of the grid outside every fault window.
+        quiet_minutes: Recorded minutes outside every fault window.
         busy_minutes: Of those, minutes with at least one alarm active.
-        minutes: Minutes of the grid (the recording's length).
+        minutes: Recorded minutes: grid minutes where any pod has a row.
     """
 
     faults: list[dict[str, Any]]
@@ -960,13 +960,23 @@ def score_day(
         i, j = detection.grid.get_loc(alarm.start), detection.grid.get_loc(alarm.end)
         active[i : j + 1] = True
         false_alarms += not inside[i]
+    # Minutes no pod recorded (an outage of the recording) are neither recorded time nor quiet:
+    # counting them would dilute the false alarms per hour and the alarm-minutes share.
+    recorded = _recorded(day, len(detection.grid))
     return DayScore(
         faults=score_faults(day, detection, settings),
         false_alarms=false_alarms,
-        quiet_minutes=int((~inside).sum()),
-        busy_minutes=int((active & ~inside).sum()),
-        minutes=len(detection.grid),
+        quiet_minutes=int((recorded & ~inside).sum()),
+        busy_minutes=int((active & recorded & ~inside).sum()),
+        minutes=int(recorded.sum()),
     )
+
+
+def _recorded(day: NezhaDay, steps: int) -> np.ndarray:
+    """Per grid minute, whether any pod has a row there (every minute when no pod table is held)."""
+    if not day.pods:
+        return np.ones(steps, dtype=bool)
+    return np.any(np.vstack([table.notna().any(axis=1).to_numpy() for table in day.pods.values()]), axis=0)
 
 
 def evaluate(days: list[NezhaDay], settings: NezhaBenchSettings = DEFAULT_SETTINGS) -> NezhaReport:

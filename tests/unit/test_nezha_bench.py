@@ -217,6 +217,24 @@ def test_the_strict_reading_counts_an_onset_only_if_its_row_was_sampled_after_th
     assert not nb.score_day(day, detection).faults[0]["detected_strict"]
 
 
+def test_minutes_no_pod_recorded_are_not_recorded_time():
+    """An outage of the recording is neither hours of recording nor quiet minutes."""
+    day, detection = handmade(
+        {"C": [("10:02", "10:02", 6.0, "cpu")]}, [("A", "2022-01-01 10:30:00", "cpu_contention")]
+    )
+    column = np.where(np.arange(120) < 60, 50.0, np.nan)  # the last hour was not recorded
+    day.pods = {pod: pd.DataFrame({"CpuUsageRate(%)": column}, index=day.grid) for pod in ("A", "B", "C")}
+    scored = nb.score_day(day, detection)
+    assert scored.minutes == 60
+    assert scored.quiet_minutes == 60 - 10  # the fault window 10:29..10:38 lies in the recorded hour
+    assert (
+        nb.summarise(
+            scored.faults, scored.false_alarms, scored.minutes / 60, scored.quiet_minutes, scored.busy_minutes
+        )["false_alarms_per_hour"]
+        == 1.0
+    )
+
+
 def test_an_alarm_that_never_ends_shows_in_the_alarm_minutes_share():
     day, detection = handmade(
         {"C": [("10:20", "11:59", 6.0, "cpu")]}, [("A", "2022-01-01 10:05:30", "cpu_contention")]
