@@ -238,6 +238,28 @@ def check_features(matrix: np.ndarray, names: Sequence[str], where: str) -> None
         )
 
 
+def check_unique_samples(timestamps: np.ndarray, entities: Sequence[np.ndarray], where: str) -> None:
+    """Reject two rows for the same entity and instant, as telemetry input does.
+
+    The rows of a request are also each other's history (the LSTM reads an entity's earlier rows
+    in the request as its window), so a repeated sample would count as an extra step.
+    """
+    n = len(timestamps)
+    if n < 2:
+        return
+    keys = list(zip(timestamps.tolist(), *(column.tolist() for column in entities), strict=True))
+    if len(set(keys)) == n:
+        return
+    seen: dict[tuple[Any, ...], int] = {}
+    for row, key in enumerate(keys):
+        if key in seen:
+            raise RequestError(
+                f"{where}: row {row} repeats the entity and timestamp of row {seen[key]}; send each "
+                "entity's sample at an instant once"
+            )
+        seen[key] = row
+
+
 def parse_options(parameters: Any, telemetry: bool) -> Options:
     """Read ``top_k`` and ``rows`` from request parameters (other parameters are ignored)."""
     if parameters is None:
@@ -351,12 +373,10 @@ class RequestDecoder:
         except (OverflowError, ValueError) as exc:
             raise RequestError(f"instances: feature values must be numbers or null ({exc})") from exc
         check_features(matrix, self.names, "instances")
-        return Batch(
-            timestamps=parse_timestamps([row[TIMESTAMP] for row in rows], "instances"),
-            entities=self._entities([[row[key] for row in rows] for key in ENTITY_KEYS], "instances"),
-            features=matrix,
-            targets=np.arange(len(rows)),
-        )
+        timestamps = parse_timestamps([row[TIMESTAMP] for row in rows], "instances")
+        entities = self._entities([[row[key] for row in rows] for key in ENTITY_KEYS], "instances")
+        check_unique_samples(timestamps, entities, "instances")
+        return Batch(timestamps=timestamps, entities=entities, features=matrix, targets=np.arange(len(rows)))
 
     def _feature_values(self, rows: list[dict[str, Any]], in_order: bool) -> list[Any]:
         """Each row's feature values in contract order.
@@ -488,13 +508,11 @@ class RequestDecoder:
         matrix = self._feature_tensor(by_name["features"])
         n = len(matrix)
         columns = [self._key_tensor(by_name[key], n) for key in KEY_COLUMNS]
+        timestamps = parse_timestamps(columns[0], "input 'timestamp'")
+        entities = self._entities(columns[1:], "inputs")
+        check_unique_samples(timestamps, entities, "inputs")
         return Decoded(
-            Batch(
-                timestamps=parse_timestamps(columns[0], "input 'timestamp'"),
-                entities=self._entities(columns[1:], "inputs"),
-                features=matrix,
-                targets=np.arange(n),
-            ),
+            Batch(timestamps=timestamps, entities=entities, features=matrix, targets=np.arange(n)),
             options,
             "instances",
         )

@@ -290,3 +290,15 @@ def test_sub_millisecond_timestamps_come_back_as_sent():
         "2026-01-01T00:00:00.000750Z",
     ]
     assert iso_timestamps(np.array([base + 1])) == ["2026-01-01T00:00:00.000000001Z"]
+
+
+def test_a_sample_sent_twice_is_refused_as_in_telemetry(decoder, features):
+    """Rows are each other's history (the LSTM's window): a repeated sample would be an extra step."""
+    rows = instances(features.iloc[[5, 6, 5]])
+    with pytest.raises(
+        RequestError, match=re.escape("instances: row 2 repeats the entity and timestamp of row 0")
+    ):
+        decoder.v1({"instances": rows})
+    with pytest.raises(RequestError, match="inputs: row 2 repeats"):
+        decoder.v2(tensors(features.iloc[[5, 6, 5]], decoder.names), None)
+    decoder.v1({"instances": instances(features.iloc[[5, 6]])})  # distinct samples pass
