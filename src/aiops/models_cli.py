@@ -100,7 +100,7 @@ def promote_model(
         before = promote(name, version, reason, _uri(tracking_uri))
     except (ValueError, MlflowException) as exc:
         _fail(str(getattr(exc, "message", exc)))
-    typer.echo(f"{name}: champion is now version {version} (was {before or 'none'}); reason recorded")
+    typer.echo(f"{name}: champion is now version {int(version)} (was {before or 'none'}); reason recorded")
     _report_champion(name, version)
 
 

@@ -13,6 +13,7 @@ it where it was.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -148,13 +149,16 @@ def decide(
     champion_version: str | None = None,
     champion_error: str | None = None,
 ) -> GateDecision:
-    """Decide whether the challenger replaces the champion (higher metrics are better).
+    """Decide whether the challenger replaces the champion.
 
-    Promotes when there is no champion yet, or when the challenger's ``metric`` exceeds the
-    champion's by more than ``margin`` *and* no guard metric drops by more than its tolerance
-    (``guards = {"event_precision": 0.02}``: precision may not fall by more than 0.02). A
-    champion that could not be evaluated is kept: replacing a model nobody could measure is
-    a decision for a person (``aiops models promote``), not for the pipeline.
+    Promotes when there is no champion yet, or when the challenger's ``metric`` beats the
+    champion's by more than ``margin`` *and* no guard metric worsens by more than its tolerance
+    (``guards = {"event_precision": 0.02}``: precision may not fall by more than 0.02;
+    ``{"false_alarm_events": 2}``: at most two more false alarms). Higher is better except for
+    the metrics :func:`lower_is_better` names (counts of errors, delays, error rates). A
+    challenger whose metric or guard is not a number is not promoted: missing evidence is not a
+    pass. A champion that could not be evaluated is kept: replacing a model nobody could measure
+    is a decision for a person (``aiops models promote``), not for the pipeline.
     """
     score = float(challenger[metric])
 
@@ -168,23 +172,47 @@ def decide(
             False,
             f"champion v{champion_version} could not be evaluated on this test data ({champion_error}); kept",
         )
+    if math.isnan(score):
+        return result(False, f"challenger {metric} is not a number; not promoted")
     if champion is None:
         return result(True, "no champion yet: the first version becomes champion")
     best = float(champion[metric])
-    gain = score - best
+    sign = -1.0 if lower_is_better(metric) else 1.0
+    gain = sign * (score - best) if not math.isnan(best) else math.inf
     regressions = {
         guard: (float(challenger[guard]), float(champion[guard]))
         for guard, tolerance in (guards or {}).items()
-        if float(challenger[guard]) < float(champion[guard]) - tolerance
+        if _worse(guard, float(challenger[guard]), float(champion[guard]), tolerance)
     }
     reason = (
         f"challenger {metric}={score:.4f} vs champion v{champion_version} {metric}={best:.4f}: "
         f"gain {gain:+.4f} {'>' if gain > margin else '<='} margin {margin:.4f}"
     )
     if regressions:
-        shown = ", ".join(f"{g} {new:.4f} < {old:.4f}" for g, (new, old) in regressions.items())
+        shown = ", ".join(
+            f"{g} {new:.4f} {'>' if lower_is_better(g) else '<'} {old:.4f}"
+            for g, (new, old) in regressions.items()
+        )
         reason += f"; guard regression: {shown}"
     return result(gain > margin and not regressions, reason, best, regressions)
+
+
+#: Metrics where lower is better: counts of errors, delays, rates of alarms and forecast errors.
+_LOWER_IS_BETTER = ("_fp", "_fn", "false_alarm_events", "delay_s", "alarm_rate", "mape")
+
+
+def lower_is_better(metric: str) -> bool:
+    """Whether a smaller value of ``metric`` is better (as :func:`aiops.evaluation.evaluate` names them)."""
+    return metric.endswith(_LOWER_IS_BETTER)
+
+
+def _worse(metric: str, new: float, old: float, tolerance: float) -> bool:
+    """Whether ``new`` is worse than ``old`` by more than ``tolerance`` (a missing ``new`` is)."""
+    if math.isnan(new):
+        return not math.isnan(old)
+    if math.isnan(old):
+        return False
+    return new > old + tolerance if lower_is_better(metric) else new < old - tolerance
 
 
 @dataclass(frozen=True)
@@ -427,7 +455,9 @@ def promote(name: str, version: str, reason: str, tracking_uri: str | None = Non
     if not reason.strip():
         raise ValueError("a manual promotion needs a reason (it is recorded on the version)")
     client = mlflow_client(tracking_uri)
-    client.get_model_version(name, version)  # raises when it does not exist
+    # The registry's own spelling: "03", " 3" or "+3" name version 3 to MLflow, but would not
+    # compare equal to the alias' "3" below (and `previous` would become the champion itself).
+    version = str(client.get_model_version(name, version).version)  # raises when it does not exist
     current = alias_version(name, CHAMPION, tracking_uri)
     if current == version:
         raise ValueError(f"{name} version {version} is already the champion")
@@ -454,6 +484,11 @@ def rollback(name: str, reason: str, tracking_uri: str | None = None) -> tuple[s
     current = alias_version(name, CHAMPION, tracking_uri)
     if previous is None or current is None:
         raise ValueError(f"{name} has no 'previous' version to roll back to")
+    if previous == current:
+        raise ValueError(
+            f"{name}'s 'previous' alias points at the champion itself (version {current}); promote the "
+            "version to restore by hand (aiops models promote)"
+        )
     client.set_registered_model_alias(name, CHAMPION, previous)
     client.delete_registered_model_alias(name, PREVIOUS)
     _stamp(client, name, current, "rollback", reason)

@@ -46,6 +46,23 @@ def test_decide(challenger, champion, margin, promote):
         assert bool(decision.guard_regressions) is ("guard regression" in decision.reason)
 
 
+def test_guards_where_lower_is_better_and_missing_numbers():
+    nan = float("nan")
+    champion = {"event_f1": 0.7, "false_alarm_events": 3.0, "mean_delay_s": 60.0}
+    noisier = {"event_f1": 0.8, "false_alarm_events": 12.0, "mean_delay_s": 600.0}
+    guards = {"false_alarm_events": 2.0, "mean_delay_s": 120.0}
+    decision = registry.decide("event_f1", noisier, champion, guards=guards, champion_version="1")
+    assert not decision.promote and set(decision.guard_regressions) == set(guards)
+    assert "false_alarm_events 12.0000 > 3.0000" in decision.reason
+    quieter = {"event_f1": 0.8, "false_alarm_events": 1.0, "mean_delay_s": 30.0}
+    assert registry.decide("event_f1", quieter, champion, guards=guards, champion_version="1").promote
+    # Missing evidence is not a pass: a NaN guard on the challenger regresses, a NaN primary blocks.
+    unmeasured = {**quieter, "mean_delay_s": nan}
+    assert not registry.decide("event_f1", unmeasured, champion, guards=guards, champion_version="1").promote
+    assert not registry.decide("event_f1", {"event_f1": nan}, None).promote
+    assert registry.lower_is_better("point_fp") and not registry.lower_is_better("event_precision")
+
+
 def test_unscorable_champion_is_kept():
     decision = registry.decide(
         "event_f1", m(0.9), None, champion_version="2", champion_error="SchemaError: x"
@@ -226,6 +243,10 @@ def test_manual_promote_and_rollback(trained, tmp_path):
     assert client.get_model_version("gate-model", "2").tags["promotion.reason"].startswith("validated")
     with pytest.raises(ValueError, match="already the champion"):
         registry.promote("gate-model", "2", "again", uri)
+    # MLflow reads "02" as version 2: still the champion, and `previous` must not become it.
+    with pytest.raises(ValueError, match="already the champion"):
+        registry.promote("gate-model", "02", "padded", uri)
+    assert alias_version(client, "previous") == "1"
     assert registry.rollback("gate-model", "false alarms in prod", uri) == ("2", "1")
     assert alias_version(client, "champion") == "1"
     assert client.get_model_version("gate-model", "2").tags["rollback.reason"] == "false alarms in prod"
