@@ -62,14 +62,14 @@ def apply_concept_drift(telemetry: Telemetry, drift: ConceptDrift) -> Telemetry:
         for column in _TRAFFIC:
             if column in metrics:
                 metrics[column] = metrics[column] * gain
+        # A pod without a limit (missing or 0, as the schema reads it) is not capped: fmin
+        # ignores the NaN where np.minimum would blank the usage.
         if "cpu_usage_cores" in metrics:
             cpu = metrics["cpu_usage_cores"] * gain
-            limit = metrics.get("cpu_limit_cores", np.inf)
-            metrics["cpu_usage_cores"] = np.minimum(cpu, limit)
+            metrics["cpu_usage_cores"] = np.fmin(cpu, _limit(metrics, "cpu_limit_cores"))
         if "memory_working_set_bytes" in metrics:
             mem = metrics["memory_working_set_bytes"] * (1.0 + 0.2 * (gain - 1.0))
-            limit = metrics.get("memory_limit_bytes", np.inf)
-            metrics["memory_working_set_bytes"] = np.minimum(mem, 0.95 * limit)
+            metrics["memory_working_set_bytes"] = np.fmin(mem, 0.95 * _limit(metrics, "memory_limit_bytes"))
     else:
         shift = pd.Timedelta(hours=drift.shift_hours)
         columns = [c for c in (*_TRAFFIC, "cpu_usage_cores") if c in metrics]
@@ -80,3 +80,11 @@ def apply_concept_drift(telemetry: Telemetry, drift: ConceptDrift) -> Telemetry:
         for column in columns:
             metrics.loc[replace, column] = moved.loc[replace, column].to_numpy()
     return Telemetry(metrics=metrics, labels=telemetry.labels, events=telemetry.events, logs=telemetry.logs)
+
+
+def _limit(metrics: pd.DataFrame, column: str) -> pd.Series:
+    """A limit column with "no limit" (missing, or 0) as NaN."""
+    if column not in metrics:
+        return pd.Series(np.nan, index=metrics.index)
+    limit = metrics[column]
+    return limit.where(limit > 0)

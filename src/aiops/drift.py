@@ -123,10 +123,33 @@ def drift_report(
         if threshold is not None:
             prediction["reference_alarm_rate"] = float(np.mean(np.asarray(reference_scores) >= threshold))
             prediction["current_alarm_rate"] = float(np.mean(np.asarray(current_scores) >= threshold))
-    # All-missing columns carry no distribution to compare.
-    usable = [c for c in ref.columns if ref[c].notna().any() and cur[c].notna().any()]
+    # A column empty in both windows carries no distribution to compare. One that has values in
+    # one window only has changed as much as a column can: a signal that went silent (or one
+    # that appeared) is drift, and the table says so.
+    has_ref, has_cur = ref.notna().any(), cur.notna().any()
+    usable = [c for c in ref.columns if has_ref[c] and has_cur[c]]
+    changed = [c for c in ref.columns if has_ref[c] != has_cur[c]]
+    if not usable:
+        raise ValueError(
+            f"drift: no column has values in both windows (empty in the current one: "
+            f"{[c for c in changed if has_ref[c]]}); is the recent telemetry arriving?"
+        )
     snapshot = Report([DataDriftPreset()]).run(reference_data=ref[usable], current_data=cur[usable])
     table = _column_results(snapshot.dict())
+    if changed:
+        gone = pd.DataFrame(
+            {
+                "column": changed,
+                "method": [
+                    "no values in the " + ("current" if has_ref[c] else "reference") + " window"
+                    for c in changed
+                ],
+                "score": np.nan,
+                "threshold": np.nan,
+                "drifted": True,
+            }
+        )
+        table = pd.concat([table, gone], ignore_index=True)
     if "anomaly_score" in set(table["column"]):
         row = table.set_index("column").loc["anomaly_score"]
         prediction.update({"score_drift": float(row["score"]), "score_drifted": float(bool(row["drifted"]))})
@@ -214,6 +237,9 @@ def check_against_champion(
         f"drift share {result.drift_share:.2f} {'>' if drifted else '<='} {max_drift_share:.2f} over the "
         f"last {window} vs {model_name} v{version}'s training reference"
     )
+    silent = result.columns.loc[result.columns["method"].str.startswith("no values"), "column"].tolist()
+    if silent:
+        reason += f"; without values in one window: {', '.join(silent)}"
     if force and not drifted:
         reason += "; retraining forced"
     return DriftDecision(force or drifted, reason, version, result)

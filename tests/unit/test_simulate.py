@@ -214,3 +214,26 @@ def test_seven_days_at_one_minute_is_fast() -> None:
     elapsed = time.perf_counter() - begin
     assert tel.metrics[TIMESTAMP].nunique() == 7 * 24 * 60
     assert elapsed < 5.0
+
+
+def test_workload_drift_caps_usage_at_limits_and_leaves_unlimited_pods_uncapped():
+    from aiops.concept_drift import ConceptDrift, apply_concept_drift
+    from aiops.ingest import SyntheticSource, synthetic_telemetry
+
+    telemetry = synthetic_telemetry(SyntheticSource(seed=1, duration="6h"))
+    metrics = telemetry.metrics.copy()
+    pod = metrics["pod"].iloc[0]
+    unlimited = (metrics["pod"] == pod).to_numpy()
+    metrics.loc[unlimited, "cpu_limit_cores"] = np.nan  # no limit set
+    metrics.loc[unlimited, "memory_limit_bytes"] = 0.0  # 0 reads as "no limit" too
+    drifted = apply_concept_drift(
+        Telemetry(metrics=metrics, labels=telemetry.labels, events=telemetry.events, logs=telemetry.logs),
+        ConceptDrift("workload_doubles", ramp="1h", factor=3.0),
+    ).metrics
+    late = unlimited & (metrics[TIMESTAMP] >= metrics[TIMESTAMP].min() + pd.Timedelta("1h")).to_numpy()
+    np.testing.assert_allclose(
+        drifted.loc[late, "cpu_usage_cores"], 3.0 * metrics.loc[late, "cpu_usage_cores"]
+    )
+    assert drifted.loc[unlimited, "memory_working_set_bytes"].notna().all()
+    limited = ~unlimited
+    assert (drifted.loc[limited, "cpu_usage_cores"] <= metrics.loc[limited, "cpu_limit_cores"] + 1e-12).all()
