@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -347,7 +347,8 @@ def register_and_gate(
 
     champion_version = alias_version(name, CHAMPION, tracking_uri)
     champion_metrics = champion_error = None
-    if champion_version == version:  # a re-run after this very version was promoted
+    already_champion = champion_version == version  # a re-run after this very version was promoted
+    if already_champion:
         champion_version = alias_version(name, PREVIOUS, tracking_uri)
     if champion_version is not None:
         champion_error = _transform_mismatch(client, name, champion_version, version)
@@ -366,6 +367,18 @@ def register_and_gate(
         champion_version=champion_version,
         champion_error=champion_error,
     )
+    if already_champion and not decision.promote:
+        # It passed when it was promoted; a retry that cannot judge it again (the previous
+        # version fails to load, say) must not brand the serving champion "rejected".
+        decision = replace(decision, promote=True, reason=f"already champion, kept: {decision.reason}")
+    rolled_back = client.get_model_version(name, version).tags.get("rollback.reason")
+    if rolled_back is not None and decision.promote and not already_champion:
+        # An operator took this version out of service; a retried step must not put it back.
+        decision = replace(
+            decision,
+            promote=False,
+            reason=f"rolled back by an operator ({rolled_back}); a retry does not promote it again",
+        )
     aliases = [CHALLENGER]
     if decision.promote and move_champion:
         current = alias_version(name, CHAMPION, tracking_uri)

@@ -282,3 +282,35 @@ def test_models_command_line(trained, tmp_path):
     assert rolled.exit_code == 0 and "from version 2 to 1" in rolled.output
     missing = run(app, ["models", "list", "nope", "--tracking-uri", uri])
     assert missing.exit_code == 2 and "cannot list 'nope'" in missing.output
+
+
+def test_a_retried_step_neither_restores_a_rolled_back_version_nor_brands_the_champion(trained, tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = registry_client(uri)
+    _publish(trained, uri)
+    _publish(trained, uri)  # v2, kept out by the gate
+    registry.promote("gate-model", "2", "looked better by hand", uri)
+    registry.rollback("gate-model", "false alarms in prod", uri)  # champion 1 again
+
+    def v2_looks_better(model_uri: str) -> dict[str, float]:
+        return {"event_f1": 0.9 if model_uri.endswith("/2") else 0.5}
+
+    retry = registry.register_and_gate(
+        "gate-model", None, v2_looks_better, primary_metric="event_f1", tracking_uri=uri, existing_version="2"
+    )
+    assert not retry.decision.promote and "rolled back by an operator" in retry.decision.reason
+    assert alias_version(client, "champion") == "1"
+
+    registry.promote("gate-model", "2", "fixed and re-validated", uri)  # champion 2, previous 1
+
+    def previous_breaks(model_uri: str) -> dict[str, float]:
+        if model_uri.endswith("/1"):
+            raise OSError("artifact store unreachable")
+        return {"event_f1": 0.9}
+
+    retry = registry.register_and_gate(
+        "gate-model", None, previous_breaks, primary_metric="event_f1", tracking_uri=uri, existing_version="2"
+    )
+    assert retry.decision.promote and retry.decision.reason.startswith("already champion, kept")
+    assert alias_version(client, "champion") == "2" and alias_version(client, "previous") == "1"
+    assert client.get_model_version("gate-model", "2").tags["gate.decision"] != "rejected"
