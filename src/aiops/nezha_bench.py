@@ -854,27 +854,21 @@ def summarise(
     """The summary block of the report (ratios of empty sets are ``None``, never a flattering 0/1)."""
     detected = [f for f in faults if f["detected"]]
     kinds = KINDS + ((UNCLASSIFIED,) if any(f["kind"] == UNCLASSIFIED for f in faults) else ())
-    by_kind = {
-        kind: _share(
-            sum(f["detected"] for f in faults if f["kind"] == kind), sum(f["kind"] == kind for f in faults)
-        )
-        for kind in kinds
-    }
+    headline = _detection(faults, kinds, "detected", "delay_s")
     judged = [f for f in detected if f["kind_correct"] is not None]
-    delays = [f["delay_s"] for f in detected]
     return {
-        "detection_recall": _share(len(detected), len(faults)),
-        "recall_by_kind": by_kind,
+        "detection_recall": headline["detection_recall"],
+        "recall_by_kind": headline["recall_by_kind"],
         "false_alarms_per_hour": _share(false_alarms, hours),
         "alarm_minutes_share": _share(busy, quiet),
-        "median_delay_s": float(np.median(delays)) if delays else None,
+        "median_delay_s": headline["median_delay_s"],
         "localization_top1": _share(sum(f["rank"] == 1 for f in detected), len(detected)),
         "localization_top3": _share(
             sum(f["rank"] is not None and f["rank"] <= 3 for f in detected), len(detected)
         ),
         "kind_accuracy": _share(sum(bool(f["kind_correct"]) for f in judged), len(judged)),
         # The same, with an onset counted only when its row was sampled after the injection.
-        "strict": _strict_summary(faults, kinds),
+        "strict": _detection(faults, kinds, "detected_strict", "delay_strict_s"),
         "n_faults": len(faults),
         "n_detected": len(detected),
         "n_false_alarms": false_alarms,
@@ -882,13 +876,16 @@ def summarise(
     }
 
 
-def _strict_summary(faults: list[dict[str, Any]], kinds: tuple[str, ...]) -> dict[str, Any]:
-    strict = [f for f in faults if f.get("detected_strict")]
-    delays = [f["delay_strict_s"] for f in strict]
+def _detection(
+    faults: list[dict[str, Any]], kinds: tuple[str, ...], detected: str, delay: str
+) -> dict[str, Any]:
+    """Recall, recall by kind and median delay, reading detection and delay from the given keys."""
+    hits = [f for f in faults if f.get(detected)]
+    delays = [f[delay] for f in hits]
     return {
-        "detection_recall": _share(len(strict), len(faults)),
+        "detection_recall": _share(len(hits), len(faults)),
         "recall_by_kind": {
-            kind: _share(sum(f["kind"] == kind for f in strict), sum(f["kind"] == kind for f in faults))
+            kind: _share(sum(f["kind"] == kind for f in hits), sum(f["kind"] == kind for f in faults))
             for kind in kinds
         },
         "median_delay_s": float(np.median(delays)) if delays else None,
