@@ -142,22 +142,25 @@ def test_v2_infer_with_the_contract_from_the_contract_endpoint(server, trained):
     assert body["parameters"]["model_version"] == "1"
 
 
-def test_v2_binary_tensor_extension(server, trained):
-    """The open inference protocol's binary data extension: a JSON header, then raw FP64 bytes."""
-    names = trained.bundle.contract.feature_names
-    rows = trained.split.test.iloc[[20, 21, 22]]
+def _binary_infer(server, rows, names, cut: int = 0):
+    """POST ``rows`` in the binary tensor extension, the last ``cut`` bytes of the features dropped."""
     features, *keys = v2_inputs(rows, names)
     raw = rows.loc[:, list(names)].to_numpy(dtype="<f8").tobytes()
+    raw = raw[: len(raw) - cut]
     del features["data"]
     features["parameters"] = {"binary_data_size": len(raw)}
     header = json.dumps({"inputs": [features, *keys]}).encode()
-    status, body = server.infer(
-        header + raw,
-        headers={
-            "content-type": "application/octet-stream",
-            "inference-header-content-length": str(len(header)),
-        },
-    )
+    headers = {
+        "content-type": "application/octet-stream",
+        "inference-header-content-length": str(len(header)),
+    }
+    return server.infer(header + raw, headers=headers)
+
+
+def test_v2_binary_tensor_extension(server, trained):
+    """The open inference protocol's binary data extension: a JSON header, then raw FP64 bytes."""
+    rows = trained.split.test.iloc[[20, 21, 22]]
+    status, body = _binary_infer(server, rows, trained.bundle.contract.feature_names)
     assert status == 200, body
     outputs = {o["name"]: o for o in body["outputs"]}
     np.testing.assert_allclose(outputs["anomaly_score"]["data"], trained.bundle.score(rows), rtol=1e-12)
@@ -266,19 +269,7 @@ def test_the_server_survives_bad_requests_and_counts_them(server, trained):
 
 @pytest.mark.parametrize("cut", [8, 3])  # one value short; a byte count no FP64 tensor can have
 def test_a_binary_tensor_that_does_not_fill_its_shape_is_a_400(server, trained, cut):
-    names = trained.bundle.contract.feature_names
     rows = trained.split.test.iloc[[20]]
-    features, *keys = v2_inputs(rows, names)
-    raw = rows.loc[:, list(names)].to_numpy(dtype="<f8").tobytes()[:-cut]
-    del features["data"]
-    features["parameters"] = {"binary_data_size": len(raw)}
-    header = json.dumps({"inputs": [features, *keys]}).encode()
-    status, body = server.infer(
-        header + raw,
-        headers={
-            "content-type": "application/octet-stream",
-            "inference-header-content-length": str(len(header)),
-        },
-    )
+    status, body = _binary_infer(server, rows, trained.bundle.contract.feature_names, cut=cut)
     assert status == 400, body
     assert "binary tensor request could not be decoded" in json.dumps(body)
