@@ -248,6 +248,17 @@ def test_v2_feature_names_and_contract_id_are_checked(decoder, features):
             lambda t: t.__setitem__(0, Tensor("features", "FP64", t[0].shape, [None, "1", *t[0].data[2:]])),
             "got str",
         ),
+        # a boolean among floats: numpy would promote it to 1.0 without a trace
+        (
+            lambda t: t.__setitem__(0, Tensor("features", "FP64", t[0].shape, [0.5, True, *t[0].data[2:]])),
+            "got bool",
+        ),
+        (
+            lambda t: t.__setitem__(
+                0, Tensor("features", "FP64", t[0].shape, [[0.5, False, *t[0].data[2:]]])
+            ),
+            "got bool",
+        ),
         (
             lambda t: t.__setitem__(1, Tensor("timestamp", "BYTES", [2], ["2026-01-05T00:00:00Z"] * 2)),
             "expected 1",
