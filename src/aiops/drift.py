@@ -5,6 +5,15 @@ small samples, normed Wasserstein distances for large ones) and reports, per col
 statistic, the method and its threshold. The drift share is the share of columns that drifted.
 Prediction drift compares the model's own anomaly scores and alarm rate on both windows.
 
+What the two windows hold (:func:`check_against_champion`):
+
+* the current window is the latest ``window`` of the new data *after* the champion's training
+  period: rows the champion trained on are no drift evidence, so an overlap is cut off and said;
+* a window shorter than a day is compared with the reference rows from the same hours of the
+  day (most signals follow the day, so 02:00-08:00 against whole days reads as drift);
+* the champion scores the current window in its context (the rows before it, which the
+  sequence members need), as it scored the reference over the whole training period.
+
 Columns compared are the model's *signals* (the metric values and derived utilisations the
 features are built from): interpretable for an SRE, and what actually changes when a
 workload's traffic doubles or its daily pattern moves. Evidently is imported inside the
@@ -187,11 +196,14 @@ def check_against_champion(
     Raises:
         FileNotFoundError: When the champion has no stored reference (registered before drift
             checks existed): retrain with ``force=True`` to give it one.
+        ValueError: When the windows cannot be compared (no row after the training period, too
+            few reference rows from the window's hours, no signal with values in both); with
+            ``force=True`` the decision is to retrain instead, and the reason says why.
     """
     import mlflow
 
     from aiops.model import DetectorBundle
-    from aiops.publish import REFERENCE_ARTIFACT, REFERENCE_SCORE
+    from aiops.publish import REFERENCE_ARTIFACT
     from aiops.pyfunc import bundle_dir
     from aiops.registry import alias_version, configure, mlflow_client
 
@@ -208,10 +220,44 @@ def check_against_champion(
             f"champion a drift reference"
         )
     reference = pd.read_parquet(client.download_artifacts(model_run, REFERENCE_ARTIFACT))
+    training_end = _training_end(client.get_run(model_run).data.tags, reference, f"{model_name} v{version}")
     local = Path(mlflow.artifacts.download_artifacts(f"models:/{model_name}/{version}"))
     bundle = DetectorBundle.load(bundle_dir(local))
-    latest = features["timestamp"].max()
-    current = features[features["timestamp"] > latest - pd.Timedelta(window)].reset_index(drop=True)
+    try:
+        result, notes = _compare(features, reference, bundle, window, training_end, model_name, version)
+    except ValueError as exc:
+        if not force:
+            raise
+        return DriftDecision(True, f"retraining forced; the drift check could not run: {exc}", version)
+    drifted = result.drifted(max_drift_share)
+    reason = (
+        f"drift share {result.drift_share:.2f} {'>' if drifted else '<='} {max_drift_share:.2f} over the "
+        f"last {window} vs {model_name} v{version}'s training reference"
+    )
+    if notes:
+        reason += f" ({'; '.join(notes)})"
+    silent = result.columns.loc[result.columns["method"].str.startswith("no values"), "column"].tolist()
+    if silent:
+        reason += f"; without values in one window: {', '.join(silent)}"
+    if force and not drifted:
+        reason += "; retraining forced"
+    return DriftDecision(force or drifted, reason, version, result)
+
+
+def _compare(
+    features: pd.DataFrame,
+    reference: pd.DataFrame,
+    bundle: Any,
+    window: str,
+    training_end: pd.Timestamp,
+    model_name: str,
+    version: str,
+) -> tuple[DriftResult, list[str]]:
+    """The drift report of the latest ``window`` against the reference, and notes on what was compared."""
+    from aiops.publish import REFERENCE_SCORE
+
+    features = features.reset_index(drop=True)
+    in_window, notes = current_rows(features["timestamp"], window, training_end)
     with np.errstate(all="ignore"):
         if REFERENCE_SCORE in reference.columns:  # scored in context when the model was registered
             reference_scores = reference.pop(REFERENCE_SCORE).to_numpy(dtype=float)
@@ -224,25 +270,99 @@ def check_against_champion(
                 version,
             )
             reference_scores = bundle.score(reference)
+        current = features[in_window].reset_index(drop=True)
+        same_hours, hours_note = same_hours_of_day(reference["timestamp"], current["timestamp"])
+        if hours_note:
+            notes.append(hours_note)
+        reference, reference_scores = (
+            reference[same_hours].reset_index(drop=True),
+            reference_scores[same_hours],
+        )
+        # Scored with the rows before the window (features holds them), then cut to the window.
+        current_scores = bundle.score(features)[in_window]
         result = drift_report(
             reference,
             current,
             bundle.contract.signals,
             reference_scores=reference_scores,
-            current_scores=bundle.score(current),
+            current_scores=current_scores,
             threshold=bundle.threshold,
         )
-    drifted = result.drifted(max_drift_share)
-    reason = (
-        f"drift share {result.drift_share:.2f} {'>' if drifted else '<='} {max_drift_share:.2f} over the "
-        f"last {window} vs {model_name} v{version}'s training reference"
+    return result, notes
+
+
+#: Tag on the champion's model run: the last instant of its training period (ISO 8601, UTC).
+TRAINING_END_TAG = "drift.training_end"
+#: Fewest reference rows a drift check compares with (after matching the hours of the day).
+MIN_REFERENCE_ROWS = 200
+_DAY = pd.Timedelta("1D")
+
+
+def _training_end(tags: dict[str, str], reference: pd.DataFrame, model: str) -> pd.Timestamp:
+    """The champion's last training instant: its tag, else (older models) the reference sample's last row."""
+    if TRAINING_END_TAG in tags:
+        return pd.Timestamp(tags[TRAINING_END_TAG])
+    log.warning(
+        "%s stores no %s tag (registered before it was kept): taking the last row of its reference "
+        "sample as the end of its training period, which may be a few steps early",
+        model,
+        TRAINING_END_TAG,
     )
-    silent = result.columns.loc[result.columns["method"].str.startswith("no values"), "column"].tolist()
-    if silent:
-        reason += f"; without values in one window: {', '.join(silent)}"
-    if force and not drifted:
-        reason += "; retraining forced"
-    return DriftDecision(force or drifted, reason, version, result)
+    return pd.Timestamp(reference["timestamp"].max())
+
+
+def current_rows(
+    timestamps: pd.Series, window: str, training_end: pd.Timestamp
+) -> tuple[np.ndarray, list[str]]:
+    """Rows of the latest ``window`` that come after the training period, and what was cut.
+
+    Raises:
+        ValueError: When the whole window lies within the training period (nothing new to compare).
+    """
+    latest = timestamps.max()
+    in_window = (timestamps > latest - pd.Timedelta(window)).to_numpy()
+    after = (timestamps > training_end).to_numpy()
+    if not (in_window & after).any():
+        raise ValueError(
+            f"drift: the last {window} of the data (up to {latest}) lies within the champion's training "
+            f"period (up to {training_end}); there is nothing new to compare: read data after {training_end}"
+        )
+    notes = []
+    overlap = in_window & ~after
+    if overlap.any():
+        kept = timestamps[in_window & after]
+        notes.append(
+            f"{int(overlap.sum())} rows up to {training_end} were training data and are left out: "
+            f"compared {kept.min()} to {kept.max()}"
+        )
+    return in_window & after, notes
+
+
+def same_hours_of_day(reference: pd.Series, current: pd.Series) -> tuple[np.ndarray, str]:
+    """Reference rows from the hours of the day that ``current`` covers, and a note (empty: all).
+
+    A window of a day or more sees every hour, so the whole reference is kept.
+
+    Raises:
+        ValueError: When fewer than :data:`MIN_REFERENCE_ROWS` reference rows are left.
+    """
+    start, span = current.min(), current.max() - current.min()
+    if span >= _DAY - pd.Timedelta("1h"):
+        return np.ones(len(reference), dtype=bool), ""
+    # A row's offset into the day, counted from the window's own start time of day (mod 24 h).
+    offset = (reference - start) % _DAY
+    keep = (offset <= span).to_numpy()
+    if keep.sum() < MIN_REFERENCE_ROWS:
+        raise ValueError(
+            f"drift: the current window spans {span}; the reference holds {int(keep.sum())} rows from the "
+            f"same hours of the day, fewer than {MIN_REFERENCE_ROWS}: widen the window"
+        )
+    end = start + span
+    note = (
+        f"the window is shorter than a day: compared with the reference rows from "
+        f"{start:%H:%M}-{end:%H:%M} UTC ({int(keep.sum())} of {len(keep)})"
+    )
+    return keep, note
 
 
 DRIFT_EXPERIMENT = "aiops-drift-checks"

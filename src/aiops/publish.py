@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from aiops import registry
+from aiops.drift import TRAINING_END_TAG
 from aiops.evaluation import evaluate
 from aiops.model import DetectorBundle
 from aiops.model_card import render_model_card
@@ -278,6 +279,8 @@ def _log_reference(reference: pd.DataFrame, bundle: DetectorBundle, rows: int = 
         path = Path(tmp) / REFERENCE_ARTIFACT
         sample.sort_values("timestamp").to_parquet(path, index=False)
         mlflow.log_artifact(str(path))
+    # Drift checks leave out rows the model trained on; the sample's last row may be early.
+    mlflow.set_tag(TRAINING_END_TAG, pd.Timestamp(reference["timestamp"].max()).isoformat())
 
 
 def _metric(key: str, value: float) -> Any:

@@ -314,3 +314,31 @@ def test_a_retried_step_neither_restores_a_rolled_back_version_nor_brands_the_ch
     assert retry.decision.promote and retry.decision.reason.startswith("already champion, kept")
     assert alias_version(client, "champion") == "2" and alias_version(client, "previous") == "1"
     assert client.get_model_version("gate-model", "2").tags["gate.decision"] != "rejected"
+
+
+def test_a_drift_check_compares_only_new_rows_and_the_same_hours(trained, tmp_path):
+    import pandas as pd
+
+    from aiops.drift import TRAINING_END_TAG, check_against_champion
+    from aiops.ingest import SyntheticSource, synthetic_telemetry
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    source = SyntheticSource(seed=7, duration="2D", n_anomalies=6, deployments_per_namespace=1)
+    features = build_features(synthetic_telemetry(source).metrics)
+    end = pd.Timestamp("2026-01-06T06:00:00Z")
+    train = features[features["timestamp"] <= end]  # the first 30 hours
+    _publish(trained, uri, reference=train)
+    client = registry_client(uri)
+    model_run = client.get_model_version("gate-model", "1").tags["model_run_id"]
+    assert pd.Timestamp(client.get_run(model_run).data.tags[TRAINING_END_TAG]) == end
+
+    # the last day: its first six hours were training rows, the 18 after them meet the same hours
+    decision = check_against_champion(features, "gate-model", uri, window="1D")
+    assert f"were training data and are left out: compared {end + pd.Timedelta('1min')}" in decision.reason
+    assert "compared with the reference rows from 06:01-23:59 UTC" in decision.reason
+    with pytest.raises(ValueError, match="lies within the champion's training period"):
+        check_against_champion(train, "gate-model", uri, window="1D")
+    forced = check_against_champion(train, "gate-model", uri, window="1D", force=True)
+    assert forced.retrain and forced.reason.startswith("retraining forced; the drift check could not run")
+    with pytest.raises(ValueError, match="widen the window"):
+        check_against_champion(features, "gate-model", uri, window="10min")
