@@ -512,6 +512,10 @@ class KServeCanary:
         RawDeployment: all traffic to the canary first; then the stable InferenceService is
         updated to the new model and, once ready, takes all traffic back, and the canary is
         deleted. The next rollout then finds ``{name}`` serving the champion and no canary.
+        If the updated stable service never gets ready, its old spec is put back before the
+        error goes up: the Deployment's old pods still serve (a rolling update keeps them
+        until new ones are ready), so the rollback's Route leads to the old model, not to a
+        service that would switch to the new one later.
         """
         from dataclasses import replace
 
@@ -525,7 +529,11 @@ class KServeCanary:
         self._route(promoted.name, 100)
         stable = replace(self.stable, storage_uri=storage_uri, model_version=version)
         client.patch(stable.name, inference_service(stable), namespace=stable.namespace)
-        client.wait_isvc_ready(stable.name, namespace=stable.namespace, timeout_seconds=timeout_s)
+        try:
+            client.wait_isvc_ready(stable.name, namespace=stable.namespace, timeout_seconds=timeout_s)
+        except BaseException:
+            client.patch(self.stable.name, inference_service(self.stable), namespace=self.stable.namespace)
+            raise
         self._route(promoted.name, 0)
         client.delete(promoted.name, namespace=promoted.namespace)
         self.stable = stable

@@ -180,6 +180,39 @@ def test_raw_deployment_rollout_leaves_one_service_and_all_traffic_on_it(schema,
     assert canary.stable.storage_uri == served
 
 
+def test_a_raw_deployment_promotion_whose_stable_never_gets_ready_puts_the_old_model_back(schema):
+    """The stable service was patched to the new model but never got ready: its old spec goes
+    back before the Route returns traffic to it, so it cannot switch to the new model later."""
+    from serving.rollout import KServeCanary
+
+    class StableNeverReady(_RecordingKServe):
+        def wait_isvc_ready(self, name, namespace, timeout_seconds):
+            super().wait_isvc_ready(name, namespace, timeout_seconds)
+            if name == "anomaly-detector":
+                raise RuntimeError("timed out waiting for anomaly-detector to get ready")
+
+    kserve, routes = StableNeverReady(schema), []
+    stable = spec("RawDeployment")
+    canary = KServeCanary(stable, 20, "http://prometheus", client=kserve, apply_route=routes.append)
+    new_uri = "s3://mlflow/1/models/m-new/artifacts"
+    canary.deploy(new_uri, "8")
+    kserve.calls.clear()
+    with pytest.raises(RuntimeError, match="timed out"):
+        canary.promote(new_uri, "8")
+    canary.rollback(new_uri, "8")  # what run_cluster_rollout does next
+    assert kserve.calls == [
+        ("patch", "anomaly-detector", new_uri),
+        ("ready", "anomaly-detector"),
+        ("patch", "anomaly-detector", stable.storage_uri),  # the old model back on the stable service
+        ("delete", "anomaly-detector-canary"),
+    ]
+    assert (
+        routes[-1]["spec"]["to"]["name"] == "anomaly-detector-predictor"
+        and "alternateBackends" not in (routes[-1]["spec"])
+    )
+    assert canary.stable.storage_uri == stable.storage_uri
+
+
 def test_raw_deployment_routes_traffic_to_the_canary_only_once_it_is_ready(schema):
     from serving.rollout import KServeCanary
 
