@@ -1,8 +1,9 @@
 """Compile, run locally, and submit the pipelines: the helpers behind `aiops compile|run|submit`."""
 
+import contextlib
 import os
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,27 @@ from pipelines.retraining import retraining_pipeline
 from pipelines.training import training_pipeline
 
 PIPELINES: dict[str, Callable[..., Any]] = {"training": training_pipeline, "retraining": retraining_pipeline}
+
+
+class ClusterError(RuntimeError):
+    """Data Science Pipelines could not be reached, or refused the request (the message says which)."""
+
+
+@contextlib.contextmanager
+def _talking_to(host: str) -> Iterator[None]:
+    """Turn connection failures and API refusals into a :class:`ClusterError` naming ``host``."""
+    import urllib3
+    from kfp_server_api.exceptions import ApiException
+
+    try:
+        yield
+    except ApiException as exc:
+        body = str(exc.body or "")[:300]
+        raise ClusterError(
+            f"Data Science Pipelines at {host} answered {exc.status} {exc.reason}: {body}"
+        ) from exc
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        raise ClusterError(f"cannot reach Data Science Pipelines at {host}: {exc}") from exc
 
 
 def get_pipeline(name: str) -> Callable[..., Any]:
@@ -90,31 +112,78 @@ def submit(
     ssl_ca_cert: str | None = None,
 ) -> str:
     """Compile pipeline ``name`` and start a run on Data Science Pipelines; return the run id."""
-    import kfp
-
-    client = kfp.Client(
-        host=host,
-        existing_token=token or bearer_token(),
-        namespace=namespace,
-        ssl_ca_cert=ssl_ca_cert,
-    )
-    result = client.create_run_from_pipeline_func(
-        get_pipeline(name),
-        arguments=arguments,
-        experiment_name=experiment or f"aiops-{name}",
-        namespace=namespace,
-    )
+    with _talking_to(host):
+        client = _client(host, namespace, token, ssl_ca_cert)
+        result = client.create_run_from_pipeline_func(
+            get_pipeline(name),
+            arguments=arguments,
+            experiment_name=experiment or f"aiops-{name}",
+            namespace=namespace,
+        )
     return str(result.run_id)
 
 
+_MONTHS = {
+    m: i + 1
+    for i, m in enumerate(
+        ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"]
+    )
+}
+_DAYS = {d: i for i, d in enumerate(["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"])}
+#: KFP's six cron fields (robfig/cron with seconds): name, lowest, highest, names allowed.
+_CRON_FIELDS: tuple[tuple[str, int, int, dict[str, int]], ...] = (
+    ("second", 0, 59, {}),
+    ("minute", 0, 59, {}),
+    ("hour", 0, 23, {}),
+    ("day of month", 1, 31, {}),
+    ("month", 1, 12, _MONTHS),
+    ("day of week", 0, 6, _DAYS),
+)
+
+
 def kfp_cron(cron: str) -> str:
-    """KFP's scheduler takes six cron fields (seconds first); accept the usual five too."""
+    """KFP's scheduler takes six cron fields (seconds first); accept the usual five too.
+
+    Each field is checked here (numbers in range, month and weekday names, ``*``, ``?``, lists,
+    ranges and steps), so a typo fails before anything is created on the cluster.
+
+    Raises:
+        ValueError: Naming the field that is wrong.
+    """
     fields = cron.split()
+    if len(fields) not in (5, 6):
+        raise ValueError(f"cron expression '{cron}' has {len(fields)} fields; expected 5 (or 6 with seconds)")
     if len(fields) == 5:
-        return "0 " + cron.strip()
-    if len(fields) == 6:
-        return cron.strip()
-    raise ValueError(f"cron expression '{cron}' has {len(fields)} fields; expected 5 (or 6 with seconds)")
+        fields = ["0", *fields]
+    for text, (name, low, high, names) in zip(fields, _CRON_FIELDS, strict=True):
+        problem = _cron_field_problem(text, low, high, names)
+        if problem:
+            raise ValueError(f"cron expression '{cron}': {name} '{text}' {problem}")
+    return " ".join(fields)
+
+
+def _cron_field_problem(text: str, low: int, high: int, names: dict[str, int]) -> str:
+    """What is wrong with one cron field, or ``""``."""
+
+    def value(token: str) -> int | None:
+        if token.upper() in names:
+            return names[token.upper()]
+        return int(token) if token.isdigit() and low <= int(token) <= high else None
+
+    for part in text.split(","):
+        base, slash, step = part.partition("/")
+        if slash and not (step.isdigit() and int(step) > 0):
+            return f"has step '{step}'; expected a positive whole number"
+        if base in ("*", "?"):
+            continue
+        first, dash, last = base.partition("-")
+        ends = [value(first), value(last)] if dash else [value(first)]
+        if None in ends:
+            allowed = f"{low}-{high}" + (f" or {', '.join(names)}" if names else "")
+            return f"is not a value or range of {allowed}"
+        if dash and ends[0] > ends[1]:  # type: ignore[operator]
+            return f"has a range that runs backwards ({base})"
+    return ""
 
 
 def _client(host: str, namespace: str | None, token: str | None, ssl_ca_cert: str | None) -> Any:
@@ -144,11 +213,11 @@ def schedule(
     """
     import tempfile
 
-    client = _client(host, namespace, token, ssl_ca_cert)
-    experiment_id = client.create_experiment(
-        name=experiment or f"aiops-{name}", namespace=namespace
-    ).experiment_id
-    with tempfile.TemporaryDirectory() as tmp:
+    with _talking_to(host), tempfile.TemporaryDirectory() as tmp:
+        client = _client(host, namespace, token, ssl_ca_cert)
+        experiment_id = client.create_experiment(
+            name=experiment or f"aiops-{name}", namespace=namespace
+        ).experiment_id
         package = compile_pipeline(name, tmp)
         result = client.create_recurring_run(
             experiment_id=experiment_id,
@@ -167,8 +236,10 @@ def list_schedules(
     host: str, *, namespace: str | None = None, token: str | None = None, ssl_ca_cert: str | None = None
 ) -> list[dict[str, str]]:
     """The recurring runs visible to this user: id, name, cron, status."""
-    client = _client(host, namespace, token, ssl_ca_cert)
-    response = client.list_recurring_runs(page_size=100, namespace=namespace)
+    with _talking_to(host):
+        response = _client(host, namespace, token, ssl_ca_cert).list_recurring_runs(
+            page_size=100, namespace=namespace
+        )
     out = []
     for run in response.recurring_runs or []:
         cron = getattr(getattr(getattr(run, "trigger", None), "cron_schedule", None), "cron", "") or ""
@@ -192,4 +263,5 @@ def delete_schedule(
     ssl_ca_cert: str | None = None,
 ) -> None:
     """Delete a recurring run."""
-    _client(host, namespace, token, ssl_ca_cert).delete_recurring_run(recurring_run_id)
+    with _talking_to(host):
+        _client(host, namespace, token, ssl_ca_cert).delete_recurring_run(recurring_run_id)

@@ -173,6 +173,10 @@ def ingest_validate_features(
         concept_drift=concept_drift,
         drift_start=drift_start,
     ).set_display_name("ingest")
+    # Never from KFP's cache: its key is the parameters alone, and "end" empty means now. A
+    # cached ingest would hand a scheduled run the first run's window and start time. The
+    # steps after it read its fresh output, so their cache keys change with it.
+    ingest.set_caching_options(False)
     with_prometheus_credentials(ingest)
     telemetry = ingest.outputs["telemetry"]
     validate = validate_telemetry(telemetry=telemetry).set_display_name("validate")

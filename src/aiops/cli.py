@@ -6,6 +6,7 @@ Heavy imports (kfp, mlflow) happen inside the commands so ``aiops --help`` is in
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -57,6 +58,55 @@ def _parse_params(params: list[str], pipeline: str) -> dict[str, Any]:
     return out
 
 
+def source_defaults(source: str, n_anomalies: int | None, threshold_policy: str | None) -> tuple[int, str]:
+    """Anomalies to inject and the threshold policy, by source, unless given.
+
+    Synthetic data gets 24 labelled anomalies; recorded and Prometheus data none (injecting
+    into real data is an explicit choice). Without labels the threshold comes from an alarm
+    budget (``quantile``). The same rule holds locally and for runs submitted to a cluster.
+
+    Raises:
+        ValueError: For labels that cannot exist (anomalies injected into Nezha, ``event_f1``
+            on Prometheus data without injected anomalies).
+    """
+    if source == "nezha" and n_anomalies:
+        raise ValueError("nezha carries its own fault labels; --n-anomalies does not apply")
+    injected = n_anomalies if n_anomalies is not None else (24 if source == "synthetic" else 0)
+    policy = threshold_policy or ("event_f1" if injected else "quantile")
+    if source == "prometheus" and not injected and policy == "event_f1":
+        raise ValueError(
+            "Prometheus data carries no labels: inject some (--n-anomalies N) or pick the threshold "
+            "without labels (--threshold-policy quantile)"
+        )
+    return injected, policy
+
+
+def cluster_arguments(pipeline: str, params: list[str]) -> dict[str, Any]:
+    """The arguments of a run submitted or scheduled on a cluster.
+
+    The ``--param`` values, checked, with the per-source defaults a local run gets
+    (:func:`source_defaults`).
+    """
+    from aiops.ingest import check_source
+    from pipelines.runner import git_commit
+
+    arguments = _parse_params(params, pipeline)
+    source = str(arguments.get("source", "synthetic"))
+    try:
+        check_source(source, str(arguments.get("data_path", "")), str(arguments.get("prometheus_url", "")))
+        injected, policy = source_defaults(
+            source, arguments.get("n_anomalies"), arguments.get("threshold_policy")
+        )
+    except ValueError as exc:
+        _fail(str(exc))
+    return {
+        "git_commit": git_commit(Path.cwd()),
+        **arguments,
+        "n_anomalies": injected,
+        "threshold_policy": policy,
+    }
+
+
 def _cast_param(value: str, kind: str) -> Any:
     if kind == "BOOLEAN":
         truth = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
@@ -70,9 +120,12 @@ def _cast_param(value: str, kind: str) -> Any:
             raise ValueError(f"expects an integer, got '{value}'") from None
     if kind == "NUMBER_DOUBLE":
         try:
-            return float(value)
+            number = float(value)
         except ValueError:
             raise ValueError(f"expects a number, got '{value}'") from None
+        if not math.isfinite(number):  # a NaN margin would make every gate comparison false
+            raise ValueError(f"expects a finite number, got '{value}'")
+        return number
     if kind in ("STRUCT", "LIST"):
         try:
             parsed = json.loads(value)
@@ -145,22 +198,17 @@ def run_training(
         check_source(source, str(data.resolve()) if data else "", prometheus_url)
     except ValueError as exc:
         _fail(str(exc))
-    if source == "nezha" and n_anomalies:
-        _fail("nezha carries its own fault labels; --n-anomalies does not apply")
-    injected = n_anomalies if n_anomalies is not None else (24 if source == "synthetic" else 0)
-    if threshold_policy is None:
-        threshold_policy = "event_f1" if injected else "quantile"
-    if source == "prometheus" and not injected and threshold_policy == "event_f1":
-        _fail(
-            "Prometheus data carries no labels: inject some (--n-anomalies N) or pick the threshold "
-            "without labels (--threshold-policy quantile)"
-        )
+    try:
+        injected, threshold_policy = source_defaults(source, n_anomalies, threshold_policy)
+    except ValueError as exc:
+        _fail(str(exc))
     uri = registry.resolve_tracking_uri(tracking_uri, Path.cwd())
     settings = {
         "synthetic": f"seed={seed}, duration={duration}, anomalies={injected}",
         "nezha": f"data={data}",
         "prometheus": f"url={prometheus_url}, duration={duration}, end={end or 'now'}, injected={injected}",
     }[source]
+    extra = _parse_params(param or [], "training")  # a bad --param stops here, before anything runs
     typer.secho(f"Training pipeline: source={source}, {settings}", bold=True)
     typer.echo(f"MLflow tracking: {uri}")
     started = time.perf_counter()
@@ -182,7 +230,7 @@ def run_training(
                 "image": "local (this virtualenv)",
                 "threshold_policy": threshold_policy,
                 "deploy": deploy,
-                **_parse_params(param or [], "training"),
+                **extra,
             },
             pipeline_root,
         )
@@ -239,6 +287,13 @@ def run_retraining(
     except ValueError as exc:
         _fail(str(exc))
     uri = registry.resolve_tracking_uri(tracking_uri, Path.cwd())
+    extra = _parse_params(param or [], "retraining")  # a bad --param stops here, before anything runs
+    try:
+        injected, policy = source_defaults(
+            source, extra.pop("n_anomalies", None), extra.pop("threshold_policy", None)
+        )
+    except ValueError as exc:
+        _fail(str(exc))
     typer.secho(
         f"Retraining pipeline: source={source}, window {duration}, drift check over the last {drift_window}",
         bold=True,
@@ -264,7 +319,9 @@ def run_retraining(
                 "mlflow_tracking_uri": uri,
                 "git_commit": git_commit(Path.cwd()),
                 "image": "local (this virtualenv)",
-                **_parse_params(param or [], "retraining"),
+                "n_anomalies": injected,
+                "threshold_policy": policy,
+                **extra,
             },
             pipeline_root,
         )
@@ -400,14 +457,19 @@ def submit_pipeline(
     param: Annotated[list[str] | None, typer.Option(help="Pipeline parameter key=value; repeatable.")] = None,
 ) -> None:
     """Upload and run a pipeline on a cluster (token from KFP_TOKEN or the kubeconfig)."""
-    from pipelines.runner import get_pipeline, git_commit, submit
+    from pipelines.runner import ClusterError, get_pipeline, submit
 
     try:
         get_pipeline(name)
     except ValueError as exc:
         _fail(str(exc))
-    arguments = {"git_commit": git_commit(Path.cwd()), **_parse_params(param or [], name)}
-    run_id = submit(name, host, arguments, experiment=experiment, namespace=namespace, ssl_ca_cert=ca_bundle)
+    arguments = cluster_arguments(name, param or [])
+    try:
+        run_id = submit(
+            name, host, arguments, experiment=experiment, namespace=namespace, ssl_ca_cert=ca_bundle
+        )
+    except ClusterError as exc:
+        _fail(str(exc))
     typer.echo(f"submitted {name}: run {run_id} on {host}")
 
 

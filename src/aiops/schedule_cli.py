@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
@@ -60,27 +59,34 @@ def _create(
     param: list[str] | None,
 ) -> None:
     """Create a recurring run (token from KFP_TOKEN or the kubeconfig)."""
-    from aiops.cli import _parse_params
-    from pipelines.runner import get_pipeline, git_commit, kfp_cron, schedule
+    from aiops.cli import cluster_arguments
+    from pipelines.runner import ClusterError, get_pipeline, kfp_cron, schedule
 
     try:
         get_pipeline(name)
         kfp_cron(cron)
     except ValueError as exc:
         _fail(str(exc))
-    arguments = {"git_commit": git_commit(Path.cwd()), **_parse_params(param or [], name)}
-    run_id = schedule(
-        name, host, cron, arguments, job_name=job_name, namespace=namespace, ssl_ca_cert=ca_bundle
-    )
+    arguments = cluster_arguments(name, param or [])
+    try:
+        run_id = schedule(
+            name, host, cron, arguments, job_name=job_name, namespace=namespace, ssl_ca_cert=ca_bundle
+        )
+    except ClusterError as exc:
+        _fail(str(exc))
     typer.echo(f"scheduled {name} '{cron}': recurring run {run_id} on {host}")
 
 
 @schedule_app.command("list")
 def list_(host: Host, namespace: Namespace = None, ca_bundle: CaBundle = None) -> None:
     """List recurring runs."""
-    from pipelines.runner import list_schedules
+    from pipelines.runner import ClusterError, list_schedules
 
-    for item in list_schedules(host, namespace=namespace, ssl_ca_cert=ca_bundle):
+    try:
+        items = list_schedules(host, namespace=namespace, ssl_ca_cert=ca_bundle)
+    except ClusterError as exc:
+        _fail(str(exc))
+    for item in items:
         typer.echo(f"{item['id']}  {item['name']:<32} {item['cron']:<16} {item['status']}")
 
 
@@ -92,7 +98,10 @@ def delete(
     ca_bundle: CaBundle = None,
 ) -> None:
     """Delete a recurring run."""
-    from pipelines.runner import delete_schedule
+    from pipelines.runner import ClusterError, delete_schedule
 
-    delete_schedule(host, recurring_run_id, namespace=namespace, ssl_ca_cert=ca_bundle)
+    try:
+        delete_schedule(host, recurring_run_id, namespace=namespace, ssl_ca_cert=ca_bundle)
+    except ClusterError as exc:
+        _fail(str(exc))
     typer.echo(f"deleted recurring run {recurring_run_id}")

@@ -84,8 +84,10 @@ def test_training_pipeline_cluster_settings(tmp_path):
     # the rollout's cluster settings are pipeline parameters, passed through
     declared = spec.root.input_definitions.parameters
     assert {"rollout_deployment_mode", "rollout_service_name", "rollout_analysis_window"} <= set(declared)
-    # the register step must not be cached: each run registers a new version
+    # the register step must not be cached: each run registers a new version; nor the ingest:
+    # its key is the parameters alone, and an empty end means "now"
     assert not sub_dag.tasks["register-model"].caching_options.enable_cache
+    assert not run_dag.tasks["ingest-telemetry"].caching_options.enable_cache
     # the exit handler: runs after the group whatever its outcome, is never cached, reads the
     # run's final status, and provides the pipeline's output (the registered version)
     outcome = spec.root.dag.tasks["report-outcome"]

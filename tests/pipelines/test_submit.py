@@ -138,11 +138,63 @@ def test_cli_params_take_the_types_the_pipeline_declares(kfp_api):
         ("seed=7.5", "--param seed: expects an integer"),
         ("promotion_guards=0.1", "--param promotion_guards: expects JSON like"),
         ("sead=7", "pipeline 'training' has no parameter 'sead'; it has:"),
+        # a NaN margin would make every gate comparison false: nothing would ever be promoted
+        ("promotion_margin=nan", "--param promotion_margin: expects a finite number, got 'nan'"),
+        ("source=prometheus", "source 'prometheus' needs prometheus_url"),
+        ("source=nezha", "pass its folder as data_path"),
     ],
 )
 def test_cli_params_of_the_wrong_type_are_refused_by_name(param, message):
     result = CliRunner().invoke(app, ["submit", "training", "--host", "http://127.0.0.1:1", "--param", param])
     assert result.exit_code == 2 and message in result.output
+
+
+def test_a_bad_param_of_a_local_run_says_so_once():
+    result = CliRunner().invoke(app, ["run", "training", "--param", "sead=7"])
+    assert result.exit_code == 2 and result.output.count("error:") == 1, result.output
+
+
+@pytest.mark.parametrize(
+    ("params", "injected", "policy"),
+    [
+        ([], 24, "event_f1"),
+        (["source=prometheus", "prometheus_url=https://thanos:9091"], 0, "quantile"),
+        (["source=prometheus", "prometheus_url=https://thanos:9091", "n_anomalies=6"], 6, "event_f1"),
+        (["source=nezha", "data_path=/data/nezha"], 0, "quantile"),
+    ],
+)
+def test_a_submitted_run_gets_the_per_source_defaults_of_a_local_run(kfp_api, params, injected, policy):
+    """Real data gets no injected anomalies unless asked, and then no label-based threshold."""
+    host, requests = kfp_api
+    args = [a for p in params for a in ("--param", p)]
+    result = CliRunner().invoke(app, ["submit", "training", "--host", host, *args])
+    assert result.exit_code == 0, result.output
+    [run] = [r for r in requests if r["path"].endswith("/runs")]
+    sent = run["body"]["runtime_config"]["parameters"]
+    assert (sent["n_anomalies"], sent["threshold_policy"]) == (injected, policy)
+
+
+def test_prometheus_without_labels_cannot_pick_a_threshold_from_labels():
+    params = ["source=prometheus", "prometheus_url=https://thanos:9091", "threshold_policy=event_f1"]
+    args = [a for p in params for a in ("--param", p)]
+    result = CliRunner().invoke(app, ["submit", "training", "--host", "http://127.0.0.1:1", *args])
+    assert result.exit_code == 2 and "Prometheus data carries no labels" in result.output
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["submit", "training"],
+        ["schedule", "retraining", "--cron", "0 2 * * 0"],
+        ["schedule", "list"],
+        ["schedule", "delete", "rr-1"],
+    ],
+)
+def test_an_unreachable_cluster_is_a_clear_error_not_a_traceback(command):
+    result = CliRunner().invoke(app, [*command, "--host", "http://127.0.0.1:9"])  # nothing listens on 9
+    assert result.exit_code == 2, result.output
+    assert "error: cannot reach Data Science Pipelines at http://127.0.0.1:9" in result.output
+    assert "Traceback" not in result.output
 
 
 def test_cli_rejects_unknown_pipeline():
@@ -239,8 +291,36 @@ def test_schedule_retraining_creates_a_recurring_run(kfp_api, monkeypatch):
     )
 
 
-def test_schedule_rejects_a_bad_cron():
+@pytest.mark.parametrize(
+    ("cron", "message"),
+    [
+        ("every sunday", "expected 5"),
+        ("@daily", "expected 5"),
+        ("not a cron at all", "minute 'not' is not a value or range of 0-59"),
+        ("61 25 * * 9", "minute '61' is not a value or range of 0-59"),
+        ("0 25 * * *", "hour '25'"),
+        ("0 2 * * 7", "day of week '7' is not a value or range of 0-6 or SUN"),
+        ("*/0 * * * *", "has step '0'"),
+        ("0 5-2 * * *", "runs backwards"),
+    ],
+)
+def test_schedule_rejects_a_bad_cron_before_calling_the_cluster(cron, message):
     result = CliRunner().invoke(
-        app, ["schedule", "retraining", "--cron", "every sunday", "--host", "http://127.0.0.1:1"]
+        app, ["schedule", "retraining", "--cron", cron, "--host", "http://127.0.0.1:1"]
     )
-    assert result.exit_code == 2 and "expected 5" in result.output
+    assert result.exit_code == 2 and message in result.output
+
+
+@pytest.mark.parametrize(
+    ("cron", "six"),
+    [
+        ("0 2 * * 0", "0 0 2 * * 0"),
+        ("*/15 9-17 * * MON-FRI", "0 */15 9-17 * * MON-FRI"),
+        ("30 0 1,15 JAN-JUN ?", "0 30 0 1,15 JAN-JUN ?"),
+        ("0 0 2 * * sun", "0 0 2 * * sun"),
+    ],
+)
+def test_cron_expressions_kfp_accepts_pass(cron, six):
+    from pipelines.runner import kfp_cron
+
+    assert kfp_cron(cron) == six
