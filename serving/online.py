@@ -2,7 +2,8 @@
 
 A request that names entities instead of sending features gets the latest materialized
 features of each from the online store (``aiops.feature_store.online_features``), scored at the
-time of the request: the online store keeps one row per entity, not its history.
+time of the request: the online store keeps one row per entity, not its history. Values older
+than their feature view's TTL are not used: an entity with none left is a 400.
 
 The lookup checks at start-up, before the server becomes ready, that the feature service
 serves exactly the model's feature contract (same transform version, names and order); a
@@ -12,6 +13,7 @@ mismatch stops the server instead of scoring the wrong columns.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +35,21 @@ class FeastLookup:
         feature_service: The service to read; default ``anomaly_detector_v<transform version>``
             of the served model.
         fs_yaml: Another ``feature_store.yaml`` (e.g. the production one with Redis).
+        clock: The current instant (a request is scored at its minute, and the views' TTLs count
+            back from it); the system clock by default.
     """
 
     def __init__(
-        self, repo_path: str | Path, feature_service: str | None = None, fs_yaml: str | Path | None = None
+        self,
+        repo_path: str | Path,
+        feature_service: str | None = None,
+        fs_yaml: str | Path | None = None,
+        clock: Callable[[], pd.Timestamp] | None = None,
     ) -> None:
         self.repo_path = Path(repo_path)
         self.feature_service = feature_service
         self.fs_yaml = fs_yaml
+        self.clock = clock or (lambda: pd.Timestamp.now(tz="UTC"))
         self._store: Any = None
 
     def bind(self, contract: FeatureContract) -> None:
@@ -71,8 +80,9 @@ class FeastLookup:
                     f"entities[{i}]: needs the entity keys {list(ENTITY_KEYS)} as strings; missing {missing}"
                 )
             keys.append({k: row[k] for k in ENTITY_KEYS})
+        now = pd.Timestamp(self.clock())
         try:
-            found = fs.online_features(self._store, keys, self.feature_service)
+            found = fs.online_features(self._store, keys, self.feature_service, now=now)
         except fs.FeatureStoreError as exc:
             raise RequestError(f"online feature lookup: {exc}") from exc
         features = [c for c in found.columns if c not in ENTITY_KEYS]
@@ -80,8 +90,9 @@ class FeastLookup:
         if unknown.size:
             shown = [keys[i] for i in unknown[:3]]
             raise RequestError(
-                f"no features in the online store for {unknown.size} of the entities, e.g. {shown}; "
-                "materialize them (aiops.feature_store.materialize) or send 'instances'"
+                f"no features in the online store for {unknown.size} of the entities, e.g. {shown}, "
+                f"none at all or only values older than their feature view's TTL at {now}; materialize "
+                "recent ones (aiops.feature_store.materialize) or send 'instances'"
             )
-        now = pd.DataFrame({TIMESTAMP: [pd.Timestamp.now(tz="UTC").floor("min")] * len(found)})
-        return pd.concat([now, found.reset_index(drop=True)], axis=1)
+        stamp = pd.DataFrame({TIMESTAMP: [now.floor("min")] * len(found)})
+        return pd.concat([stamp, found.reset_index(drop=True)], axis=1)

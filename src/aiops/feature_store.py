@@ -808,8 +808,13 @@ def online_features(
     entity_rows: pd.DataFrame | Sequence[Mapping[str, Any]],
     feature_service: str = ANOMALY_DETECTOR_SERVICE,
     fs_yaml: str | Path | None = None,
+    now: pd.Timestamp | None = None,
 ) -> pd.DataFrame:
     """Read the latest materialized features of some entities from the online store.
+
+    A value older than its view's TTL at ``now`` is ``NaN``, as in the offline join: Feast's
+    SQLite online store returns whatever was materialized last, however old (a pod deleted
+    weeks ago, a materialization job that stopped), and scoring that as current would be wrong.
 
     Args:
         repo_path: The Feast repository, or a store from :func:`open_store`
@@ -819,10 +824,11 @@ def online_features(
             on-demand view in the service.
         feature_service: The model's input contract.
         fs_yaml: Configuration file (see :func:`open_store`).
+        now: The instant the TTLs count back from (default: the current time).
 
     Returns:
         One row per entity: the join keys, then the service's features in
-        order (``NaN`` where the online store has no value).
+        order (``NaN`` where the online store has no value, or only one older than the TTL).
 
     Raises:
         FeatureStoreError: For an unknown service or missing join keys.
@@ -837,11 +843,31 @@ def online_features(
     missing = [k for k in ENTITY_KEYS if k not in rows.columns]
     if missing:
         raise FeatureStoreError(f"entity rows: join key(s) {missing} missing; expected {list(ENTITY_KEYS)}")
-    response = store.get_online_features(features=service, entity_rows=rows.to_dict("records")).to_df()
+    response = store.get_online_features(features=service, entity_rows=rows.to_dict("records")).to_df(
+        include_event_timestamps=True
+    )
     front = [c for c in rows.columns if c in response.columns and c not in features]
     out = response.loc[:, [*front, *features]]
     out[features] = out[features].astype("float64")
+    now_s = (now if now is not None else pd.Timestamp.now(tz="UTC")).timestamp()
+    for name, ttl in _feature_ttls(store, service).items():
+        stamped = f"{name}__ts"  # Feast's event-timestamp column (seconds since the epoch)
+        if stamped in response.columns:
+            age = now_s - response[stamped].to_numpy(dtype="float64")
+            out.loc[age > ttl, name] = np.nan
     return out
+
+
+def _feature_ttls(store: FeatureStore, service: FeatureService) -> dict[str, float]:
+    """TTL in seconds of each feature of ``service`` that comes from a batch view with a TTL."""
+    views = _batch_views(store)
+    ttls = {}
+    for projection in service.feature_view_projections:
+        view = views.get(projection.name)
+        ttl = view.ttl.total_seconds() if view is not None and view.ttl else 0.0
+        if ttl > 0:
+            ttls.update({f.name: ttl for f in projection.features})
+    return ttls
 
 
 # --------------------------------------------------------------------------- on-demand transform

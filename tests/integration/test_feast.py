@@ -171,8 +171,19 @@ def test_materialize_then_online_lookup_equals_the_latest_offline_values(embedde
     assert views == sorted([fs.EVENT_VIEW, fs.METRIC_VIEW])
 
     latest = latest_rows(features).reset_index(drop=True)
-    online = fs.online_features(embedded.repo, latest[list(ENTITY_KEYS)])
+    now = features["timestamp"].max() + pd.Timedelta("1min")
+    online = fs.online_features(embedded.repo, latest[list(ENTITY_KEYS)], now=now)
     pd.testing.assert_frame_equal(online, latest.drop(columns="timestamp"))
+    # Values older than their view's TTL (1 h for metrics, 5 min for counts) are not current:
+    # Feast's SQLite store returns them anyway, the adapter blanks them as the offline join does.
+    keys = latest[list(ENTITY_KEYS)]
+    context = fs.online_features(embedded.repo, keys, fs.CONTEXT_SERVICE, now=now)
+    counts = [c for c in context.columns if c.startswith("events_")]
+    assert counts and context[counts].notna().all().all()
+    later = fs.online_features(embedded.repo, keys, fs.CONTEXT_SERVICE, now=now + pd.Timedelta("30min"))
+    assert later[counts].isna().all().all()
+    gone = fs.online_features(embedded.repo, keys, now=now + pd.Timedelta("2h"))
+    assert gone.drop(columns=list(ENTITY_KEYS)).isna().all().all()
 
 
 def test_live_view_runs_the_shared_transform_online_and_offline(embedded):
@@ -294,7 +305,8 @@ def test_production_config_with_redis_online_store_and_sql_registry(
     )
 
     latest = latest_rows(features).reset_index(drop=True)
-    online = fs.online_features(embedded.repo, latest[list(ENTITY_KEYS)], fs_yaml=production)
+    now = features["timestamp"].max() + pd.Timedelta("1min")
+    online = fs.online_features(embedded.repo, latest[list(ENTITY_KEYS)], fs_yaml=production, now=now)
     pd.testing.assert_frame_equal(online, latest.drop(columns="timestamp"))
 
     import redis

@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -35,6 +36,14 @@ def online_repo(trained, tmp_path_factory) -> Path:
     return repo
 
 
+def _lookup(trained, repo, **kw):
+    """A lookup whose clock stands a minute after the stored data (the views' TTLs count back from it)."""
+    from serving.online import FeastLookup
+
+    after = trained.features["timestamp"].max() + pd.Timedelta("1min")
+    return FeastLookup(repo, clock=lambda: after, **kw)
+
+
 def _service(trained, lookup):
     from serving.service import ScoringService
 
@@ -44,10 +53,9 @@ def _service(trained, lookup):
 
 
 def test_entities_are_scored_on_their_latest_online_features(trained, online_repo):
-    from serving.online import FeastLookup
-
-    service = _service(trained, FeastLookup(online_repo))
-    latest = trained.features.sort_values("timestamp").groupby(list(ENTITY_KEYS)).tail(1).head(2)
+    service = _service(trained, _lookup(trained, online_repo))
+    latest = trained.features.sort_values("timestamp").groupby(list(ENTITY_KEYS)).tail(1)
+    latest = latest[latest["timestamp"] == latest["timestamp"].max()].head(2)  # pods still running
     keys = [{k: row[k] for k in ENTITY_KEYS} for row in latest.to_dict("records")]
     online = service.predict_v1({"entities": keys})["predictions"]
     offline = service.predict_v1({"instances": instances(latest)})["predictions"]
@@ -64,13 +72,18 @@ def test_unknown_entities_and_missing_keys_are_client_errors(trained, online_rep
     from serving.errors import RequestError
     from serving.online import FeastLookup
 
-    service = _service(trained, FeastLookup(online_repo))
+    service = _service(trained, _lookup(trained, online_repo))
     row = trained.features.iloc[-1]
     known = {k: row[k] for k in ENTITY_KEYS}
     with pytest.raises(RequestError, match="no features in the online store"):
         service.predict_v1({"entities": [known, {**known, "pod": "no-such-pod"}]})
     with pytest.raises(RequestError, match="entity keys"):
         service.predict_v1({"entities": [{"pod": known["pod"]}]})
+    # a day later every stored value is older than its view's TTL: none is scored as current
+    later = trained.features["timestamp"].max() + pd.Timedelta("1D")
+    stale = _service(trained, FeastLookup(online_repo, clock=lambda: later))
+    with pytest.raises(RequestError, match="only values older than their feature view's TTL"):
+        stale.predict_v1({"entities": [known]})
 
 
 def test_a_service_that_does_not_serve_the_contract_stops_the_load(trained, online_repo):
