@@ -33,7 +33,12 @@ def sync_feature_store(
     result = fs.training_frame(repo.path, fs.entity_frame(table), feature_service=service)
     save_features(result.frame, config, training.path)
     if materialize:
-        fs.materialize(repo.path, version.start, version.end)
+        try:
+            fs.materialize(repo.path, version.start, version.end)
+        except fs.OlderWindowError as exc:
+            # A run on a past window (a backfill, an experiment) trains as usual; the online
+            # store keeps the newer values it holds.
+            print(f"online store not updated: {exc}")
     tags = {**version.as_tags(), **result.as_tags()}
     repo.metadata.update(tags)
     training.metadata.update({"rows": len(result.frame), "feature_service": service})

@@ -104,6 +104,10 @@ class FeatureStoreError(RuntimeError):
     """Raised when the feature repository, a dataset or a request is not usable as given."""
 
 
+class OlderWindowError(FeatureStoreError):
+    """A materialization window ends before what the online store already holds."""
+
+
 @dataclass(frozen=True)
 class DatasetVersion:
     """One immutable, content-hashed feature dataset inside a repository.
@@ -534,7 +538,8 @@ def check_contract(
 
     Raises:
         FeatureStoreError: When the service is unknown, was built for another
-            transform version, or lists other features or another order.
+            transform version or other transform settings (``FeatureConfig``), or lists
+            other features or another order.
 
     """
     store = repo_path if not isinstance(repo_path, str | Path) else open_store(repo_path, fs_yaml)
@@ -545,6 +550,14 @@ def check_contract(
         raise FeatureStoreError(
             f"feature service {service.name!r} serves transform v{version}; the model needs "
             f"v{contract.transform_version}"
+        )
+    # Names alone do not say it all: the step length turns differences into rates and slopes.
+    built = service.tags.get("feature_config")
+    wanted = json.loads(json.dumps(asdict(contract.config)))
+    if built is not None and json.loads(built) != wanted:
+        raise FeatureStoreError(
+            f"feature service {service.name!r} serves features built with {built}; the model was trained "
+            f"on {json.dumps(wanted, sort_keys=True)}; bind a dataset built with the model's settings"
         )
     if served != list(contract.feature_names):
         missing = [f for f in contract.feature_names if f not in served]
@@ -782,7 +795,9 @@ def materialize(
         The names of the views materialized.
 
     Raises:
-        FeatureStoreError: For naive times, an unknown view, or a view without a dataset.
+        FeatureStoreError: For naive times, an unknown view, a view without a dataset, or one
+            whose registered dataset is not the bound one (``apply_repo`` not run since);
+            :class:`OlderWindowError` for a window that ends before the views' last one.
 
     """
     store = open_store(repo_path, fs_yaml)
@@ -798,6 +813,26 @@ def materialize(
     unbound = [v for v in chosen if v not in bound]
     if unbound:
         raise FeatureStoreError(f"feature view(s) {unbound} have no dataset; write one with write_dataset")
+    # Feast reads the registered source: after a write_dataset without apply_repo that is the
+    # previous dataset, and the online store would get its values without a word.
+    stale = [v for v in chosen if getattr(_batch_views(store)[v].batch_source, "path", "") != bound[v]]
+    if stale:
+        raise FeatureStoreError(
+            f"feature view(s) {stale} are registered with another dataset than the repository is bound to; "
+            "run aiops.feature_store.apply_repo first"
+        )
+    # The online store keeps one row per entity. SQLite overwrites it with whatever comes (Redis
+    # keeps the newer one), so a window ending before the last one would roll values back.
+    views_by_name = _batch_views(store)
+    ahead = {v: views_by_name[v].most_recent_end_time for v in chosen}
+    ahead = {v: pd.Timestamp(t) for v, t in ahead.items() if t is not None}
+    ahead = {v: t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC") for v, t in ahead.items()}
+    behind = {v: t for v, t in ahead.items() if finish < t}
+    if behind:
+        raise OlderWindowError(
+            f"feature view(s) {sorted(behind)} are materialized up to {max(behind.values())}, after the end "
+            f"{finish}; an older window would replace newer online values: end at or after it"
+        )
     if chosen:
         store.materialize(begin, finish, feature_views=chosen)
     return chosen

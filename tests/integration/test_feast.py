@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 
 from aiops import feature_store as fs
-from aiops.features import FEATURE_VERSION, build_features, contract_for
+from aiops.features import FEATURE_VERSION, FeatureConfig, build_features, contract_for
 from aiops.localprom import free_port
 from aiops.schema import ENTITY_KEYS, KEY_COLUMNS
 from tests.conftest import make_metrics, need_binary
@@ -96,6 +96,10 @@ def test_anomaly_detector_service_is_the_model_contract(embedded):
     fewer = contract_for(embedded.features.drop(columns="request_rate__lag_1"))
     with pytest.raises(fs.FeatureStoreError, match=r"does not match.*extra \['request_rate__lag_1'\]"):
         fs.check_contract(embedded.repo, fewer)
+    # the same names built at another step length are other features (rates and slopes)
+    other_step = contract_for(embedded.features, FeatureConfig(step_seconds=30.0))
+    with pytest.raises(fs.FeatureStoreError, match="step_seconds.*: 60.0.*the model was trained"):
+        fs.check_contract(embedded.repo, other_step)
 
 
 @pytest.mark.parametrize("engine", fs.ENGINES)
@@ -160,6 +164,9 @@ def test_point_in_time_join_never_leaks_a_later_value(tmp_path):
     fs.write_dataset(dataset(20.0), repo)
     with pytest.raises(fs.FeatureStoreError, match="run aiops.feature_store.apply_repo first"):
         fs.training_frame(repo, entity_df)
+    # nor would the online store get the old dataset's values in its place
+    with pytest.raises(fs.FeatureStoreError, match="run aiops.feature_store.apply_repo first"):
+        fs.materialize(repo, T0, T0 + pd.Timedelta("1h"), views=[fs.METRIC_VIEW])
     fs.apply_repo(repo)
     got = fs.training_frame(repo, entity_df).frame
     assert got["cpu_usage_cores"].tolist()[2:5] == [1.0, 20.0, 20.0]
@@ -174,6 +181,14 @@ def test_materialize_then_online_lookup_equals_the_latest_offline_values(embedde
     now = features["timestamp"].max() + pd.Timedelta("1min")
     online = fs.online_features(embedded.repo, latest[list(ENTITY_KEYS)], now=now)
     pd.testing.assert_frame_equal(online, latest.drop(columns="timestamp"))
+    # an older window would roll the online rows back (SQLite overwrites, whatever the time)
+    with pytest.raises(fs.FeatureStoreError, match="an older window would replace newer online values"):
+        fs.materialize(
+            embedded.repo, features["timestamp"].min(), features["timestamp"].min() + pd.Timedelta("2min")
+        )
+    pd.testing.assert_frame_equal(
+        fs.online_features(embedded.repo, latest[list(ENTITY_KEYS)], now=now), online
+    )
     # Values older than their view's TTL (1 h for metrics, 5 min for counts) are not current:
     # Feast's SQLite store returns them anyway, the adapter blanks them as the offline join does.
     keys = latest[list(ENTITY_KEYS)]
