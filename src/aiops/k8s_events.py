@@ -340,12 +340,17 @@ def list_events(
     field_selector: str = "",
     resolve_owners: bool = True,
 ) -> pd.DataFrame:
-    """Read the events of every namespace observed in ``[start, end)`` into the canonical events table.
+    """Read the events of every namespace observed in ``(start, end]`` into the canonical events table.
+
+    The window is closed on the right, as the step windows of :func:`event_features` are: an
+    event at ``t`` counts in the row at ``window_end(t)``, which lies in ``(start, end]`` when
+    ``start`` and ``end`` are on the step grid. So consecutive ingests ``(a, b]``, ``(b, c]``,
+    each with the metric rows stamped in its window, count every event once.
 
     Args:
         client: The API client.
-        start: First instant (naive times are UTC), inclusive.
-        end: Last instant, exclusive.
+        start: Instant before the window (naive times are UTC), exclusive.
+        end: Last instant, inclusive.
         cluster: Value of the ``cluster`` entity key on every row.
         limit: Events per page; the listing follows ``metadata.continue`` until it is exhausted.
         field_selector: Server-side filter, e.g. ``type=Warning`` or ``involvedObject.kind=Pod``.
@@ -377,9 +382,9 @@ def list_events(
             _LOG.debug("event %s has no time at all; skipped", event.metadata.name)
             continue
         when = _utc(stamp, "event time")
-        if lo <= when < hi:
+        if lo < when <= hi:
             records.append(_record(event, when, cluster))
-    _LOG.info("%d of %d event(s) from %s fall in [%s, %s)", len(records), len(items), client.host, lo, hi)
+    _LOG.info("%d of %d event(s) from %s fall in (%s, %s]", len(records), len(items), client.host, lo, hi)
     if not records:
         return empty_event_table()
     frame = pd.DataFrame.from_records(records)

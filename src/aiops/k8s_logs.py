@@ -88,15 +88,15 @@ def read_container_log(
     now: datetime | None = None,
     limit_bytes: int | None = DEFAULT_LIMIT_BYTES,
 ) -> pd.DataFrame:
-    """Read one container instance's lines in ``[start, end)``.
+    """Read one container instance's lines in ``(start, end]`` (see :func:`read_pod_logs`).
 
     Args:
         client: The API client.
         namespace: Pod namespace.
         pod: Pod name.
         container: Container name.
-        start: First instant (naive times are UTC), inclusive.
-        end: Last instant, exclusive.
+        start: Instant before the window (naive times are UTC), exclusive.
+        end: Last instant, inclusive.
         previous: Read the previous (terminated) instance of the container instead.
         now: The current time, from which ``since_seconds`` is counted (default: the clock).
         limit_bytes: Most bytes to read (``None``: no limit); a truncated read is logged.
@@ -134,7 +134,7 @@ def read_container_log(
             limit_bytes,
         )
     lines = parse_timestamped_log(body.decode("utf-8", errors="replace"))
-    inside = (lines[TIMESTAMP] >= lo) & (lines[TIMESTAMP] < hi)
+    inside = (lines[TIMESTAMP] > lo) & (lines[TIMESTAMP] <= hi)
     return lines.loc[inside].reset_index(drop=True)
 
 
@@ -182,12 +182,16 @@ def read_pod_logs(
     now: datetime | None = None,
     limit_bytes: int | None = DEFAULT_LIMIT_BYTES,
 ) -> pd.DataFrame:
-    """Read the container logs of every pod for ``[start, end)`` into the canonical logs table.
+    """Read the container logs of every pod for ``(start, end]`` into the canonical logs table.
+
+    The window is closed on the right, as the step windows of the log features are (a line at
+    ``t`` counts in the row at the end of its step window), so consecutive ingests ``(a, b]``,
+    ``(b, c]`` count every line once.
 
     Args:
         client: The API client.
-        start: First instant (naive times are UTC), inclusive.
-        end: Last instant, exclusive.
+        start: Instant before the window (naive times are UTC), exclusive.
+        end: Last instant, inclusive.
         cluster: Value of the ``cluster`` entity key on every row.
         namespaces: Namespaces to read (default: all, with one cluster-wide pod list).
         label_selector: Pod label selector, e.g. ``app.kubernetes.io/part-of=shop``.

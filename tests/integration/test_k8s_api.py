@@ -342,13 +342,33 @@ def test_window_filter_and_canonical_table(client: KubeClient, api: FakeApiServe
     assert str(events["timestamp"].dtype) == "datetime64[ns, UTC]"
     assert events["timestamp"].is_monotonic_increasing
     assert (events["cluster"] == "c1").all()
-    # 09:55 is before the window and 11:00 is its exclusive end; 10:00:00 exactly is in.
-    assert len(events) == len(api.events) - 2
-    assert events["timestamp"].min() == START
-    assert events["timestamp"].max() < END
+    # The window is (START, END], as the step windows the events are counted in: 09:55 is
+    # before it, 11:00 exactly is in.
+    assert len(events) == len(api.events) - 1
+    assert events["timestamp"].min() == START + pd.Timedelta("500ms")
+    assert events["timestamp"].max() == END
+    later = list_events(client, pd.Timestamp("2026-01-05T10:01:00Z"), END, resolve_owners=False)
+    assert "Started" not in set(later.loc[later["pod"] == "postgres-0", "reason"])  # at 10:01:00 exactly
     assert "Pulled" not in set(events["reason"])
-    assert not ((events["reason"] == "Unhealthy") & events["message"].str.contains("Liveness")).any()
+    liveness = events[(events["reason"] == "Unhealthy") & events["message"].str.contains("Liveness")]
+    assert liveness["timestamp"].tolist() == [END]  # the one at 11:00 exactly
     assert events[list(ENTITY_KEYS)].notna().all().all()
+
+
+def test_consecutive_ingests_count_every_event_once(client: KubeClient) -> None:
+    """Windows (a, b], (b, c] tile time as the step windows do: an event in the last step of the
+    first ingest is counted in its last row, not in a row that belongs to the next ingest."""
+    cut = pd.Timestamp("2026-01-05T10:21:00Z")  # a BackOff observed at 10:21:00 exactly
+    whole = event_features(list_events(client, START, END, resolve_owners=False), "1min")
+    parts = [
+        event_features(list_events(client, lo, hi, resolve_owners=False), "1min")
+        for lo, hi in ((START, cut), (cut, END))
+    ]
+    for (lo, hi), part in zip(((START, cut), (cut, END)), parts, strict=True):
+        assert part["timestamp"].between(lo, hi, inclusive="right").all()  # only its own rows
+    tiled = pd.concat(parts, ignore_index=True).sort_values(list(KEY_COLUMNS), ignore_index=True)
+    pd.testing.assert_frame_equal(tiled, whole.sort_values(list(KEY_COLUMNS), ignore_index=True))
+    assert cut in set(parts[0]["timestamp"])
 
 
 def test_empty_window_and_reversed_window(client: KubeClient) -> None:
@@ -369,7 +389,9 @@ def test_event_times_prefer_the_latest_observation(client: KubeClient) -> None:
     scheduling = _by_name(events, "FailedScheduling", "search-6c8d9f7b5-pend1")
     assert scheduling["timestamp"] == pd.Timestamp("2026-01-05T10:25:00.654321Z")
     assert scheduling["count"] == 4
-    assert _by_name(events, "Scheduled", "postgres-0")["timestamp"] == START  # eventTime only
+    assert _by_name(events, "Scheduled", "postgres-0")["timestamp"] == START + pd.Timedelta(
+        "500ms"
+    )  # eventTime only
     assert _by_name(events, "Started", "postgres-0")["timestamp"] == pd.Timestamp("2026-01-05T10:01:00Z")
     sandbox = _by_name(events, "SandboxChanged", "node-exporter-7xk2p")  # no times but creation
     assert sandbox["timestamp"] == pd.Timestamp("2026-01-05T10:31:00Z")
@@ -544,7 +566,7 @@ def test_forbidden_owner_lookup_says_what_to_grant(api: FakeApiServer, client: K
     assert info.value.status == 403
     assert api.url in message and "AppsV1Api.read_namespaced_replica_set" in message
     assert 'cannot get resource "replicasets"' in message and "grant" in message
-    assert len(list_events(client, START, END, resolve_owners=False)) == len(api.events) - 2
+    assert len(list_events(client, START, END, resolve_owners=False)) == len(api.events) - 1
 
 
 def test_unreachable_server_fails_fast_with_a_clear_message() -> None:
@@ -602,7 +624,7 @@ def test_kubeconfig_client_sends_its_token(api: FakeApiServer, tmp_path: Path) -
     )
     with KubeClient.connect(kubeconfig=kubeconfig, attempts=1) as kube:
         events = list_events(kube, START, END, resolve_owners=False)
-    assert len(events) == len(api.events) - 2
+    assert len(events) == len(api.events) - 1
     assert {r.authorization for r in api.requests} == {f"Bearer {TOKEN}"}
 
 
@@ -642,7 +664,7 @@ def test_logs_table(logs: pd.DataFrame) -> None:
     assert list(logs.columns) == list(LOG_COLUMNS)
     assert str(logs["timestamp"].dtype) == "datetime64[ns, UTC]"
     assert logs["timestamp"].is_monotonic_increasing
-    assert logs["timestamp"].min() >= START and logs["timestamp"].max() < END
+    assert logs["timestamp"].min() > START and logs["timestamp"].max() <= END
     counts = logs.groupby(["pod", "container"]).size().to_dict()
     assert counts == {
         (CHECKOUT, "checkout"): 5 + 7,  # 5 of the current instance in the window, 7 of the previous
@@ -854,7 +876,7 @@ def simulated() -> Iterator[tuple[Telemetry, FakeApiServer]]:
 @pytest.fixture(scope="module")
 def sim_window(simulated: tuple[Telemetry, FakeApiServer]) -> tuple[pd.Timestamp, pd.Timestamp]:
     times = simulated[0].metrics["timestamp"]
-    return times.min(), times.max() + pd.Timedelta("1min")
+    return times.min() - pd.Timedelta("1min"), times.max() + pd.Timedelta("1min")
 
 
 def _sorted(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
