@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from aiops.k8s_api import KubeClient, KubernetesError
@@ -50,12 +51,15 @@ def _utc(value: datetime | str | pd.Timestamp, what: str) -> pd.Timestamp:
 
 
 def parse_timestamped_log(text: str) -> pd.DataFrame:
-    """Split ``timestamps=True`` log text into ``timestamp`` (UTC) and ``message``.
+    r"""Split ``timestamps=True`` log text into ``timestamp`` (UTC) and ``message``.
 
     Each line reads ``2026-01-05T10:00:00.123456789Z message``. Lines without a valid time
-    (none are expected from the kubelet) are dropped with a warning.
+    (none are expected from the kubelet) are dropped with a warning. The kubelet ends lines
+    with ``\n`` only: a bare ``\r`` (a progress bar), a form feed or U+2028 inside a message
+    belongs to it (``str.splitlines`` would cut the message there); a ``\r\n`` ending loses
+    its ``\r``.
     """
-    lines = [line for line in text.splitlines() if line.strip()]
+    lines = [line for line in text.split("\n") if line.strip()]
     if not lines:
         return pd.DataFrame(
             {TIMESTAMP: pd.Series(dtype="datetime64[ns, UTC]"), "message": pd.Series(dtype=object)}
@@ -66,7 +70,8 @@ def parse_timestamped_log(text: str) -> pd.DataFrame:
     stamps = pd.to_datetime(parts[0], format="ISO8601", utc=True, errors="coerce")
     bad = stamps.isna().to_numpy()
     if bad.any():
-        _LOG.warning("%d log line(s) without a leading RFC 3339 time dropped, e.g. %r", bad.sum(), lines[0])
+        first = lines[int(np.flatnonzero(bad)[0])]
+        _LOG.warning("%d log line(s) without a leading RFC 3339 time dropped, e.g. %.200r", bad.sum(), first)
     frame = pd.DataFrame(
         {
             TIMESTAMP: stamps.astype("datetime64[ns, UTC]"),

@@ -1,12 +1,13 @@
 """Log lines into templates (Drain3), levels and classes, and per-window log features.
 
 * :func:`parse_level` reads a line's level the way a person would: a JSON
-  ``level``/``severity`` field, a klog prefix (``E0105 10:00:00.000000``), a
-  logfmt ``level=``, a level name as the first word after an optional time
-  (``<time> warn ...``, ``error: ...``), an upper-case level word near the start (``ERROR``,
-  ``[WARN]``, ``FATAL:``), nginx's ``[error]``; failing all that, error or
-  warning words anywhere in the line; else ``INFO``. Levels are normalised
-  to :data:`LEVELS`.
+  ``level``/``severity`` field, a klog prefix (``E0105 10:00:00.000000``), the head
+  line of an exception (``KeyError: ...``, ``java.lang.NullPointerException: ...``,
+  ``Caused by: ...``), a logfmt ``level=`` outside quoted values, a level name as the
+  first word after an optional time (``<time> warn ...``, ``error: ...``), an upper-case
+  level word near the start (``ERROR``, ``[WARN]``, ``FATAL:``), nginx's ``[error]``;
+  failing all that, error or warning words anywhere in the line; else ``INFO``. Levels
+  are normalised to :data:`LEVELS`.
 * :class:`LogTemplateMiner` mines templates with Drain3 (IBM's streaming
   implementation of the Drain parser) after masking IPs, UUIDs, hex ids,
   durations and numbers. Its state persists between runs in one file, so a
@@ -62,7 +63,15 @@ _JSON_LEVEL_KEYS = ("level", "lvl", "severity", "log.level", "levelname", "logle
 _JSON_NUMERIC_LEVEL_KEYS = frozenset({"level", "lvl"})
 _KLOG = re.compile(r"^([IWEF])\d{4} \d{2}:\d{2}:\d{2}\.\d+\s")
 _KLOG_LEVELS = {"I": "INFO", "W": "WARN", "E": "ERROR", "F": "FATAL"}
+# A logfmt pair outside quoted values: the quoted values are skipped first (see _logfmt_level).
 _LOGFMT = re.compile(r"(?:^|\s)(?:level|lvl|severity)=\"?([A-Za-z]+)", re.IGNORECASE)
+_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
+# The head line of an exception: Python's "KeyError: ...", Java's "java.lang.NullPointerException: ...",
+# "Caused by: ...", 'Exception in thread "main" ...'. Class names are CamelCase, which \b-words miss.
+_EXCEPTION_HEAD = re.compile(
+    r'^(?:Caused by: |Exception in thread "[^"]*" )?'
+    r"(?:[A-Za-z_$][\w$]*\.)*[A-Z][\w$]*(?:Error|Exception)(?::|$)"
+)
 # Upper-case only: a lower-case "error" is as likely to be part of the message.
 _LEVEL_WORD = re.compile(
     r"(?<![A-Za-z0-9_])(TRACE|DEBUG|INFO|NOTICE|WARNING|WARN|ERROR|ERR|SEVERE|FATAL|CRITICAL|CRIT|PANIC)"
@@ -125,7 +134,9 @@ def parse_level(message: str) -> str:
     klog = _KLOG.match(line)
     if klog:
         return _KLOG_LEVELS[klog.group(1)]
-    logfmt = _LOGFMT.search(line)
+    if _EXCEPTION_HEAD.match(line):
+        return "ERROR"
+    logfmt = _LOGFMT.search(_QUOTED.sub('""', line)) if "=" in line else None
     if logfmt:
         level = _normalise_level(logfmt.group(1))
         if level is not None:

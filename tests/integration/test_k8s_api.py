@@ -741,6 +741,17 @@ def test_parse_timestamped_log() -> None:
         pd.Timestamp("2026-01-05T10:00:01Z"),
     ]
     assert parse_timestamped_log("").empty
+    # Only "\n" ends a line: a progress bar's "\r", a form feed or U+2028 inside a message stays in it
+    body = (
+        "2026-01-05T10:00:01Z Downloading 10%\r 50%\r100% done\r\n"
+        "2026-01-05T10:00:02Z page one\x0cpage two\n"
+        '2026-01-05T10:00:03Z {"msg":"a\u2028b"}\n'
+    )
+    assert parse_timestamped_log(body)["message"].tolist() == [
+        "Downloading 10%\r 50%\r100% done",
+        "page one\x0cpage two",
+        '{"msg":"a\u2028b"}',
+    ]
 
 
 # --------------------------------------------------------------------------- a simulated cluster, round trip

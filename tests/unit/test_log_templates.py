@@ -233,6 +233,14 @@ def test_classify_lines(message: str, level: str, expected: set[str]) -> None:
         ("Starting checkout server on :8080", "INFO"),
         ("", "INFO"),
         ("{not json", "INFO"),
+        # the head line of an exception: CamelCase class names that error words miss
+        ("KeyError: 'user_id'", "ERROR"),
+        ('java.lang.NullPointerException: Cannot invoke "String.length()"', "ERROR"),
+        ("Caused by: java.sql.SQLTransientConnectionException: HikariPool-1 - timeout", "ERROR"),
+        ('Exception in thread "main" java.lang.IllegalStateException: closed', "ERROR"),
+        ("MyErrorHandler registered for /api", "INFO"),
+        # a logfmt level inside a quoted value is part of the message, not the line's level
+        ('msg="switching level=debug for module x" level=error', "ERROR"),
     ],
 )
 def test_parse_level(line: str, expected: str) -> None:
