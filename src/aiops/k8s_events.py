@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from aiops.k8s_api import KubeClient, KubernetesError
-from aiops.schema import ENTITY_KEYS, EVENT_COLUMNS, KEY_COLUMNS, TIMESTAMP, SchemaError
+from aiops.schema import ENTITY_KEYS, EVENT_COLUMNS, KEY_COLUMNS, TIMESTAMP, SchemaError, window_end
 
 _LOG = logging.getLogger(__name__)
 
@@ -408,15 +408,6 @@ def list_events(
 
 
 # --------------------------------------------------------------------------- features
-
-
-def window_end(timestamps: pd.Series, step: str) -> pd.Series:
-    """The end of the step window ``(t - step, t]`` each time falls in, on an epoch-anchored grid.
-
-    Right-closed windows labelled by their end match a Prometheus sample at ``t`` (a rate over the
-    step before ``t``), and keep features causal: the row at ``t`` never counts what happened after ``t``.
-    """
-    return timestamps.dt.ceil(pd.to_timedelta(step))
 
 
 def event_features(

@@ -41,7 +41,7 @@ from drain3.file_persistence import FilePersistence
 from drain3.masking import MaskingInstruction
 from drain3.template_miner_config import TemplateMinerConfig
 
-from aiops.schema import ENTITY_KEYS, KEY_COLUMNS, TIMESTAMP, SchemaError
+from aiops.schema import ENTITY_KEYS, KEY_COLUMNS, TIMESTAMP, SchemaError, window_end
 
 _LOG = logging.getLogger(__name__)
 
@@ -404,7 +404,7 @@ def log_features(mined: pd.DataFrame, step: str = "1min") -> pd.DataFrame:
         step: Window length, a pandas timedelta string; use the metrics' step.
 
     Returns:
-        ``timestamp`` (window end, right-closed as in :func:`aiops.k8s_events.window_end`), the
+        ``timestamp`` (window end, right-closed as in :func:`aiops.schema.window_end`), the
         entity keys and the float64 :data:`LOG_FEATURES`: lines, error/panic/OOM/
         connection-refused lines, lines of never-seen templates and their share of the lines.
         One row per window and entity with at least one line; a pod's containers are summed.
@@ -430,8 +430,7 @@ def log_features(mined: pd.DataFrame, step: str = "1min") -> pd.DataFrame:
             "logs_new_template": mined["new_template"].to_numpy(dtype=np.float64),
         }
     )
-    # The windows of aiops.k8s_events.window_end, (t - step, t], without importing the API client.
-    counts[TIMESTAMP] = mined[TIMESTAMP].dt.ceil(pd.to_timedelta(step)).to_numpy()
+    counts[TIMESTAMP] = window_end(mined[TIMESTAMP], step).to_numpy()
     for key in ENTITY_KEYS:
         counts[key] = mined[key].fillna("").astype(str).to_numpy()
     sums = [c for c in LOG_FEATURES if c != "logs_new_template_ratio"]

@@ -293,3 +293,21 @@ def row_labels(metrics: pd.DataFrame, labels: pd.DataFrame) -> np.ndarray:
     for _, mask in label_masks(metrics, labels):
         flags |= mask
     return flags
+
+
+def window_end(timestamps: pd.Series, step: str) -> pd.Series:
+    """The end of the step window ``(t - step, t]`` each time falls in, on an epoch-anchored UTC grid.
+
+    Right-closed windows labelled by their end match a Prometheus sample at ``t`` (a rate over the
+    step before ``t``), and keep features causal: the row at ``t`` never counts what happened after
+    ``t``. Times in another zone are converted to UTC first (rounding wall-clock time would shift
+    them by the zone's offset, and across a DST change).
+
+    Raises:
+        SchemaError: For times without a zone.
+    """
+    if not isinstance(timestamps.dtype, pd.DatetimeTZDtype):
+        raise SchemaError(
+            f"window_end: times must carry a zone (UTC), got {timestamps.dtype}; localize them to UTC first"
+        )
+    return timestamps.dt.tz_convert("UTC").dt.ceil(pd.to_timedelta(step))

@@ -70,3 +70,18 @@ def test_node_level_label_covers_every_pod_on_the_node():
     labels = labels_frame(make_label("", "2026-01-05T00:00Z", "2026-01-05T00:01Z", node="node-0"))
     [(_, mask)] = list(label_masks(metrics, labels))
     assert set(metrics.loc[mask, "pod"]) == {"a", "c"}
+
+
+def test_window_end_counts_on_the_utc_grid_whatever_the_zone():
+    from aiops.schema import window_end
+
+    utc = pd.Series(pd.to_datetime(["2026-01-05T10:10:00Z", "2026-01-05T11:00:00Z"]))
+    expected = [pd.Timestamp("2026-01-05T11:00:00Z")] * 2  # right-closed: 11:00 ends its own window
+    assert window_end(utc, "1h").tolist() == expected
+    # the same instants in +05:30: rounding wall-clock time would give 10:30Z
+    assert window_end(utc.dt.tz_convert("Asia/Kolkata"), "1h").tolist() == expected
+    # across the end of summer time in Berlin (00:30Z is 02:30 CEST)
+    berlin = pd.Series(pd.to_datetime(["2025-10-26T00:30:00Z"])).dt.tz_convert("Europe/Berlin")
+    assert window_end(berlin, "1h").tolist() == [pd.Timestamp("2025-10-26T01:00:00Z")]
+    with pytest.raises(SchemaError, match="must carry a zone"):
+        window_end(utc.dt.tz_localize(None), "1min")
