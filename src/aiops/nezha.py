@@ -404,7 +404,7 @@ def load_nezha_day_extras(day: str | Path, step: str = "1min") -> NezhaDayExtras
         step: Grid the rows are floored to.
 
     Returns:
-        The tables that exist; missing files give an empty graph or ``None``.
+        The tables that exist; missing or empty files give an empty graph or ``None``.
 
     Raises:
         SchemaError: On a malformed file (missing columns, unparseable times).
@@ -412,7 +412,9 @@ def load_nezha_day_extras(day: str | Path, step: str = "1min") -> NezhaDayExtras
     metric = Path(day) / "metric"
     dependencies: list[tuple[str, str]] = []
     graph_file = metric / "dependency.csv"
-    if graph_file.exists():
+    if graph_file.exists() and _holds_no_rows(graph_file):
+        log.warning("nezha: %s holds no rows; the call graph is taken from the edge files alone", graph_file)
+    elif graph_file.exists():
         graph = pd.read_csv(graph_file)
         missing = [c for c in ("Source", "Target") if c not in graph.columns]
         if missing:
@@ -425,6 +427,9 @@ def load_nezha_day_extras(day: str | Path, step: str = "1min") -> NezhaDayExtras
         path = metric / name
         if not path.exists():
             return None
+        if _holds_no_rows(path):  # as if absent: these files only add evidence
+            log.warning("nezha: %s holds no rows; the day is read without it", path)
+            return None
         table = read_minutely_csv(path, step)
         return table.drop(columns=[c for c in ("timestamp", "TimeStamp") if c in table.columns])
 
@@ -434,6 +439,12 @@ def load_nezha_day_extras(day: str | Path, step: str = "1min") -> NezhaDayExtras
         edge_destination=optional("destination_50.csv"),
         front_service=optional("front_service.csv"),
     )
+
+
+def _holds_no_rows(path: Path) -> bool:
+    """An empty file, or a header and nothing else."""
+    with path.open("rb") as fh:
+        return sum(1 for line in fh if line.strip()) <= 1
 
 
 def read_fault_list(day: str | Path) -> pd.DataFrame:
@@ -451,10 +462,12 @@ def read_fault_list(day: str | Path) -> pd.DataFrame:
     for fault in _faults(folder):
         try:
             start = pd.Timestamp(fault["inject_time"], tz="UTC")
-        except ValueError as exc:
+        except (ValueError, TypeError) as exc:
             raise SchemaError(
                 f"nezha: {folder.name}: cannot parse inject_time {fault['inject_time']!r}"
             ) from exc
+        if pd.isna(start):  # "" and null parse to NaT without a word
+            raise SchemaError(f"nezha: {folder.name}: a fault has no inject_time ({fault['inject_time']!r})")
         rows.append(
             {"pod": str(fault["inject_pod"]), "start": start, "fault_type": str(fault["inject_type"])}
         )

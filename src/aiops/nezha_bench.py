@@ -592,6 +592,8 @@ def detect_day(day: NezhaDay, settings: NezhaBenchSettings = DEFAULT_SETTINGS) -
             # No limit known: relative changes of the usage itself.
             cpu_pct[pod] = np.full(steps, np.nan)
             signals.add(np.log(table[_CPU_CORES].to_numpy() + 1.0), settings.latency_log_floor, (pod, "cpu"))
+        else:  # no CPU columns at all: the pod is scored on its other signals
+            cpu_pct[pod] = np.full(steps, np.nan)
         for column in _SERVER_LATENCY:
             if column in table:
                 signals.add(np.log(table[column].to_numpy() + eps), settings.latency_log_floor, (pod, "lat"))

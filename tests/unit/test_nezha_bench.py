@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import shutil
 from pathlib import Path
@@ -502,6 +503,31 @@ def test_an_irrelevant_extra_column_changes_nothing(synthetic, tmp_path):
     pd.testing.assert_frame_equal(base.alarms, extra.alarms)
 
 
+def test_pods_without_cpu_columns_are_scored_on_their_other_signals(tmp_path):
+    day = write_day(tmp_path)
+    for path in (day / "metric").glob("*_metric.csv"):
+        pd.read_csv(path).drop(columns=["CpuUsage(m)", "CpuUsageRate(%)"]).to_csv(path, index=False)
+    report = nb.run_nezha_benchmark(day)
+    assert len(report.alarms) > 0  # alarms were raised, and classified, on pods without CPU
+    assert {f["predicted_kind"] for f in report.faults if f["detected"]} <= {
+        "network",
+        "application",
+        "resource",
+    }
+
+
+def test_empty_optional_files_are_read_as_absent(synthetic, tmp_path, caplog):
+    day = write_day(tmp_path)
+    (day / "metric" / "front_service.csv").write_text(
+        "Time,TimeStamp,ServiceName,SuccessRate(%),LatencyP50(s)\n"
+    )
+    (day / "metric" / "dependency.csv").write_text("")
+    with caplog.at_level(logging.WARNING):
+        report = nb.run_nezha_benchmark(day)
+    assert "front_service.csv holds no rows" in caplog.text and "dependency.csv holds no rows" in caplog.text
+    assert len(report.faults) == len(nb.run_nezha_benchmark(synthetic).faults)
+
+
 def test_pods_map_to_the_longest_service_name():
     services = {"ts-order", "ts-order-other", "front"}
     mapping = nb._service_of(
@@ -526,6 +552,7 @@ def test_pods_map_to_the_longest_service_name():
         ("unknown_pod", "has no metric file"),
         ("outside", "lies outside its metrics"),
         ("no_signals", "is this a Nezha recording"),
+        ("no_time", "a fault has no inject_time"),
     ],
 )
 def test_broken_folders_give_clear_errors(tmp_path, breakage, message):
@@ -536,6 +563,7 @@ def test_broken_folders_give_clear_errors(tmp_path, breakage, message):
         faults = {
             "unknown_pod": [{**fault(10, "store", "cpu_contention"), "inject_pod": "ghost-1-2"}],
             "outside": [fault(60 * 24, "store", "cpu_contention")],
+            "no_time": [{**fault(10, "store", "cpu_contention"), "inject_time": ""}],
         }.get(breakage, [])
         target = write_day(tmp_path, minutes=20, faults=faults)
         if breakage == "bad_json":
