@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -17,6 +18,12 @@ def _write(payload: dict[str, Any], output: Path) -> None:
     typer.echo(f"wrote {output}")
 
 
+def _check_output(output: Path) -> None:
+    """Refuse an output path that cannot be written, before a run of minutes, not after it."""
+    if output.is_dir():
+        _fail(f"--output {output} is a folder; name the JSON file to write")
+
+
 def _fail(message: str) -> NoReturn:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)
@@ -27,14 +34,15 @@ def _print_nab(report: dict[str, Any]) -> None:
     for name, entry in report["profiles"].items():
         score = "n/a" if entry["score"] is None else f"{entry['score']:.1f}"  # None: no labelled window
         typer.echo(f"{name:<22} {score:>8} {entry['threshold']:>10.6g}")
+    shown_profile = report.get("files_profile", "standard")  # a custom profiles.json may lack it
     for category, by_profile in report.get("categories", {}).items():
-        score = by_profile.get("standard")
+        score = by_profile.get(shown_profile)
         shown = "n/a (no windows)" if score is None else f"{score:.1f}"
-        typer.echo(f"  standard, {category:<28} {shown}")
+        typer.echo(f"  {shown_profile}, {category:<28} {shown}")
     files = report["files"]
     typer.echo(
         f"{len(files)} files: TP {sum(f['tp'] for f in files)}, FP {sum(f['fp'] for f in files)}, "
-        f"FN {sum(f['fn'] for f in files)} (rows, standard profile)"
+        f"FN {sum(f['fn'] for f in files)} (rows, {shown_profile} profile)"
     )
     for key, why in (("unlabelled", "no entry in the windows file"), ("missing", "no results file")):
         if report.get(key):
@@ -56,7 +64,10 @@ def benchmark_nab(
     output: Annotated[Path, typer.Option(help="JSON report to write.")],
     detector: Annotated[
         str | None,
-        typer.Option(help="Streaming detector: novelty (default), robust_change or windowed_gaussian."),
+        typer.Option(
+            help="Streaming detector: novelty (default), robust_change or windowed_gaussian. With "
+            "--scores-from: the results files' <detector> prefix (default: the one found)."
+        ),
     ] = None,
     results_out: Annotated[
         Path | None, typer.Option(help="Also write every file's scores in NAB's results layout here.")
@@ -70,13 +81,16 @@ def benchmark_nab(
     from aiops.detectors.streaming import DEFAULT_STREAMING_DETECTOR, STREAMING_DETECTORS
     from aiops.nab import NabError, run_nab, score_results
 
+    _check_output(output)
     try:
         if scores_from is not None:
             if threshold is None:
                 _fail("--scores-from needs --threshold (the detector's published alarm threshold)")
-            if detector or results_out:
-                _fail("--scores-from scores existing outputs; --detector and --results-out do not apply")
-            report = score_results(data, scores_from, threshold)
+            if not math.isfinite(threshold):
+                _fail(f"--threshold must be a finite number, got {threshold}")
+            if results_out:
+                _fail("--scores-from scores existing outputs; --results-out does not apply")
+            report = score_results(data, scores_from, threshold, detector=detector)
         else:
             if threshold is not None:
                 _fail("--threshold applies to --scores-from only; detectors carry their own fixed threshold")
@@ -172,6 +186,7 @@ def benchmark_nezha(
     """Detect, localise and classify the injected faults of Nezha days online; score against the labels."""
     from aiops.nezha_bench import NezhaBenchError, run_nezha_benchmark
 
+    _check_output(output)
     try:
         report = run_nezha_benchmark(data)
     except NezhaBenchError as exc:
@@ -201,6 +216,7 @@ def benchmark_synthetic(
     """Train every detector and the ensemble on a simulated cluster; score them on its latest period."""
     from aiops.synthetic_bench import SyntheticBenchmark, run_synthetic_benchmark
 
+    _check_output(output)
     settings = SyntheticBenchmark(
         seed=seed, duration=duration, n_anomalies=n_anomalies, threshold_policy=threshold_policy
     )
@@ -239,6 +255,7 @@ def benchmark_serving(
     """Latency and throughput of the predictor next to a do-nothing KServe model, both over HTTP."""
     from aiops.serving_bench import ServingBenchmark, format_summary, run_serving_benchmark
 
+    _check_output(output)
     settings = ServingBenchmark(requests=requests, rounds=rounds)
     try:
         report = run_serving_benchmark(model, tracking_uri=tracking_uri or None, settings=settings)

@@ -27,6 +27,7 @@ found in NAB's published results), reimplemented here:
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import math
@@ -878,13 +879,23 @@ def score_results(
 
 
 def _infer_prefix(results_dir: Path, corpus: NabCorpus) -> str | None:
-    """Return the ``<prefix>`` of the first ``<category>/<prefix>_<name>.csv`` found for the corpus."""
+    """Return the ``<prefix>`` of the ``<category>/<prefix>_<name>.csv`` files found for the corpus.
+
+    Raises:
+        NabError: When the folder holds the outputs of several detectors (prefixes).
+    """
+    found: set[str] = set()
     for nab_file in corpus.files:
         category, _, file_name = nab_file.name.rpartition("/")
-        for path in sorted((results_dir / category).glob(f"*_{file_name}")):
+        for path in (results_dir / category).glob(f"*_{glob.escape(file_name)}"):
             if not path.name.startswith("."):  # e.g. macOS ._ files beside the results
-                return path.name[: -len(file_name) - 1]
-    return None
+                found.add(path.name[: -len(file_name) - 1])
+    if len(found) > 1:
+        raise NabError(
+            f"{results_dir} holds the outputs of several detectors ({', '.join(sorted(found))}); "
+            "name the one to score (--detector)"
+        )
+    return found.pop() if found else None
 
 
 def score_corpus(

@@ -296,6 +296,26 @@ def test_run_then_score_results_agree(tiny: Path, tmp_path: Path) -> None:
     assert rescored["missing"] == []
 
 
+def test_a_results_folder_with_two_detectors_names_them(tiny: Path, tmp_path: Path) -> None:
+    robust = nab.run_nab(tiny, RobustChangeDetector, detector_name="robust", results_dir=tmp_path / "res")
+    nab.run_nab(tiny, RobustChangeDetector, detector_name="another", results_dir=tmp_path / "res")
+    threshold = robust["profiles"]["standard"]["threshold"]
+    with pytest.raises(nab.NabError, match=r"outputs of several detectors \(another, robust\)"):
+        nab.score_results(tiny, tmp_path / "res", threshold)
+    picked = nab.score_results(tiny, tmp_path / "res", threshold, detector="robust")
+    assert picked["detector"] == "robust" and picked["files"] == robust["files"]
+
+
+def test_file_names_with_glob_characters_round_trip(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    values = rng.normal(10.0, 1.0, 200)
+    values[120] = 60.0
+    folder = write_folder(tmp_path / "nab", {"c/a[1].csv": values}, {"c/a[1].csv": [_window(110, 139)]})
+    report = nab.run_nab(folder, RobustChangeDetector, detector_name="robust", results_dir=tmp_path / "res")
+    rescored = nab.score_results(folder, tmp_path / "res", report["profiles"]["standard"]["threshold"])
+    assert rescored["detector"] == "robust" and rescored["files"] == report["files"]
+
+
 def test_read_results_rejects_mismatched_rows(tiny: Path, tmp_path: Path) -> None:
     nab_file = nab.load_corpus(tiny).file("catA/spiky.csv")
     path = tmp_path / "short.csv"
@@ -569,6 +589,7 @@ def test_results_keep_fractions_of_a_second(tmp_path: Path) -> None:
         (["--detector", "nope"], "unknown detector 'nope'"),
         (["--scores-from", "x"], "needs --threshold"),
         (["--threshold", "0.5"], "applies to --scores-from only"),
+        (["--scores-from", "x", "--threshold", "nan"], "--threshold must be a finite number"),
     ],
 )
 def test_cli_benchmark_nab_rejects_bad_options(tiny: Path, tmp_path: Path, extra: list, message: str) -> None:
@@ -580,6 +601,32 @@ def test_cli_benchmark_nab_rejects_bad_options(tiny: Path, tmp_path: Path, extra
         app, ["benchmark", "nab", "--data", str(tiny), "--output", str(tmp_path / "o.json"), *extra]
     )
     assert result.exit_code == 2 and message in result.output
+
+
+def test_cli_benchmark_refuses_a_folder_as_output_before_running(tiny: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from aiops.cli import app
+
+    for command in (["nab", "--data", str(tiny)], ["nezha", "--data", str(tmp_path)]):
+        result = CliRunner().invoke(app, ["benchmark", *command, "--output", str(tmp_path)])
+        assert result.exit_code == 2 and "is a folder; name the JSON file to write" in result.output
+
+
+def test_cli_table_shows_categories_under_the_profile_of_the_files(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from aiops.cli import app
+
+    values = np.random.default_rng(3).normal(10.0, 1.0, 200)
+    values[120] = 60.0
+    strict = {"strict": {"CostMatrix": {"tpWeight": 1.0, "fpWeight": 0.5, "fnWeight": 2.0}}}
+    folder = write_folder(tmp_path / "nab", {"c/f.csv": values}, {"c/f.csv": [_window(110, 139)]}, strict)
+    out = tmp_path / "o.json"
+    result = CliRunner().invoke(app, ["benchmark", "nab", "--data", str(folder), "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    score = json.loads(out.read_text())["categories"]["c"]["strict"]
+    assert "strict, c " in result.output and f"{score:.1f}" in result.output and "n/a" not in result.output
 
 
 def test_cli_benchmark_nab_broken_folder(tmp_path: Path) -> None:
