@@ -198,8 +198,13 @@ def run_training(
         check_source(source, str(data.resolve()) if data else "", prometheus_url)
     except ValueError as exc:
         _fail(str(exc))
+    extra = _parse_params(param or [], "training")  # a bad --param stops here, before anything runs
+    # --param n_anomalies=... / threshold_policy=... count as the options of the same name
+    asked = n_anomalies if n_anomalies is not None else extra.pop("n_anomalies", None)
     try:
-        injected, threshold_policy = source_defaults(source, n_anomalies, threshold_policy)
+        injected, threshold_policy = source_defaults(
+            source, asked, threshold_policy or extra.pop("threshold_policy", None)
+        )
     except ValueError as exc:
         _fail(str(exc))
     uri = registry.resolve_tracking_uri(tracking_uri, Path.cwd())
@@ -208,7 +213,6 @@ def run_training(
         "nezha": f"data={data}",
         "prometheus": f"url={prometheus_url}, duration={duration}, end={end or 'now'}, injected={injected}",
     }[source]
-    extra = _parse_params(param or [], "training")  # a bad --param stops here, before anything runs
     typer.secho(f"Training pipeline: source={source}, {settings}", bold=True)
     typer.echo(f"MLflow tracking: {uri}")
     started = time.perf_counter()
