@@ -32,7 +32,7 @@ def check_drift(
 
     from aiops.drift import check_against_champion, log_drift_check
     from aiops.features import load_features
-    from aiops.monitoring import DRIFT_SHARE, push_run_metrics, report_run_success, seconds_since
+    from aiops.monitoring import report_drift_share, report_run_success, seconds_since
 
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
     if not uri:
@@ -56,7 +56,7 @@ def check_drift(
     log_drift_check(result, uri, model_name, window, max_drift_share, report_html=report.path)
     # Pushed when AIOPS_PUSHGATEWAY_URL is set.
     if result.result is not None:
-        push_run_metrics(job, {DRIFT_SHARE: result.result.drift_share}, grouping_key={"step": "check-drift"})
+        report_drift_share(job, result.result.drift_share)
     if not result.retrain:
         report_run_success(job, seconds_since(pipeline_started_at), len(table))
     return result.retrain

@@ -33,6 +33,6 @@ def evaluate_detector(
     shutil.copyfile(f"{plots.path}/report.html", report.path)
     with open(f"{plots.path}/metrics.json") as fh:
         for name, value in json.load(fh).items():
-            if math.isfinite(value):
+            if value is not None and math.isfinite(value):  # null: no value (e.g. no event detected)
                 metrics.log_metric(name, value)
     return result.metrics["event_f1"]

@@ -25,6 +25,7 @@ import base64
 import html
 import io
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -284,8 +285,10 @@ def plot_score_distribution(scores: np.ndarray, truth: np.ndarray, threshold: fl
     import matplotlib.pyplot as plt
 
     scores, truth = np.asarray(scores, dtype=float), np.asarray(truth, dtype=bool)
+    finite = np.isfinite(scores)  # a score without a value has no place on the axis
+    scores, truth = scores[finite], truth[finite]
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    bins = np.histogram_bin_edges(scores, bins=60).tolist()
+    bins = np.histogram_bin_edges(scores, bins=60).tolist() if scores.size else 60
     ax.hist(scores[~truth], bins=bins, alpha=0.6, density=True, label=f"normal ({(~truth).sum()})")
     if truth.any():
         ax.hist(scores[truth], bins=bins, alpha=0.6, density=True, label=f"labelled anomaly ({truth.sum()})")
@@ -364,7 +367,9 @@ def figure_png(fig: Any) -> bytes:
 def html_report(title: str, metrics: dict[str, float], images: dict[str, bytes]) -> str:
     """Build a self-contained HTML page: a metrics table and the PNG plots inline."""
     rows = "".join(
-        f"<tr><td>{html.escape(k)}</td><td>{v:.4g}</td></tr>" if isinstance(v, float) else ""
+        f"<tr><td>{html.escape(k)}</td><td>{'–' if math.isnan(v) else f'{v:.4g}'}</td></tr>"
+        if isinstance(v, float)
+        else ""
         for k, v in metrics.items()
     )
     figs = "".join(
@@ -423,7 +428,9 @@ def write_report(
     for name, png in images.items():
         (out / f"{name}.png").write_bytes(png)
     result.windows.to_csv(out / "windows.csv", index=False)
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+    # NaN (e.g. a delay without a detected event) is not JSON: it is written as null.
+    finite_or_null = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in summary.items()}
+    (out / "metrics.json").write_text(json.dumps(finite_or_null, indent=2, allow_nan=False))
     page = html_report(title, summary, images)
     (out / "report.html").write_text(page)
     return result, page

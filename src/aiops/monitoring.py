@@ -26,13 +26,16 @@ Semantics of the pushed metrics:
 * Timestamps are Unix seconds, so ``time() - metric`` is an age.
 
 The Pushgateway's address comes from ``AIOPS_PUSHGATEWAY_URL``. Unset means "not configured":
-nothing is pushed and the log says so once. Set but unreachable is an error naming the URL,
-since whoever set it expects the metrics to arrive.
+nothing is pushed and the log says so once. Set but unreachable: :func:`push_run_metrics`
+raises an error naming the URL, since whoever set it expects the metrics to arrive; the
+``report_*`` helpers the pipeline steps call log that error and let the step finish (its work
+is done; a monitoring outage must not fail the run or block a retraining).
 """
 
 from __future__ import annotations
 
 import functools
+import http.client
 import logging
 import math
 import os
@@ -193,7 +196,8 @@ def _registry(samples: list[Sample], reserved: set[str]) -> Any:
     from prometheus_client import CollectorRegistry, Gauge
 
     registry = CollectorRegistry()
-    gauges: dict[str, tuple[Any, tuple[str, ...]]] = {}
+    gauges: dict[str, Any] = {}
+    label_names: dict[str, tuple[str, ...]] = {}
     skipped = []
     for sample in samples:
         if sample.name not in PUSHED_METRICS:
@@ -210,12 +214,7 @@ def _registry(samples: list[Sample], reserved: set[str]) -> Any:
                     f"label '{label}' on {sample.name} is part of the grouping key {sorted(reserved)}; "
                     f"the Pushgateway sets it from the key"
                 )
-        if sample.name not in gauges:
-            gauges[sample.name] = (
-                Gauge(sample.name, PUSHED_METRICS[sample.name], names, registry=registry),
-                names,
-            )
-        gauge, expected = gauges[sample.name]
+        expected = label_names.setdefault(sample.name, names)
         if names != expected:
             raise ValueError(
                 f"{sample.name} pushed with labels {list(names)} and {list(expected)}; "
@@ -223,8 +222,13 @@ def _registry(samples: list[Sample], reserved: set[str]) -> Any:
             )
         value = float(sample.value)
         if not math.isfinite(value):
-            skipped.append(sample.name)  # NaN F1 on a window without events: no value, not a fake one
+            # NaN F1 on a window without events: no value, not a fake one. Checked before the
+            # gauge exists: a gauge without labels would be pushed with its default, 0.
+            skipped.append(sample.name)
             continue
+        if sample.name not in gauges:
+            gauges[sample.name] = Gauge(sample.name, PUSHED_METRICS[sample.name], names, registry=registry)
+        gauge = gauges[sample.name]
         (gauge.labels(**sample.labels) if names else gauge).set(value)
     if skipped:
         logger.info("not pushing non-finite values of %s", ", ".join(sorted(set(skipped))))
@@ -289,6 +293,9 @@ def push_run_metrics(
                 break
         except OSError as exc:  # refused, unresolvable, timed out
             reason = str(getattr(exc, "reason", exc))
+        except (http.client.HTTPException, ValueError) as exc:  # not an HTTP server, a malformed URL
+            reason = f"{type(exc).__name__}: {exc}"
+            break
         else:
             logger.debug("pushed run metrics of job %s (group %s) to %s", job, key, target)
             return True
@@ -440,6 +447,20 @@ def seconds_since(started_at: str) -> float:
 RUN_GROUP = "run"
 
 
+def _push_from_step(job: str, what: str, samples: Iterable[Sample], step: str) -> bool:
+    """Push for a pipeline step; a Pushgateway that fails is logged as an error, not raised.
+
+    The step's work is done when it reports: a monitoring outage must not fail a run whose
+    model was registered, nor stop a retraining the drift check asked for. What was not pushed
+    is named in the log, and the alert on runs gone missing fires if pushes keep failing.
+    """
+    try:
+        return push_run_metrics(job, samples, grouping_key={"step": step})
+    except PushgatewayError as exc:
+        logger.error("%s NOT pushed (the step goes on): %s", what, exc)
+        return False
+
+
 def report_registration(
     job: str,
     model: str,
@@ -464,7 +485,7 @@ def report_registration(
         {k: float(v) for k, v in metrics.items() if k in _PUSHED_MODEL_METRICS},
         alias="challenger",
     )
-    pushed = push_run_metrics(job, samples, grouping_key={"step": "register"}) and pushed
+    pushed = _push_from_step(job, f"test metrics of {model} v{version}", samples, "register") and pushed
     if promoted:
         pushed = report_champion(job, model, version) and pushed
     return pushed
@@ -478,7 +499,7 @@ def report_run_success(job: str, duration_s: float, rows: int | None = None) -> 
     run's exit handler (:func:`report_run_failure`) resolves.
     """
     samples = [*run_outcome_samples(True), *run_size_samples(duration_s, rows)]
-    return push_run_metrics(job, samples, grouping_key={"step": RUN_GROUP})
+    return _push_from_step(job, f"the success of this {job} run", samples, RUN_GROUP)
 
 
 def report_run_failure(job: str) -> bool:
@@ -487,7 +508,7 @@ def report_run_failure(job: str) -> bool:
     The 0 replaces the ``step="run"`` group and holds until a run succeeds;
     ``AiopsPipelineRunFailed`` fires on it.
     """
-    return push_run_metrics(job, run_outcome_samples(False), grouping_key={"step": RUN_GROUP})
+    return _push_from_step(job, f"the failure of this {job} run", run_outcome_samples(False), RUN_GROUP)
 
 
 def report_champion(job: str, model: str, version: str, step: str = "champion") -> bool:
@@ -495,4 +516,10 @@ def report_champion(job: str, model: str, version: str, step: str = "champion") 
 
     Only a new champion replaces the group, so the time stays until the champion changes again.
     """
-    return push_run_metrics(job, [champion_sample(model, version, time.time())], grouping_key={"step": step})
+    sample = champion_sample(model, version, time.time())
+    return _push_from_step(job, f"the promotion time of {model} v{version}", [sample], step)
+
+
+def report_drift_share(job: str, share: float) -> bool:
+    """Push the drift check's drift share (its own group, ``step="check-drift"``)."""
+    return _push_from_step(job, "the drift share", [Sample(DRIFT_SHARE, float(share))], "check-drift")

@@ -106,7 +106,8 @@ def _read_report(artifacts_dir: str | Path | None) -> dict[str, float]:
     path = Path(artifacts_dir or "", "metrics.json")
     if artifacts_dir is None or not path.exists():
         return {}
-    return {k: float(v) for k, v in json.loads(path.read_text()).items()}
+    # null is a metric without a value (written for NaN, which JSON cannot hold)
+    return {k: float("nan") if v is None else float(v) for k, v in json.loads(path.read_text()).items()}
 
 
 def publish_detector(

@@ -288,6 +288,60 @@ def test_unreachable_pushgateway_is_an_error_naming_the_url() -> None:
         push_run_metrics("t", {PIPELINE_SUCCESS: 1}, url=url, attempts=2, backoff_s=0.01)
 
 
+def test_a_peer_that_does_not_speak_http_is_an_error_naming_the_url() -> None:
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+
+    def ssh_banner() -> None:
+        connection, _ = server.accept()
+        request = b""
+        while b"\r\n\r\n" not in request:  # the whole request, then an answer that is not HTTP
+            request += connection.recv(65536)
+        head, _, body = request.partition(b"\r\n\r\n")
+        length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+        while len(body) < length:
+            body += connection.recv(65536)
+        connection.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
+        connection.close()
+
+    threading.Thread(target=ssh_banner, daemon=True).start()
+    url = f"http://127.0.0.1:{server.getsockname()[1]}"
+    with pytest.raises(PushgatewayError, match=rf"at {re.escape(url)}: BadStatusLine"):
+        push_run_metrics("t", {PIPELINE_SUCCESS: 1}, url=url, attempts=1)
+    server.close()
+    with pytest.raises(PushgatewayError, match="InvalidURL"):
+        push_run_metrics("t", {PIPELINE_SUCCESS: 1}, url="http://127.0.0.1:notaport", attempts=1)
+
+
+def test_a_step_whose_pushgateway_fails_logs_it_and_goes_on(monkeypatch, caplog) -> None:
+    """Monitoring must not fail a run whose work is done, nor stop a retraining drift asked for."""
+    from aiops.monitoring import report_drift_share, report_registration, report_run_failure
+
+    monkeypatch.setenv("AIOPS_PUSHGATEWAY_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens
+    with caplog.at_level(logging.ERROR, logger="aiops.monitoring"):
+        assert report_registration("t", "det", "7", {"event_f1": 0.9}, promoted=True, rows=10) is False
+        assert report_drift_share("t", 0.8) is False
+        assert report_run_failure("t") is False
+    said = caplog.text
+    for what in ("the success of this t run", "test metrics of det v7", "the promotion time of det v7"):
+        assert f"{what} NOT pushed (the step goes on)" in said
+    assert "the drift share NOT pushed" in said and "the failure of this t run NOT pushed" in said
+
+
+def test_a_value_without_a_number_is_left_out_not_pushed_as_zero() -> None:
+    from prometheus_client import generate_latest
+
+    from aiops.monitoring import _registry
+
+    registry = _registry([Sample(PIPELINE_SUCCESS, 1.0), Sample(DRIFT_SHARE, float("nan"))], reserved={"job"})
+    text = generate_latest(registry).decode()
+    assert PIPELINE_SUCCESS in text and DRIFT_SHARE not in text
+
+
 @pytest.mark.integration
 def test_a_url_that_is_not_a_pushgateway_is_refused_without_retries(stack: Stack) -> None:
     url = stack.prometheus  # a classic mix-up

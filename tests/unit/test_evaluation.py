@@ -87,6 +87,21 @@ def test_report_files(tmp_path):
     assert result.metrics["alarm_rate"] == pytest.approx(np.mean(scores >= 0.9))
 
 
+def test_a_report_without_alarms_writes_valid_json_and_no_nan(tmp_path):
+    """No alarm: no delay. metrics.json holds null (NaN is not JSON), the page a dash; a score
+    without a value does not break the histogram."""
+    import json
+
+    frame, labels = _frame_and_labels()
+    scores = np.zeros(len(frame))
+    scores[:3] = np.nan
+    result, page = write_report(frame, scores, 0.9, labels, tmp_path)
+    assert np.isnan(result.metrics["median_delay_s"])
+    written = json.loads((tmp_path / "metrics.json").read_text(), parse_constant=pytest.fail)
+    assert written["median_delay_s"] is None
+    assert "<td>median_delay_s</td><td>–</td>" in page and ">nan<" not in page
+
+
 def test_delay_runs_from_the_earliest_alarm_in_time_not_in_row_order():
     # A node-level window (pod '') on node-0 covers api-1 and api-3.
     frame = make_metrics(n_steps=20, pods=("api-1", "api-2", "api-3"))
@@ -138,3 +153,9 @@ def test_alarm_events_take_positions_whatever_the_frames_index():
     for a, b in zip(got["rows"], expected["rows"], strict=True):
         assert list(a) == list(b)
     assert list(got["start"]) == list(expected["start"])
+
+
+def test_the_model_card_shows_a_missing_number_as_a_dash_not_nan():
+    from aiops.model_card import _fmt
+
+    assert [_fmt(v) for v in (None, float("nan"), 0.12345, 3)] == ["–", "–", "0.1235", "3"]
