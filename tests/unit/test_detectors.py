@@ -110,6 +110,22 @@ def test_isolation_forest_sees_a_stuck_exporter(small_telemetry):
     assert np.median(scores[stuck]) > np.quantile(scores[~stuck], 0.99)
 
 
+def test_a_signal_not_recorded_in_training_is_no_stall_signal(small_telemetry):
+    """``restarts`` sits at 0 (a repeat on almost every row); missing through training, it has
+    no repeat share, and its first normal rows afterwards must not read as a stuck exporter."""
+    metrics = small_telemetry.metrics.copy()
+    times = np.sort(metrics["timestamp"].unique())
+    metrics["restarts"] = metrics["restarts"].where(metrics["timestamp"] >= times[int(0.75 * len(times))])
+    feats = build_features(metrics)
+    split = time_split(feats, 0.2, 0.3)
+    det = IsolationForestDetector(IsolationForestConfig(n_estimators=50)).fit(
+        split.train, contract_for(feats)
+    )
+    assert "restarts" not in det.stall_signals
+    validation, test = det.score(split.validation), det.score(split.test)
+    assert np.mean(test >= np.quantile(validation, 0.99)) < 0.1
+
+
 def test_isolation_forest_views(parts):
     split, contract, _ = parts
     det = IsolationForestDetector(IsolationForestConfig(n_estimators=10, features="all")).fit(

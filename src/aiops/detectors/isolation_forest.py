@@ -53,6 +53,17 @@ class IsolationForestConfig:
         return {f"if_{k}": v for k, v in asdict(self).items()}
 
 
+def _repeat_share(runs: np.ndarray) -> float:
+    """Share of the rows *with a value* whose signal repeated the previous one; NaN without any.
+
+    A signal never seen in training has no share (NaN compares False below, so it is no stall
+    signal): counting its missing rows as "did not repeat" would make a signal that normally
+    sits at 0 look like one that moves, and its first normal day like a stall.
+    """
+    finite = runs[np.isfinite(runs)]
+    return float(np.mean(finite >= 1)) if finite.size else float("nan")
+
+
 class IsolationForestDetector:
     """Unsupervised detector: isolation depth of each row's feature vector.
 
@@ -99,7 +110,7 @@ class IsolationForestDetector:
                 for s in contract.signals
                 if not s.startswith("node_")
                 and f"{s}__run" in names
-                and np.nanmean(train[f"{s}__run"].to_numpy(dtype=np.float64) >= 1) < MAX_REPEAT_SHARE
+                and _repeat_share(train[f"{s}__run"].to_numpy(dtype=np.float64)) < MAX_REPEAT_SHARE
             )
             if not self.columns and not self.stall_signals:
                 raise ValueError(
