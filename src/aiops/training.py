@@ -229,6 +229,34 @@ def choose_threshold(
     }
 
 
+def _check_not_at_the_floor(
+    kind: str, detector: Any, scores: np.ndarray, threshold: float, alarm_quantile: float
+) -> None:
+    """Refuse a threshold that sits on the lowest validation score shared by most rows.
+
+    ``score >= threshold`` would then alarm on every such row. It happens when nearly all
+    validation rows score the floor, e.g. the LSTM's 0 ("no opinion") for rows without a full
+    window of their entity's history, when the validation period is shorter than the window.
+    """
+    finite = scores[np.isfinite(scores)]
+    if not finite.size or threshold > finite.min():
+        return
+    share = float(np.mean(finite <= threshold))
+    if share <= alarm_quantile:
+        return
+    window = getattr(getattr(detector, "config", None), "window", None)
+    why = (
+        f" (rows without a full window of {window} steps of their entity's history score 0: the "
+        f"validation period needs more than {window} steps per entity)"
+        if window
+        else ""
+    )
+    raise ValueError(
+        f"{kind}: {share:.1%} of the validation rows score {threshold:g}, the lowest score{why}; a "
+        f"threshold there would alarm on all of them. Lengthen the validation period."
+    )
+
+
 def make_detector(kind: str, config: DetectorConfig | None = None) -> Any:
     """Build an unfitted detector of ``kind`` (``isolation_forest``, ``forecast``, ``lstm_autoencoder``)."""
     if kind not in _DETECTORS:
@@ -284,6 +312,7 @@ def train_detector_scored(
     fit_seconds = time.perf_counter() - started
     val_scores = np.asarray(detector.score(validation), dtype=float)
     threshold, basis = choose_threshold(val_scores, validation, pd.DataFrame(), "quantile", alarm_quantile)
+    _check_not_at_the_floor(kind, detector, val_scores, threshold, alarm_quantile)
     meta = {
         **detector.config.params(),
         **basis,

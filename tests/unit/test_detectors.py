@@ -126,6 +126,18 @@ def test_a_signal_not_recorded_in_training_is_no_stall_signal(small_telemetry):
     assert np.mean(test >= np.quantile(validation, 0.99)) < 0.1
 
 
+def test_a_validation_period_shorter_than_the_lstm_window_is_refused_not_a_zero_threshold(parts):
+    """Every validation row would score the LSTM's 'no opinion' 0; a 0 threshold alarms on all."""
+    from aiops.training import train_detector
+
+    split, _, _ = parts
+    short = split.validation[
+        split.validation["timestamp"] < split.validation["timestamp"].min() + pd.Timedelta("20min")
+    ]
+    with pytest.raises(ValueError, match=r"100.0% of the validation rows score 0.*full window of 30 steps"):
+        train_detector("lstm_autoencoder", split.train, short, LstmConfig(window=30, epochs=1, seed=0))
+
+
 def test_isolation_forest_views(parts):
     split, contract, _ = parts
     det = IsolationForestDetector(IsolationForestConfig(n_estimators=10, features="all")).fit(
