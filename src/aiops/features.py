@@ -311,15 +311,16 @@ def build_features(metrics: pd.DataFrame, config: FeatureConfig = FeatureConfig(
 def _grid_slots(stamps: np.ndarray, step_seconds: float, reach: int) -> np.ndarray | None:
     """Positions of an entity's sorted samples on its step grid, when samples are missing.
 
-    ``None`` when nothing is missing (every row is the next step) or when two samples fall on
-    the same step (off-grid timestamps: rows are then taken as consecutive steps, as before).
-    A hole longer than ``reach`` steps (the farthest any feature looks back) is shortened to
-    it: beyond that, more empty steps change no feature.
+    ``None`` when nothing is missing (every row is the next step). Two samples that fall on the
+    same step (off-grid timestamps) are taken as consecutive steps, there and only there: a
+    slot depends on the samples before it alone, so rows appended later never move the
+    features of earlier ones. A hole longer than ``reach`` steps (the farthest any feature
+    looks back) is shortened to it: beyond that, more empty steps change no feature.
     """
     if len(stamps) < 2:
         return None
-    steps = np.rint(np.diff(stamps) / (step_seconds * 1e9)).astype(np.int64)
-    if (steps == 1).all() or (steps < 1).any():
+    steps = np.maximum(np.rint(np.diff(stamps) / (step_seconds * 1e9)).astype(np.int64), 1)
+    if (steps == 1).all():
         return None
     return np.r_[0, np.cumsum(np.minimum(steps, reach + 1))]
 

@@ -231,3 +231,20 @@ def test_a_missing_sample_is_an_empty_step_whether_sent_as_nan_or_left_out():
     pd.testing.assert_frame_equal(
         build_features(metrics), build_features(metrics.sample(frac=1, random_state=1))
     )
+
+
+def test_a_later_off_grid_sample_does_not_move_the_features_of_earlier_rows():
+    """One sample 20 s off the grid, later on, used to switch the whole entity to row mode and
+    drop its earlier holes: features of the past changed when the future arrived."""
+    metrics = make_metrics(n_steps=60, pods=("api-1",))
+    metrics = metrics.drop(index=metrics.index[20]).reset_index(drop=True)  # a hole at minute 20
+    cut = pd.Timestamp("2026-01-05T00:50:00Z")
+    past = build_features(metrics[metrics["timestamp"] < cut])
+    extra = metrics[metrics["timestamp"] == pd.Timestamp("2026-01-05T00:55:00Z")].assign(
+        timestamp=lambda f: f["timestamp"] + pd.Timedelta("20s")
+    )
+    later = build_features(pd.concat([metrics, extra], ignore_index=True))
+    pd.testing.assert_frame_equal(later[later["timestamp"] < cut].reset_index(drop=True), past)
+    # and the hole still counts as an empty step: the lag after it has nothing to look back to
+    after_hole = past.loc[past["timestamp"] == pd.Timestamp("2026-01-05T00:21:00Z"), "cpu_usage_cores__lag_1"]
+    assert after_hole.isna().all()
