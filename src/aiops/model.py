@@ -40,8 +40,10 @@ class DetectorBundle:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def score(self, features: pd.DataFrame) -> np.ndarray:
-        """Score rows of a feature table (enforces the contract)."""
+        """Score rows of a feature table (enforces the contract); no rows, no scores."""
         self.contract.check(features)
+        if features.empty:  # the members' libraries (sklearn, pandas) would fail in their own words
+            return np.zeros(0)
         return np.asarray(self.detector.score(features), dtype=float)
 
     def predict(self, features: pd.DataFrame) -> pd.DataFrame:

@@ -303,6 +303,8 @@ def train_detector_scored(
     they need not be computed twice.
     """
     _check_quantile(alarm_quantile)
+    if train.empty:
+        raise ValueError(f"{kind}: the training split is empty; there is nothing to fit")
     if validation.empty:
         raise ValueError("the validation split is empty; the threshold cannot be set")
     contract = contract_for(train, feature_config)

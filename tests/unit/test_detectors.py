@@ -138,6 +138,18 @@ def test_a_validation_period_shorter_than_the_lstm_window_is_refused_not_a_zero_
         train_detector("lstm_autoencoder", split.train, short, LstmConfig(window=30, epochs=1, seed=0))
 
 
+def test_empty_frames_get_clear_answers(parts):
+    from aiops.training import train_detector
+
+    split, _, _ = parts
+    bundle = train_detector(
+        "isolation_forest", split.train, split.validation, IsolationForestConfig(n_estimators=10)
+    )
+    assert bundle.score(split.test.iloc[:0]).shape == (0,)  # no rows, no scores (not an sklearn error)
+    with pytest.raises(ValueError, match="the training split is empty"):
+        train_detector("lstm_autoencoder", split.train.iloc[:0], split.validation, LstmConfig(epochs=1))
+
+
 def test_isolation_forest_views(parts):
     split, contract, _ = parts
     det = IsolationForestDetector(IsolationForestConfig(n_estimators=10, features="all")).fit(
