@@ -104,7 +104,8 @@ class AnomalyPredictor(Model):
 
     def _infer_v2(self, service: ScoringService, request: InferRequest) -> InferResponse:
         tensors = [_tensor(item) for item in request.inputs]
-        result = service.predict_v2(tensors, request.parameters)
+        requested = [output.name for output in request.request_outputs or []]
+        result = service.predict_v2(tensors, request.parameters, requested)
         outputs = [
             InferOutput(name=t.name, shape=list(t.data.shape), datatype=t.datatype, data=t.data)
             for t in result.outputs

@@ -144,14 +144,29 @@ class ScoringService:
             "predictions": predictions,
         }
 
-    def predict_v2(self, tensors: Sequence[Tensor], parameters: Mapping[str, Any] | None) -> V2Result:
-        """Answer a v2 request given its input tensors and request parameters."""
+    def predict_v2(
+        self,
+        tensors: Sequence[Tensor],
+        parameters: Mapping[str, Any] | None,
+        requested: Sequence[str] = (),
+    ) -> V2Result:
+        """Answer a v2 request given its input tensors, request parameters and requested outputs.
+
+        ``requested`` (the request's ``outputs``) must name outputs this model gives; checked here,
+        so that a request KServe would refuse later counts as a client error, not as ``ok``.
+        """
         started = time.perf_counter()
         with self._outcome("v2", started):
             decoded = self._decode(lambda: self.decoder.v2(tensors, parameters))
             scores = self._score(decoded)
             encode_started = time.perf_counter()
             outputs = self.encoder.v2(decoded.batch, scores)
+            given = [o.name for o in outputs]
+            unknown = [name for name in requested if name not in given]
+            if unknown:
+                raise RequestError(
+                    f"requested output(s) {unknown} are not outputs of this model; it gives {given}"
+                )
             self._finish("v2", scores, encode_started)
         return V2Result(outputs, {"model_version": self.version, "threshold": self.scorer.threshold})
 

@@ -143,6 +143,34 @@ def test_metrics_count_rows_and_anomalies_under_the_model_version(predictor_cls,
     assert ok == 1
 
 
+def test_a_v2_request_for_an_output_the_model_lacks_is_a_counted_client_error(predictor_cls, trained):
+    from kserve import InferInput, InferRequest
+    from kserve.errors import InvalidInput
+    from kserve.protocol.infer_type import RequestedOutput
+
+    registry = CollectorRegistry()
+    predictor = predictor_cls(NAME, str(trained.bundle_dir), registry=registry)
+    predictor.load()
+    inputs = [
+        InferInput(t["name"], t["shape"], t["datatype"], t["data"])
+        for t in v2_inputs(trained.split.test.iloc[10:12], predictor.service.decoder.names)
+    ]
+    asked = [RequestedOutput("anomaly_score"), RequestedOutput("nonexistent")]
+    with pytest.raises(InvalidInput, match=r"requested output\(s\) \['nonexistent'\] are not outputs"):
+        predictor.predict(InferRequest(NAME, inputs, request_outputs=asked))
+    labels = {"model_name": NAME, "model_version": predictor.service.version, "protocol": "v2"}
+    assert (
+        registry.get_sample_value("aiops_serving_requests_total", {**labels, "outcome": "client_error"}) == 1
+    )
+    assert registry.get_sample_value("aiops_serving_requests_total", {**labels, "outcome": "ok"}) == 0
+    # nothing was answered, so no row counts as scored
+    assert not registry.get_sample_value(
+        "aiops_serving_rows_total", {"model_name": NAME, "model_version": predictor.service.version}
+    )
+    body, _ = predictor.predict(InferRequest(NAME, inputs, request_outputs=asked[:1])).to_rest()
+    assert [o["name"] for o in body["outputs"]] == ["anomaly_score"]
+
+
 def test_a_model_that_cannot_load_leaves_the_predictor_unready(predictor_cls, registered, tmp_path):
     predictor = predictor_cls(NAME, str(tmp_path / "nothing-here"), registry=CollectorRegistry())
     with pytest.raises(ModelLoadError, match="does not exist"):
