@@ -17,6 +17,28 @@ from serving.server import DEFAULT_HOST, DEFAULT_NAME, serve
 from serving.service import DEFAULT_MAX_BATCH
 
 
+def _whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expects a whole number, got {text!r}") from None
+
+
+def _port(text: str) -> int:
+    """A TCP port, checked before the model loads (tens of seconds)."""
+    value = _whole(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 1 to 65535, got {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = _whole(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse the command line (``--help`` lists the options)."""
     parser = argparse.ArgumentParser(prog="python -m serving", description=__doc__)
@@ -25,11 +47,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         required=True,
         help="models:/NAME@ALIAS, models:/NAME/VERSION, or a folder (MLflow model or detector bundle)",
     )
-    parser.add_argument("--port", type=int, required=True, help="HTTP port")
+    parser.add_argument("--port", type=_port, required=True, help="HTTP port")
     parser.add_argument("--name", default=DEFAULT_NAME, help="model name on the endpoints and in the metrics")
     parser.add_argument("--host", default=DEFAULT_HOST, help="address to bind (0.0.0.0 in a container)")
     parser.add_argument("--tracking-uri", default=None, help="MLflow tracking/registry URI for models:/ URIs")
-    parser.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, help="most rows per request")
+    parser.add_argument(
+        "--max-batch", type=_positive, default=DEFAULT_MAX_BATCH, help="most rows per request"
+    )
     parser.add_argument(
         "--model-version",
         default=os.environ.get(MODEL_VERSION_ENV) or None,

@@ -100,6 +100,13 @@ def _from_registry(uri: str, tracking_uri: str | None, version: str | None) -> L
             f"model URI '{uri}' not understood; use models:/NAME@ALIAS or models:/NAME/VERSION"
         )
     store = resolve_tracking_uri(tracking_uri or "")
+    if store.startswith("sqlite:///"):
+        # MLflow would create an empty store (and its folders) for a path that is not there.
+        database = Path(store.removeprefix("sqlite:///"))
+        if not database.is_file():
+            raise ModelLoadError(
+                f"no MLflow store at {database} ({store}); pass --tracking-uri or set MLFLOW_TRACKING_URI"
+            )
     client = mlflow_client(store)
     name = match["name"]
     try:
@@ -119,7 +126,7 @@ def _from_registry(uri: str, tracking_uri: str | None, version: str | None) -> L
         if example_path:
             try:
                 example = _read_example(_download(f"{location}/{example_path}", scratch / "example", store))
-            except (MlflowException, OSError, ValueError) as exc:
+            except (MlflowException, ModelLoadError, OSError, ValueError, KeyError) as exc:
                 log.warning("input example of %s unreadable (%s); probe rows will be made up", uri, exc)
         bundle = _load_bundle(bundle_dir, uri)
     finally:
@@ -151,8 +158,11 @@ def _mlmodel_paths(mlmodel: Path) -> tuple[str, str | None]:
     """The bundle artifact's path inside the MLflow model folder, and its input example's."""
     import yaml
 
-    spec: dict[str, Any] = yaml.safe_load(mlmodel.read_text()) or {}
-    artifacts = spec.get("flavors", {}).get("python_function", {}).get("artifacts", {})
+    try:
+        spec: dict[str, Any] = yaml.safe_load(mlmodel.read_text()) or {}
+        artifacts = spec.get("flavors", {}).get("python_function", {}).get("artifacts", {})
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError) as exc:
+        raise ModelLoadError(f"{mlmodel} is not a readable MLmodel file: {exc}") from exc
     bundle = artifacts.get(BUNDLE_ARTIFACT, {}).get("path")
     if not bundle:
         raise ModelLoadError(
@@ -177,6 +187,11 @@ def _load_bundle(folder: Path, source: str) -> DetectorBundle:
         return DetectorBundle.load(folder)
     except FileNotFoundError as exc:
         raise ModelLoadError(f"{source}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - a corrupt file of any kind: say which model, exit 2
+        raise ModelLoadError(
+            f"{source}: the model bundle in {folder} cannot be read ({type(exc).__name__}: {exc}); "
+            "is it complete, and written by this version of aiops?"
+        ) from exc
 
 
 # --------------------------------------------------------------------------- folders
@@ -204,8 +219,9 @@ def _find_model_dir(root: Path) -> Path:
             shown = ", ".join(str(p) for p in candidates[:5])
             raise ModelLoadError(f"{root} holds several models ({shown}); point at one of them")
     raise ModelLoadError(
-        f"no model in {root}: expected an MLflow model folder ({_MLMODEL} + artifacts/{BUNDLE_ARTIFACT}) "
-        f"or a detector bundle ({_BUNDLE_MARKER}, feature_contract.json, meta.json)"
+        f"no model in {root}: expected an MLflow model folder ({_MLMODEL} naming its "
+        f"'{BUNDLE_ARTIFACT}' artifact) or a detector bundle ({_BUNDLE_MARKER}, feature_contract.json, "
+        "meta.json)"
     )
 
 

@@ -404,7 +404,7 @@ def serve_model(
     model: Annotated[
         str, typer.Option(help="models:/NAME@ALIAS, models:/NAME/VERSION, or a model folder.")
     ] = "models:/aiops-anomaly-detector@champion",
-    port: Annotated[int, typer.Option(help="HTTP port (v1, v2 and /metrics).")] = 8080,
+    port: Annotated[int, typer.Option(help="HTTP port (v1, v2 and /metrics).", min=1, max=65535)] = 8080,
     name: Annotated[str, typer.Option(help="Model name on the endpoints.")] = "aiops-anomaly-detector",
     host: Annotated[str, typer.Option(help="Address to bind (0.0.0.0 to listen beyond this machine).")] = (
         "127.0.0.1"
@@ -412,9 +412,19 @@ def serve_model(
     tracking_uri: Annotated[
         str, typer.Option(help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else ./mlruns).")
     ] = "",
-    max_batch: Annotated[int, typer.Option(help="Most rows one request may carry.")] = 1024,
+    max_batch: Annotated[int, typer.Option(help="Most rows one request may carry.", min=1)] = 1024,
     feature_repo: Annotated[
         str, typer.Option(help="Feast repository whose online store answers 'entities' requests.")
+    ] = "",
+    feature_service: Annotated[
+        str, typer.Option(help="Feast feature service (default: anomaly_detector_v<transform>).")
+    ] = "",
+    model_version: Annotated[
+        str,
+        typer.Option(
+            help="model_version metric label (default: $AIOPS_MODEL_VERSION, else derived from the model).",
+            envvar="AIOPS_MODEL_VERSION",
+        ),
     ] = "",
 ) -> None:
     """Serve a registered model with the real KServe model server until Ctrl-C."""
@@ -433,7 +443,9 @@ def serve_model(
             tracking_uri=tracking_uri or None,
             max_batch=max_batch,
             host=host,
+            model_version=model_version or None,
             feature_repo=feature_repo or None,
+            feature_service=feature_service or None,
         )
     except ModelLoadError as exc:
         _fail(str(exc))

@@ -189,6 +189,52 @@ def test_a_model_of_another_feature_transform_is_refused(predictor_cls, trained,
         predictor_cls(NAME, str(copy), registry=CollectorRegistry()).load()
 
 
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("feature_contract.json", "cannot be read \\(JSONDecodeError"),
+        ("meta.json", "cannot be read"),
+    ],
+)
+def test_a_corrupt_model_file_is_a_load_error_naming_the_model(
+    predictor_cls, trained, tmp_path, damage, message
+):
+    copy = shutil.copytree(trained.bundle_dir, tmp_path / "partial")
+    (copy / damage).write_text((copy / damage).read_text()[:25])  # a copy cut short
+    with pytest.raises(ModelLoadError, match=message):
+        predictor_cls(NAME, str(copy), registry=CollectorRegistry()).load()
+
+
+def test_a_sqlite_store_that_is_not_there_is_an_error_not_a_new_store(predictor_cls, tmp_path):
+    missing = tmp_path / "no" / "such" / "mlflow.db"
+    predictor = predictor_cls(NAME, "models:/m@champion", tracking_uri=f"sqlite:///{missing}")
+    with pytest.raises(ModelLoadError, match="no MLflow store at"):
+        predictor.load()
+    assert not (tmp_path / "no").exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [(["--port", "70000"], "a port is 1 to 65535"), (["--port", "8080", "--max-batch", "0"], "at least 1")],
+)
+def test_command_line_options_are_checked_before_the_model_loads(capsys, option, message):
+    from serving.__main__ import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--model", "models:/m@champion", *option])
+    assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_aiops_serve_takes_the_same_options_as_the_container_entry_point():
+    from typer.testing import CliRunner
+
+    from aiops.cli import app
+
+    text = " ".join(CliRunner().invoke(app, ["serve", "--help"]).output.split())
+    for option in ("--model-version", "--feature-service", "--feature-repo", "--max-batch", "--tracking-uri"):
+        assert option in text
+
+
 def test_command_line_exits_2_with_the_reason_when_the_model_is_missing(kserve_ready, tmp_path, capsys):
     from serving.__main__ import main
 
