@@ -127,15 +127,13 @@ class AnomalyPredictor(Model):
         return [{"name": "features", "datatype": "FP64", "shape": [-1, width]}, *keys]
 
     def get_output_types(self) -> list[dict[str, Any]]:
-        """v2 metadata: the outputs every response carries (per-member outputs follow the members)."""
-        outputs = [
-            {"name": "anomaly_score", "datatype": "FP64", "shape": [-1]},
-            {"name": "is_anomaly", "datatype": "BOOL", "shape": [-1]},
-        ]
-        if self.service is not None:
-            for name in self.service.scorer.scorers:
-                outputs.append({"name": f"{name}.raw", "datatype": "FP64", "shape": [-1]})
-        return outputs
+        """v2 metadata: every output a response carries, as the loaded model's encoder gives them."""
+        if self.service is None:
+            return [
+                {"name": "anomaly_score", "datatype": "FP64", "shape": [-1]},
+                {"name": "is_anomaly", "datatype": "BOOL", "shape": [-1]},
+            ]
+        return self.service.output_types
 
 
 def _tensor(item: Any) -> Tensor:

@@ -63,13 +63,21 @@ class ScoringService:
         self.loaded = loaded
         self.name = name
         bundle = loaded.bundle
-        self.scorer: EnsembleScorer = build_scorer(bundle, probe_batch(bundle, loaded.example))
+        probe = probe_batch(bundle, loaded.example)
+        self.scorer: EnsembleScorer = build_scorer(bundle, probe)
         bind = getattr(feature_lookup, "bind", None)
         if callable(bind):
             bind(bundle.contract)  # e.g. serving.online.FeastLookup: check the service serves the contract
         self.decoder = RequestDecoder(bundle.contract, max_batch, feature_lookup)
         medians = self.scorer.forest.contract_medians if self.scorer.forest is not None else None
         self.encoder = ResponseEncoder(bundle.contract.feature_names, medians)
+        # The v2 outputs every response carries (the metadata endpoint lists them): the encoder's
+        # own answer for a probe row, so the list cannot drift from what is sent.
+        probe_outputs = self.encoder.v2(probe, self.scorer.score(probe))
+        self.output_types: list[dict[str, Any]] = [
+            {"name": o.name, "datatype": o.datatype, "shape": [-1] * max(1, o.data.ndim)}
+            for o in probe_outputs
+        ]
         self.metrics = ModelMetrics(serving_metrics(registry), name, loaded.version)
         self.metrics.describe(
             loaded.source, bundle.contract.transform_version, self.scorer.threshold, self.scorer.scorer_kinds

@@ -140,6 +140,9 @@ def test_v2_infer_with_the_contract_from_the_contract_endpoint(server, trained):
     np.testing.assert_allclose(outputs["anomaly_score"]["data"], trained.bundle.score(rows), rtol=1e-12)
     assert outputs["top_features"]["shape"] == [2, 3]
     assert body["parameters"]["model_version"] == "1"
+    # the metadata lists every output a response carries, with its type
+    listed = {o["name"]: o["datatype"] for o in metadata["outputs"]}
+    assert listed == {name: o["datatype"] for name, o in outputs.items()}
 
 
 def _binary_infer(server, rows, names, cut: int = 0):
