@@ -84,7 +84,9 @@ class PrometheusRange:
     def bounds(self) -> tuple[pd.Timestamp, pd.Timestamp]:
         """Return ``(start, end)`` as UTC timestamps on the step grid."""
         end = pd.Timestamp(self.end) if self.end else pd.Timestamp.now(tz="UTC")
-        end = (end.tz_localize("UTC") if end.tzinfo is None else end.tz_convert("UTC")).floor(self.step)
+        # to_timedelta reads "1m" as a minute (PromQL's sense); as a frequency it is a month end
+        step = pd.to_timedelta(self.step)
+        end = (end.tz_localize("UTC") if end.tzinfo is None else end.tz_convert("UTC")).floor(step)
         return end - pd.Timedelta(self.duration), end
 
 

@@ -167,6 +167,16 @@ def _merge(base: dict[str, Any], extra: dict[str, Any], source: str | Path) -> d
         raise SchemaError(f"query catalog {source}: 'queries' must map names to entries")
     for name, entry in queries.items():
         fields = _check_fields(source, f"query '{name}'", entry, _QUERY_FIELDS)
+        if "enabled" in fields and not isinstance(fields["enabled"], bool):
+            raise SchemaError(
+                f"query catalog {source}: query '{name}': 'enabled' must be true or false, "
+                f"got {fields['enabled']!r}"
+            )
+        if str(name) not in merged["queries"] and set(fields) <= {"enabled"}:
+            raise SchemaError(
+                f"query catalog {source}: query '{name}' only sets 'enabled' and no such query exists; "
+                f"the queries are {_listing(sorted(merged['queries']))}"
+            )
         merged["queries"].setdefault(str(name), {}).update(fields)
     return merged
 
@@ -232,10 +242,15 @@ def _build_catalog(raw: dict[str, Any]) -> QueryCatalog:
         _whole_seconds(str(scrape), "scrape_interval")
     except ValueError as exc:
         raise SchemaError(f"query catalog: {exc} (e.g. '30s' or '1m')") from exc
+    pod_info_required = pod_info.get("required", True)
+    if not isinstance(pod_info_required, bool):
+        raise SchemaError(
+            f"query catalog: 'pod_info': 'required' must be true or false, got {pod_info_required!r}"
+        )
     return QueryCatalog(
         queries=tuple(sorted(queries, key=lambda q: order[q.metric])),
         pod_info=pod_info["query"].strip(),
-        pod_info_required=bool(pod_info.get("required", True)),
+        pod_info_required=pod_info_required,
         scrape_interval=str(scrape),
     )
 
@@ -385,7 +400,7 @@ class _HTTPStatusError(Exception):
 
 
 def _raise_for_status(response: requests.Response, *args: Any, **kwargs: Any) -> requests.Response:
-    if response.status_code == 200:
+    if response.status_code == 200 or response.is_redirect:  # requests follows a redirect itself
         return response
     try:  # Prometheus explains errors in JSON: {"status": "error", "error": "..."}
         body = response.json()
@@ -428,9 +443,23 @@ class _Client:
             raise PrometheusError(f"Prometheus URL {url!r} is not an http(s) URL, e.g. https://host:9091")
         self.url = url.rstrip("/")
         self._retry = retry
+        if ca_bundle is not None and not Path(ca_bundle).is_file():
+            raise PrometheusError(
+                f"the CA bundle {ca_bundle} for {self.url} does not exist (PROMETHEUS_CA_BUNDLE?)"
+            )
+        # A token read from a file often ends with a newline; one with whitespace inside is broken
+        # (and is not echoed: it is a secret).
+        token = token.strip() if token else token
+        if token and any(c.isspace() or not c.isprintable() for c in token):
+            raise PrometheusError(
+                f"the bearer token for {self.url} holds spaces, line breaks or control characters; "
+                "check the secret it was read from (PROMETHEUS_TOKEN)"
+            )
+        self.warnings: list[str] = []
         session = requests.Session()
         session.verify = str(ca_bundle) if ca_bundle is not None else True
         session.hooks["response"].append(_raise_for_status)
+        session.hooks["response"].append(self._keep_warnings)
         headers = {"Authorization": f"Bearer {token}"} if token else None
         # The library's own urllib3 retries are switched off: they would hide the status code
         # and multiply with ours.
@@ -444,6 +473,17 @@ class _Client:
 
     def close(self) -> None:
         self._prom.close()
+
+    def _keep_warnings(self, response: requests.Response, *args: Any, **kwargs: Any) -> requests.Response:
+        """Keep the ``warnings`` of an answer (Thanos reports a partial response there)."""
+        if response.status_code == 200 and b'"warnings"' in response.content:
+            try:
+                self.warnings = [str(w) for w in response.json().get("warnings") or []]
+            except (ValueError, AttributeError):
+                self.warnings = []
+        else:
+            self.warnings = []
+        return response
 
     def query_range(
         self, name: str, promql: str, start_s: int, end_s: int, step_s: int
@@ -464,9 +504,16 @@ class _Client:
                     start_time=datetime.fromtimestamp(start_s, UTC),
                     end_time=datetime.fromtimestamp(end_s, UTC),
                     step=str(step_s),
+                    # Thanos: fail rather than answer without the stores it could not reach
+                    params={"partial_response": "false"},
                 )
                 if not isinstance(result, list):
                     raise PrometheusError(f"{where} answered without a result list; is the URL the API root?")
+                if self.warnings:
+                    raise PrometheusError(
+                        f"{where} answered with warnings, so the data may be partial (e.g. a Thanos store "
+                        f"unreachable): {'; '.join(self.warnings)[:500]}"
+                    )
                 return result
             except _HTTPStatusError as exc:
                 if exc.status in _AUTH_STATUS:
@@ -475,8 +522,10 @@ class _Client:
                         f"bearer token (e.g. `oc whoami -t`, or a service account allowed to read metrics)"
                     ) from exc
                 if exc.status < 500 and exc.status not in _RETRY_STATUS:
+                    hint = " (is the URL the API root, with any path prefix, e.g. https://host/prometheus?)"
                     raise PrometheusError(
                         f"{where} rejected the query (HTTP {exc.status}): {exc.detail}"
+                        + (hint if exc.status == 404 else "")
                     ) from exc
                 last = exc
             except requests.exceptions.SSLError as exc:  # a ConnectionError, but retrying cannot help
@@ -484,8 +533,12 @@ class _Client:
                     f"TLS verification failed for {where}: {exc}; pass ca_bundle= the CA that signed the "
                     f"server certificate (on OpenShift the service CA or the ingress CA)"
                 ) from exc
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                last = _root_cause(exc)
+            except (
+                requests.ConnectionError,
+                requests.Timeout,
+                requests.exceptions.ChunkedEncodingError,
+            ) as exc:
+                last = _root_cause(exc)  # refused, timed out, or dropped in the middle of the answer
             except (ValueError, KeyError) as exc:  # HTML from a proxy, or JSON without data.result
                 raise PrometheusError(
                     f"{where} did not answer with Prometheus JSON ({exc}); is the URL the "

@@ -337,6 +337,9 @@ def test_unknown_metric_in_extra_catalog_is_rejected(tmp_path: Path) -> None:
         ("queries:\n  restarts: {query: 'increase(x[{window}])'}\n", "unknown placeholder"),
         ("queries: [\n", "not valid YAML"),
         ("scrape_interval: 1.5s\n", "scrape_interval must be a positive whole number of seconds"),
+        ("queries:\n  request_rate: {enabled: 'false'}\n", "'enabled' must be true or false, got 'false'"),
+        ("queries:\n  request_rates: {enabled: false}\n", "only sets 'enabled' and no such query exists"),
+        ("pod_info: {required: 'no'}\n", "'required' must be true or false, got 'no'"),
     ],
 )
 def test_malformed_extra_catalog_is_rejected(tmp_path: Path, yaml_text: str, message: str) -> None:
@@ -347,6 +350,17 @@ def test_malformed_extra_catalog_is_rejected(tmp_path: Path, yaml_text: str, mes
 
 
 # --------------------------------------------------------------------------- failures
+
+
+def test_range_bounds_read_promql_steps() -> None:
+    from aiops.ingest import PrometheusRange
+
+    expected = (pd.Timestamp("2023-12-31T23:07Z"), pd.Timestamp("2024-01-01T00:07Z"))
+    for step in ("1min", "1m", "60s"):  # "1m" is a minute here, as in PromQL, not a month end
+        assert (
+            PrometheusRange(url="http://x", end="2024-01-01T00:07:30Z", duration="1h", step=step).bounds()
+            == expected
+        )
 
 
 def test_unreachable_prometheus_names_the_url() -> None:
@@ -396,6 +410,9 @@ class _Proxy(http.server.ThreadingHTTPServer):
         self.fail_next = 0  # answer this many requests with 503 first
         self.failures = 0
         self.slow_next = 0  # answer this many requests only after a second
+        self.redirect_next = 0  # answer this many requests with a redirect to the same query
+        self.cut_next = 0  # answer this many requests with half a body, then hang up
+        self.warnings: list[str] = []  # add these warnings to every answer (a partial answer)
         self.authorizations: list[str | None] = []
         self.daemon_threads = True
 
@@ -428,11 +445,29 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
             self.server.fail_next -= 1
             self.server.failures += 1
             return self._send(503, b"service unavailable")
+        if self.server.redirect_next > 0:
+            self.server.redirect_next -= 1
+            self.send_response(302)
+            self.send_header("Location", self.path + "&redirected=1")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return None
         try:
             with urllib.request.urlopen(self.server.upstream + self.path, timeout=30) as upstream:
-                return self._send(upstream.status, upstream.read())
+                body = upstream.read()
         except urllib.error.HTTPError as exc:
             return self._send(exc.code, exc.read())
+        if self.server.warnings:
+            body = json.dumps({**json.loads(body), "warnings": self.server.warnings}).encode()
+        if self.server.cut_next > 0:
+            self.server.cut_next -= 1
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2])
+            return None
+        return self._send(200, body)
 
 
 @contextlib.contextmanager
@@ -515,6 +550,51 @@ def test_timeouts_are_retried(server: Backfilled, ingested: pd.DataFrame, proxy:
     )
     pd.testing.assert_frame_equal(metrics.metrics, ingested)
     assert proxy.slow_next == 0
+
+
+def test_a_redirect_is_followed(server: Backfilled, ingested: pd.DataFrame, proxy: _Proxy) -> None:
+    proxy.redirect_next = 1  # e.g. a route that moved: the client follows it, as a browser would
+    metrics = ingest_prometheus(
+        _proxy_url(proxy), server.start, server.end, cluster=SPEC.cluster, token=TOKEN, scrape_interval=SCRAPE
+    )
+    pd.testing.assert_frame_equal(metrics.metrics, ingested)
+    assert proxy.redirect_next == 0
+
+
+def test_an_answer_cut_short_is_retried(server: Backfilled, ingested: pd.DataFrame, proxy: _Proxy) -> None:
+    proxy.cut_next = 1
+    metrics = ingest_prometheus(
+        _proxy_url(proxy), server.start, server.end, cluster=SPEC.cluster, token=TOKEN, scrape_interval=SCRAPE
+    )
+    pd.testing.assert_frame_equal(metrics.metrics, ingested)
+    assert proxy.cut_next == 0
+
+
+def test_a_partial_answer_is_an_error_not_less_data(server: Backfilled, proxy: _Proxy) -> None:
+    """Thanos answers 200 with a warning when a store is unreachable: that data is incomplete."""
+    proxy.warnings = ["receive Series from Addr: 10.128.0.7:10901: rpc error: code = Unavailable"]
+    with pytest.raises(
+        PrometheusError, match="answered with warnings, so the data may be partial.*Unavailable"
+    ):
+        ingest_prometheus(_proxy_url(proxy), server.start, server.end, token=TOKEN, **FAST)
+
+
+def test_a_token_read_with_its_newline_works_and_a_broken_one_is_named_not_shown(
+    server: Backfilled, ingested: pd.DataFrame, proxy: _Proxy
+) -> None:
+    url = _proxy_url(proxy)
+    metrics = ingest_prometheus(
+        url, server.start, server.end, cluster=SPEC.cluster, token=TOKEN + "\n", scrape_interval=SCRAPE
+    )
+    pd.testing.assert_frame_equal(metrics.metrics, ingested)
+    with pytest.raises(PrometheusError, match="token .* holds spaces, line breaks") as err:
+        ingest_prometheus(url, server.start, server.end, token="abc\ndef", **FAST)
+    assert "abc" not in str(err.value)
+
+
+def test_a_ca_bundle_that_is_not_there_is_named(server: Backfilled, tmp_path: Path) -> None:
+    with pytest.raises(PrometheusError, match="the CA bundle .*missing.pem .* does not exist"):
+        ingest_prometheus(server.url, server.start, server.end, ca_bundle=tmp_path / "missing.pem", **FAST)
 
 
 def test_persistent_server_errors_give_up(server: Backfilled, proxy: _Proxy) -> None:
