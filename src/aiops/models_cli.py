@@ -101,7 +101,7 @@ def promote_model(
     except (ValueError, MlflowException) as exc:
         _fail(str(getattr(exc, "message", exc)))
     typer.echo(f"{name}: champion is now version {int(version)} (was {before or 'none'}); reason recorded")
-    _report_champion(name, version)
+    _report_champion(name, str(int(version)))  # the registry's form: "002" is version 2
 
 
 @models_app.command("rollback")
@@ -141,6 +141,7 @@ def track_performance(
     tracking_uri: TrackingUri = "",
 ) -> None:
     """Precision/recall of the served versions over time, from outcome labels; logged to MLflow."""
+    import numpy as np
     import pandas as pd
 
     from aiops.performance import log_performance, score_periods
@@ -153,9 +154,13 @@ def track_performance(
     runs = log_performance(scores, name, _uri(tracking_uri), period)
     typer.echo(f"{'version':>7}  {'period':<26} {'rows':>7} {'event P':>8} {'event R':>8} {'event F1':>8}")
     for s in scores:
-        m = s.metrics
+        shown = [
+            "–" if np.isnan(s.metrics[k]) else f"{s.metrics[k]:.3f}"
+            for k in ("event_precision", "event_recall", "event_f1")
+        ]
         typer.echo(
             f"{s.model_version:>7}  {s.period_start.isoformat():<26} {s.rows:>7} "
-            f"{m['event_precision']:>8.3f} {m['event_recall']:>8.3f} {m['event_f1']:>8.3f}"
+            + " ".join(f"{v:>8}" for v in shown)
         )
+    typer.echo("(– : nothing to measure in that period: no incident, or no alarm)")
     typer.echo(f"logged to MLflow experiment aiops-model-performance: {runs}")

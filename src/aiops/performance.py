@@ -5,6 +5,18 @@ Served predictions (what the model said, row by row) are joined with labels that
 with the same point- and event-wise metrics as offline evaluation. Each period becomes a step
 of an MLflow run in experiment ``aiops-model-performance``, so the UI draws precision and
 recall over time for every model version that served.
+
+How a period is scored:
+
+* Each model version is evaluated over all the rows it served, then its labelled windows and
+  alarm events are counted in the period where they begin (where the version first saw them):
+  an incident across midnight is one incident, detected or not, not a hit one day and a miss
+  the next.
+* A ratio without a denominator is missing (NaN, not logged), not 0: a quiet day with no
+  incident and no alarm has no recall to report.
+* Steps count periods since the Unix epoch, so a period without predictions leaves a gap.
+  Scoring the same periods again (labels arrive late) replaces their values: each version's run
+  is rebuilt with the earlier periods it held and the periods scored now.
 """
 
 from __future__ import annotations
@@ -14,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from aiops.evaluation import evaluate
+from aiops.evaluation import evaluate, point_metrics
 from aiops.schema import ENTITY_KEYS, TIMESTAMP, SchemaError, validate_labels
 
 PERFORMANCE_EXPERIMENT = "aiops-model-performance"
@@ -23,24 +35,57 @@ _REPORTED = ("point_precision", "point_recall", "event_precision", "event_recall
 
 
 def check_predictions(predictions: pd.DataFrame) -> pd.DataFrame:
-    """Validate a served-predictions table.
+    """Validate a served-predictions table; return it with its times in UTC and versions as text.
 
     Raises:
-        SchemaError: Naming the missing column or the bad type.
+        SchemaError: Naming the missing column, the bad type, missing values or repeated rows.
     """
     missing = [c for c in PREDICTION_COLUMNS if c not in predictions.columns]
     if missing:
         raise SchemaError(f"predictions: column(s) {missing} missing; expected {list(PREDICTION_COLUMNS)}")
-    if getattr(predictions[TIMESTAMP].dt, "tz", None) is None:
-        raise SchemaError("predictions: timestamps must be timezone-aware UTC")
-    if not pd.api.types.is_bool_dtype(predictions["is_anomaly"]):
-        raise SchemaError(f"predictions: 'is_anomaly' must be boolean, got {predictions['is_anomaly'].dtype}")
-    return predictions
+    if predictions.empty:
+        raise SchemaError("predictions: no rows; there is nothing to score")
+    stamps = predictions[TIMESTAMP]
+    if not isinstance(stamps.dtype, pd.DatetimeTZDtype):
+        raise SchemaError(f"predictions: timestamps must be timezone-aware (UTC), got {stamps.dtype}")
+    flags = predictions["is_anomaly"]
+    if not pd.api.types.is_bool_dtype(flags) or flags.isna().any():
+        raise SchemaError(f"predictions: 'is_anomaly' must be true or false on every row, got {flags.dtype}")
+    for column in (TIMESTAMP, "model_version"):
+        absent = int(predictions[column].isna().sum())
+        if absent:
+            raise SchemaError(f"predictions: {absent} row(s) without a {column}; every prediction needs one")
+    out = predictions.assign(
+        **{TIMESTAMP: stamps.dt.tz_convert("UTC"), "model_version": predictions["model_version"].astype(str)}
+    )
+    keys = [TIMESTAMP, *ENTITY_KEYS, "model_version"]
+    repeated = int(out.duplicated(keys).sum())
+    if repeated:
+        raise SchemaError(
+            f"predictions: {repeated} row(s) repeat a (timestamp, entity, model_version) of another; "
+            "a prediction counted twice would count its alarm twice: drop the copies"
+        )
+    return out.astype({"is_anomaly": bool})
+
+
+def period_length(period: str) -> pd.Timedelta:
+    """A fixed period length (``1D``, ``6h``, ``7D``); calendar periods (a month) are refused.
+
+    Raises:
+        SchemaError: For a period that is not a fixed, positive length.
+    """
+    try:
+        length = pd.to_timedelta(period)
+    except ValueError:
+        length = pd.NaT
+    if pd.isna(length) or length <= pd.Timedelta(0):
+        raise SchemaError(f"period {period!r} is not a fixed length of time; use e.g. 1D, 6h or 7D")
+    return length
 
 
 @dataclass(frozen=True)
 class PeriodScore:
-    """Metrics of one model version over one period."""
+    """Metrics of one model version over one period (NaN: nothing to measure)."""
 
     model_version: str
     period_start: pd.Timestamp
@@ -48,21 +93,62 @@ class PeriodScore:
     metrics: dict[str, float]
 
 
+def _ratio(num: float, den: float) -> float:
+    return num / den if den else float("nan")
+
+
+def _f1(precision: float, recall: float) -> float:
+    if np.isnan(precision) or np.isnan(recall):
+        return float("nan")
+    return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+
+
 def score_periods(predictions: pd.DataFrame, labels: pd.DataFrame, period: str = "1D") -> list[PeriodScore]:
     """Score served predictions against outcome labels, per model version and period."""
-    check_predictions(predictions)
+    predictions = check_predictions(predictions)
     validate_labels(labels)
+    length = period_length(period)
     out = []
-    frame = predictions.assign(_period=predictions[TIMESTAMP].dt.floor(period))
-    for (version, start), part in frame.groupby(["model_version", "_period"], sort=True):
+    for version, part in predictions.groupby("model_version", sort=True):
         part = part.reset_index(drop=True)
-        metrics = evaluate(part, part["is_anomaly"].to_numpy(dtype=bool), labels).metrics
-        out.append(
-            PeriodScore(
-                str(version), pd.Timestamp(start), len(part), {k: float(metrics[k]) for k in _REPORTED}
-            )
+        alarms = part["is_anomaly"].to_numpy(dtype=bool)
+        result = evaluate(part, alarms, labels)  # over all its rows: windows and events once each
+        periods = part[TIMESTAMP].dt.floor(length)
+        first_seen = part[TIMESTAMP].min()
+        windows = result.windows
+        window_period = (
+            windows["start"].clip(lower=first_seen).dt.floor(length)
+            if len(windows)
+            else pd.Series(dtype=object)
         )
+        event_period = (
+            result.events["start"].dt.floor(length) if len(result.events) else pd.Series(dtype=object)
+        )
+        for start in sorted(periods.unique()):
+            rows = (periods == start).to_numpy()
+            truth, flagged = result.row_truth[rows], alarms[rows]
+            point = point_metrics(truth, flagged)
+            in_period = (window_period == start).to_numpy() if len(windows) else np.zeros(0, dtype=bool)
+            detected = int(windows.loc[in_period, "detected"].sum()) if len(windows) else 0
+            events = (event_period == start).to_numpy() if len(result.events) else np.zeros(0, dtype=bool)
+            true_events = int(result.events.loc[events, "true"].sum()) if len(result.events) else 0
+            precision = _ratio(true_events, int(events.sum()))
+            recall = _ratio(detected, int(in_period.sum()))
+            metrics = {
+                "point_precision": point["precision"] if flagged.any() else float("nan"),
+                "point_recall": point["recall"] if truth.any() else float("nan"),
+                "event_precision": precision,
+                "event_recall": recall,
+                "event_f1": _f1(precision, recall),
+                "alarm_rate": float(flagged.mean()),
+            }
+            out.append(PeriodScore(str(version), pd.Timestamp(start), int(rows.sum()), metrics))
     return out
+
+
+def period_step(start: pd.Timestamp, length: pd.Timedelta) -> int:
+    """The MLflow step of a period: whole periods since the Unix epoch (gaps stay gaps)."""
+    return int((start - pd.Timestamp(0, tz="UTC")) // length)
 
 
 def log_performance(
@@ -70,26 +156,48 @@ def log_performance(
 ) -> dict[str, str]:
     """One MLflow run per model version; each period is a step, so the UI plots it over time.
 
+    A version that already has a run (an earlier call) gets a new one holding the earlier
+    periods and those scored now (which win); the old run is deleted, so each period has one
+    value.
+
     Returns:
         Model version -> run id.
     """
     import mlflow
 
-    from aiops.registry import configure, ensure_experiment
+    from aiops.registry import configure, ensure_experiment, mlflow_client
 
     configure(tracking_uri)
+    client = mlflow_client(tracking_uri)
     experiment_id = ensure_experiment(PERFORMANCE_EXPERIMENT, tracking_uri)
+    length = period_length(period)
     runs: dict[str, str] = {}
     for version in sorted({s.model_version for s in scores}):
-        own = [s for s in scores if s.model_version == version]
+        points: dict[str, dict[int, tuple[int, float]]] = {}  # metric -> step -> (time ms, value)
+        query = " and ".join(
+            f"tags.{tag} = '{value}'"
+            for tag, value in (("model_name", model_name), ("model_version", version), ("period", period))
+        )
+        earlier = client.search_runs([experiment_id], query)
+        for run in earlier:
+            for name in run.data.metrics:
+                for m in client.get_metric_history(run.info.run_id, name):
+                    points.setdefault(name, {})[m.step] = (m.timestamp, m.value)
+        for score in (s for s in scores if s.model_version == version):
+            step = period_step(score.period_start, length)
+            timestamp = int(score.period_start.timestamp() * 1000)
+            for name, value in {**score.metrics, "rows": float(score.rows)}.items():
+                points.setdefault(name, {}).pop(step, None)  # a missing value now replaces an old one
+                if np.isfinite(value):
+                    points[name][step] = (timestamp, float(value))
         with mlflow.start_run(
             experiment_id=experiment_id, run_name=f"{model_name} v{version} in production"
         ) as run:
             mlflow.set_tags({"model_name": model_name, "model_version": version, "period": period})
-            for step, score in enumerate(own):
-                timestamp = int(score.period_start.timestamp() * 1000)
-                for name, value in {**score.metrics, "rows": float(score.rows)}.items():
-                    if np.isfinite(value):
-                        mlflow.log_metric(name, value, step=step, timestamp=timestamp)
+            for name, by_step in points.items():
+                for step, (timestamp, value) in sorted(by_step.items()):
+                    mlflow.log_metric(name, value, step=step, timestamp=timestamp)
             runs[version] = str(run.info.run_id)
+        for old in earlier:
+            client.delete_run(old.info.run_id)
     return runs
