@@ -232,11 +232,16 @@ class LocalCanary:
         answered = time.time()
         deadline = time.monotonic() + timeout_s
         while True:
+            # timestamp() of the plain selector is the scrape's time; of "up == 1" it would be the
+            # query's (a comparison drops the samples' timestamps), true at once.
             scraped = {
                 r["metric"].get("job"): float(r["value"][1])
-                for r in _query(self.prometheus, 'timestamp(up{job=~"stable|canary"} == 1)')
+                for r in _query(self.prometheus, 'timestamp(up{job=~"stable|canary"})')
             }
-            if all(scraped.get(arm, 0.0) > answered for arm in ARMS):
+            healthy = {
+                r["metric"].get("job") for r in _query(self.prometheus, 'up{job=~"stable|canary"} == 1')
+            }
+            if all(scraped.get(arm, 0.0) > answered and arm in healthy for arm in ARMS):
                 break
             if time.monotonic() > deadline:
                 raise RuntimeError(

@@ -55,6 +55,11 @@ def test_canary_rolls_back_a_miscalibrated_model_and_keeps_the_champion(trained,
     assert any("far more alarms" in r for r in bad.reasons), bad.reasons
     sent = bad.evidence["requests_sent"]
     assert sent["canary"] > 40 and sent["stable"] > sent["canary"]  # 30% of the traffic went to the canary
+    # the verdict read every request: Prometheus had scraped both arms after the last one
+    assert (bad.evidence["stable"]["requests"], bad.evidence["canary"]["requests"]) == (
+        sent["stable"],
+        sent["canary"],
+    )
     assert alias_version(MODEL, "champion", uri) == "1", "a rolled-back canary leaves the champion alone"
 
     client = mlflow_client(uri)
