@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import re
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -219,10 +220,15 @@ def check_against_champion(
             f"{model_name} v{version} stores no {REFERENCE_ARTIFACT}; retrain with force=True to give the "
             f"champion a drift reference"
         )
-    reference = pd.read_parquet(client.download_artifacts(model_run, REFERENCE_ARTIFACT))
+    with tempfile.TemporaryDirectory(prefix="aiops-drift-") as scratch:  # read whole, then removed
+        reference = pd.read_parquet(client.download_artifacts(model_run, REFERENCE_ARTIFACT, scratch))
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                f"models:/{model_name}/{version}", dst_path=f"{scratch}/model"
+            )
+        )
+        bundle = DetectorBundle.load(bundle_dir(local))
     training_end = _training_end(client.get_run(model_run).data.tags, reference, f"{model_name} v{version}")
-    local = Path(mlflow.artifacts.download_artifacts(f"models:/{model_name}/{version}"))
-    bundle = DetectorBundle.load(bundle_dir(local))
     try:
         result, notes = _compare(features, reference, bundle, window, training_end, model_name, version)
     except ValueError as exc:
