@@ -244,7 +244,7 @@ def run_training(
     version = str(getattr(task, "output", "") or "")  # the version this run registered
     if not version:
         _fail(f"the training pipeline succeeded but registered no version of {model_name}; see its log above")
-    _print_summary(uri, model_name, version, wall)
+    _print_summary(uri, model_name, version, wall, deployed=deploy)
 
 
 @run_app.command("retraining")
@@ -336,7 +336,7 @@ def run_retraining(
     typer.secho(f"\nRetraining pipeline finished in {wall:.1f} s", bold=True, fg=typer.colors.GREEN)
     typer.echo(f"  drift     {_last_drift_reason(uri)}")
     if version:
-        _print_summary(uri, model_name, version, wall, header=False)
+        _print_summary(uri, model_name, version, wall, header=False, deployed=deploy)
     else:
         typer.echo(
             f"  model     not retrained; champion stays {registry.alias_version(model_name, 'champion', uri)}"
@@ -357,7 +357,9 @@ def _last_drift_reason(uri: str) -> str:
     return f"{run.data.tags.get('decision', '?')}: {run.data.tags.get('reason', '')}"
 
 
-def _print_summary(uri: str, model_name: str, version: str, wall: float, header: bool = True) -> None:
+def _print_summary(
+    uri: str, model_name: str, version: str, wall: float, header: bool = True, deployed: bool = False
+) -> None:
     from aiops.registry import CHAMPION, mlflow_client
 
     client = mlflow_client(uri)
@@ -391,6 +393,11 @@ def _print_summary(uri: str, model_name: str, version: str, wall: float, header:
     if "rollout.decision" in mv.tags:
         typer.echo(f"  rollout   {mv.tags['rollout.decision']}: {mv.tags.get('rollout.reason', '')}")
         typer.echo(f"  serve     .venv/bin/aiops serve --model models:/{model_name}@champion --port 8080")
+    elif deployed:
+        typer.echo(
+            f"  rollout   skipped: the gate did not pass version {version} "
+            f"({mv.tags.get('gate.decision', 'no decision')}); the champion keeps serving"
+        )
     if uri.startswith("sqlite:///"):
         typer.echo(
             f"  MLflow UI .venv/bin/mlflow ui --backend-store-uri {uri} --port 5000  (then open http://127.0.0.1:5000)"

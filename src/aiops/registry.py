@@ -190,7 +190,8 @@ def decide(
     )
     if regressions:
         shown = ", ".join(
-            f"{g} {new:.4f} {'>' if lower_is_better(g) else '<'} {old:.4f}"
+            f"{g} {new:.4f} {'>' if lower_is_better(g) else '<'} {old:.4f} "
+            f"{'+' if lower_is_better(g) else '-'} tolerance {(guards or {})[g]:g}"
             for g, (new, old) in regressions.items()
         )
         reason += f"; guard regression: {shown}"
@@ -496,7 +497,10 @@ def rollback(name: str, reason: str, tracking_uri: str | None = None) -> tuple[s
     previous = alias_version(name, PREVIOUS, tracking_uri)
     current = alias_version(name, CHAMPION, tracking_uri)
     if previous is None or current is None:
-        raise ValueError(f"{name} has no 'previous' version to roll back to")
+        raise ValueError(
+            f"{name} has no 'previous' version to roll back to (one rollback undoes one promotion); "
+            f"make a version champion with: aiops models promote {name} --version N --reason ..."
+        )
     if previous == current:
         raise ValueError(
             f"{name}'s 'previous' alias points at the champion itself (version {current}); promote the "
