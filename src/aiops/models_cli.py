@@ -39,14 +39,17 @@ def list_models(name: str, tracking_uri: TrackingUri = "") -> None:
         versions = list_versions(name, _uri(tracking_uri))
     except MlflowException as exc:
         _fail(f"cannot list '{name}': {exc.message}")
-    header = f"{'version':>7}  {'aliases':<28} {'created':<26} {'gate':<9}" + "".join(
+    header = f"{'version':>7}  {'aliases':<28} {'created':<26} {'gate':<9} {'since':<12}" + "".join(
         f"{m[5:]:>16}" for m in _KEY_METRICS
     )
     typer.echo(header)
     for v in versions:
         cells = "".join(f"{v.metrics.get(m, float('nan')):>16.3f}" for m in _KEY_METRICS)
+        # What happened after the gate: an operator's rollback outranks the canary's verdict.
+        since = "rolled back" if "rollback.reason" in v.tags else v.tags.get("rollout.decision", "-")
         typer.echo(
-            f"{v.version:>7}  {','.join(v.aliases) or '-':<28} {v.created:<26} {v.decision or '-':<9}{cells}"
+            f"{v.version:>7}  {','.join(v.aliases) or '-':<28} {v.created:<26} {v.decision or '-':<9} "
+            f"{since:<12}{cells}"
         )
 
 

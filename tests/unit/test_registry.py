@@ -280,6 +280,12 @@ def test_models_command_line(trained, tmp_path):
     assert promoted.exit_code == 0 and "champion is now version 2 (was 1)" in promoted.output
     rolled = run(app, ["models", "rollback", "gate-model", "--reason", "regression", "--tracking-uri", uri])
     assert rolled.exit_code == 0 and "from version 2 to 1" in rolled.output
+    # the list shows what happened after the gate: version 2 was rolled back
+    rows = {
+        line.split()[0]: line
+        for line in run(app, ["models", "list", "gate-model", "--tracking-uri", uri]).output.splitlines()[1:]
+    }
+    assert "rolled back" in rows["2"] and "rolled back" not in rows["1"]
     missing = run(app, ["models", "list", "nope", "--tracking-uri", uri])
     assert missing.exit_code == 2 and "cannot list 'nope'" in missing.output
 
