@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from aiops.evaluation import evaluate, point_metrics
+from aiops.evaluation import _f1, evaluate, point_metrics
 from aiops.schema import ENTITY_KEYS, TIMESTAMP, SchemaError, validate_labels
 
 PERFORMANCE_EXPERIMENT = "aiops-model-performance"
@@ -94,13 +94,19 @@ class PeriodScore:
 
 
 def _ratio(num: float, den: float) -> float:
+    """``num / den``, missing (NaN) without a denominator; evaluation's ``_f1`` carries a NaN on."""
     return num / den if den else float("nan")
 
 
-def _f1(precision: float, recall: float) -> float:
-    if np.isnan(precision) or np.isnan(recall):
-        return float("nan")
-    return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+def _by_period(
+    starts: pd.Series, hits: pd.Series, length: pd.Timedelta
+) -> dict[pd.Timestamp, tuple[int, int]]:
+    """Per period of ``starts``: how many of the items began there were hits, and how many began."""
+    if starts.empty:
+        return {}
+    return {
+        period: (int(h.sum()), len(h)) for period, h in hits.astype(bool).groupby(starts.dt.floor(length))
+    }
 
 
 def score_periods(predictions: pd.DataFrame, labels: pd.DataFrame, period: str = "1D") -> list[PeriodScore]:
@@ -114,26 +120,20 @@ def score_periods(predictions: pd.DataFrame, labels: pd.DataFrame, period: str =
         alarms = part["is_anomaly"].to_numpy(dtype=bool)
         result = evaluate(part, alarms, labels)  # over all its rows: windows and events once each
         periods = part[TIMESTAMP].dt.floor(length)
-        first_seen = part[TIMESTAMP].min()
+        # A window that opened before the version served counts where the version first saw it.
         windows = result.windows
-        window_period = (
-            windows["start"].clip(lower=first_seen).dt.floor(length)
+        detections = (
+            _by_period(windows["start"].clip(lower=part[TIMESTAMP].min()), windows["detected"], length)
             if len(windows)
-            else pd.Series(dtype=object)
+            else {}
         )
-        event_period = (
-            result.events["start"].dt.floor(length) if len(result.events) else pd.Series(dtype=object)
-        )
+        true_events = _by_period(result.events["start"], result.events["true"], length)
         for start in sorted(periods.unique()):
             rows = (periods == start).to_numpy()
             truth, flagged = result.row_truth[rows], alarms[rows]
             point = point_metrics(truth, flagged)
-            in_period = (window_period == start).to_numpy() if len(windows) else np.zeros(0, dtype=bool)
-            detected = int(windows.loc[in_period, "detected"].sum()) if len(windows) else 0
-            events = (event_period == start).to_numpy() if len(result.events) else np.zeros(0, dtype=bool)
-            true_events = int(result.events.loc[events, "true"].sum()) if len(result.events) else 0
-            precision = _ratio(true_events, int(events.sum()))
-            recall = _ratio(detected, int(in_period.sum()))
+            precision = _ratio(*true_events.get(start, (0, 0)))
+            recall = _ratio(*detections.get(start, (0, 0)))
             metrics = {
                 "point_precision": point["precision"] if flagged.any() else float("nan"),
                 "point_recall": point["recall"] if truth.any() else float("nan"),
