@@ -804,9 +804,9 @@ def materialize(
     begin, finish = _utc(start, "start"), _utc(end, "end")
     if finish < begin:
         raise FeatureStoreError(f"end {finish} is before start {begin}")
-    registered = set(_batch_views(store))
+    registered = _batch_views(store)  # one registry listing serves every check below
     bound = read_manifest(store.repo_path)
-    chosen = list(views) if views is not None else sorted(registered & set(bound))
+    chosen = list(views) if views is not None else sorted(registered.keys() & bound.keys())
     unknown = [v for v in chosen if v not in registered]
     if unknown:
         raise FeatureStoreError(f"unknown feature view(s) {unknown}; registered: {sorted(registered)}")
@@ -815,7 +815,7 @@ def materialize(
         raise FeatureStoreError(f"feature view(s) {unbound} have no dataset; write one with write_dataset")
     # Feast reads the registered source: after a write_dataset without apply_repo that is the
     # previous dataset, and the online store would get its values without a word.
-    stale = [v for v in chosen if getattr(_batch_views(store)[v].batch_source, "path", "") != bound[v]]
+    stale = [v for v in chosen if getattr(registered[v].batch_source, "path", "") != bound[v]]
     if stale:
         raise FeatureStoreError(
             f"feature view(s) {stale} are registered with another dataset than the repository is bound to; "
@@ -823,11 +823,14 @@ def materialize(
         )
     # The online store keeps one row per entity. SQLite overwrites it with whatever comes (Redis
     # keeps the newer one), so a window ending before the last one would roll values back.
-    views_by_name = _batch_views(store)
-    ahead = {v: views_by_name[v].most_recent_end_time for v in chosen}
-    ahead = {v: pd.Timestamp(t) for v, t in ahead.items() if t is not None}
-    ahead = {v: t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC") for v, t in ahead.items()}
-    behind = {v: t for v, t in ahead.items() if finish < t}
+    behind = {}
+    for v in chosen:
+        last = registered[v].most_recent_end_time
+        if last is not None:
+            last = pd.Timestamp(last)
+            last = last.tz_localize("UTC") if last.tzinfo is None else last.tz_convert("UTC")
+            if finish < last:
+                behind[v] = last
     if behind:
         raise OlderWindowError(
             f"feature view(s) {sorted(behind)} are materialized up to {max(behind.values())}, after the end "
