@@ -593,6 +593,7 @@ def _numbers(data: Any) -> np.ndarray:
         if not kinds <= _NUMBER_TYPES:  # bool is a type of its own here, not int
             bad = sorted(t.__name__ for t in kinds - _NUMBER_TYPES)
             raise ValueError(f"values must be numbers or null, got {', '.join(bad)}")
+        return np.array(data, dtype=np.float64)  # checked: numbers and None (NaN) only
     raw = np.asarray(data)
     if raw.dtype.kind in "fiu":
         return raw.astype(np.float64, copy=False)
