@@ -63,7 +63,7 @@ _JSON_LEVEL_KEYS = ("level", "lvl", "severity", "log.level", "levelname", "logle
 _JSON_NUMERIC_LEVEL_KEYS = frozenset({"level", "lvl"})
 _KLOG = re.compile(r"^([IWEF])\d{4} \d{2}:\d{2}:\d{2}\.\d+\s")
 _KLOG_LEVELS = {"I": "INFO", "W": "WARN", "E": "ERROR", "F": "FATAL"}
-# A logfmt pair outside quoted values: the quoted values are skipped first (see _logfmt_level).
+# A logfmt pair outside quoted values: parse_level blanks the quoted values (_QUOTED) first.
 _LOGFMT = re.compile(r"(?:^|\s)(?:level|lvl|severity)=\"?([A-Za-z]+)", re.IGNORECASE)
 _QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
 # The head line of an exception: Python's "KeyError: ...", Java's "java.lang.NullPointerException: ...",
