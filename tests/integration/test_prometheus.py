@@ -495,11 +495,15 @@ def _proxy_url(proxy: _Proxy, scheme: str = "http") -> str:
     return f"{scheme}://127.0.0.1:{proxy.server_address[1]}"
 
 
+def _read_through(proxy: _Proxy, server: Backfilled, token: str = TOKEN) -> pd.DataFrame:
+    """The backfilled range, ingested through the proxy with the settings of the direct read."""
+    return ingest_prometheus(
+        _proxy_url(proxy), server.start, server.end, cluster=SPEC.cluster, token=token, scrape_interval=SCRAPE
+    ).metrics
+
+
 def test_bearer_token_is_sent(server: Backfilled, ingested: pd.DataFrame, proxy: _Proxy) -> None:
-    metrics = ingest_prometheus(
-        _proxy_url(proxy), server.start, server.end, cluster=SPEC.cluster, token=TOKEN, scrape_interval=SCRAPE
-    )
-    pd.testing.assert_frame_equal(metrics.metrics, ingested)
+    pd.testing.assert_frame_equal(_read_through(proxy, server), ingested)
     assert set(proxy.authorizations) == {f"Bearer {TOKEN}"}
 
 
@@ -554,19 +558,13 @@ def test_timeouts_are_retried(server: Backfilled, ingested: pd.DataFrame, proxy:
 
 def test_a_redirect_is_followed(server: Backfilled, ingested: pd.DataFrame, proxy: _Proxy) -> None:
     proxy.redirect_next = 1  # e.g. a route that moved: the client follows it, as a browser would
-    metrics = ingest_prometheus(
-        _proxy_url(proxy), server.start, server.end, cluster=SPEC.cluster, token=TOKEN, scrape_interval=SCRAPE
-    )
-    pd.testing.assert_frame_equal(metrics.metrics, ingested)
+    pd.testing.assert_frame_equal(_read_through(proxy, server), ingested)
     assert proxy.redirect_next == 0
 
 
 def test_an_answer_cut_short_is_retried(server: Backfilled, ingested: pd.DataFrame, proxy: _Proxy) -> None:
     proxy.cut_next = 1
-    metrics = ingest_prometheus(
-        _proxy_url(proxy), server.start, server.end, cluster=SPEC.cluster, token=TOKEN, scrape_interval=SCRAPE
-    )
-    pd.testing.assert_frame_equal(metrics.metrics, ingested)
+    pd.testing.assert_frame_equal(_read_through(proxy, server), ingested)
     assert proxy.cut_next == 0
 
 
@@ -582,13 +580,9 @@ def test_a_partial_answer_is_an_error_not_less_data(server: Backfilled, proxy: _
 def test_a_token_read_with_its_newline_works_and_a_broken_one_is_named_not_shown(
     server: Backfilled, ingested: pd.DataFrame, proxy: _Proxy
 ) -> None:
-    url = _proxy_url(proxy)
-    metrics = ingest_prometheus(
-        url, server.start, server.end, cluster=SPEC.cluster, token=TOKEN + "\n", scrape_interval=SCRAPE
-    )
-    pd.testing.assert_frame_equal(metrics.metrics, ingested)
+    pd.testing.assert_frame_equal(_read_through(proxy, server, token=TOKEN + "\n"), ingested)
     with pytest.raises(PrometheusError, match="token .* holds spaces, line breaks") as err:
-        ingest_prometheus(url, server.start, server.end, token="abc\ndef", **FAST)
+        ingest_prometheus(_proxy_url(proxy), server.start, server.end, token="abc\ndef", **FAST)
     assert "abc" not in str(err.value)
 
 
