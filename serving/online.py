@@ -51,6 +51,7 @@ class FeastLookup:
         self.fs_yaml = fs_yaml
         self.clock = clock or (lambda: pd.Timestamp.now(tz="UTC"))
         self._store: Any = None
+        self._ttls: dict[str, float] = {}
 
     def bind(self, contract: FeatureContract) -> None:
         """Open the store and check that the service serves ``contract``; called once at load."""
@@ -64,6 +65,7 @@ class FeastLookup:
         except fs.FeatureStoreError as exc:
             raise ModelLoadError(f"feature store {self.repo_path}: {exc}") from exc
         self._store, self.feature_service = store, service
+        self._ttls = fs.feature_ttls(store, service)  # read once, as the contract check is
         log.info("online features from %s, service %s", self.repo_path, service)
 
     def __call__(self, rows: list[dict[str, Any]]) -> pd.DataFrame:
@@ -82,7 +84,7 @@ class FeastLookup:
             keys.append({k: row[k] for k in ENTITY_KEYS})
         now = pd.Timestamp(self.clock())
         try:
-            found = fs.online_features(self._store, keys, self.feature_service, now=now)
+            found = fs.online_features(self._store, keys, self.feature_service, now=now, ttls=self._ttls)
         except fs.FeatureStoreError as exc:
             raise RequestError(f"online feature lookup: {exc}") from exc
         features = [c for c in found.columns if c not in ENTITY_KEYS]

@@ -847,6 +847,7 @@ def online_features(
     feature_service: str = ANOMALY_DETECTOR_SERVICE,
     fs_yaml: str | Path | None = None,
     now: pd.Timestamp | None = None,
+    ttls: Mapping[str, float] | None = None,
 ) -> pd.DataFrame:
     """Read the latest materialized features of some entities from the online store.
 
@@ -863,6 +864,8 @@ def online_features(
         feature_service: The model's input contract.
         fs_yaml: Configuration file (see :func:`open_store`).
         now: The instant the TTLs count back from (default: the current time).
+        ttls: :func:`feature_ttls` of the service, when the caller keeps them (a server reads
+            them once; listing the views costs milliseconds a call).
 
     Returns:
         One row per entity: the join keys, then the service's features in
@@ -888,7 +891,7 @@ def online_features(
     out = response.loc[:, [*front, *features]]
     out[features] = out[features].astype("float64")
     now_s = (now if now is not None else pd.Timestamp.now(tz="UTC")).timestamp()
-    for name, ttl in _feature_ttls(store, service).items():
+    for name, ttl in (ttls if ttls is not None else feature_ttls(store, feature_service)).items():
         stamped = f"{name}__ts"  # Feast's event-timestamp column (seconds since the epoch)
         if stamped in response.columns:
             age = now_s - response[stamped].to_numpy(dtype="float64")
@@ -896,11 +899,15 @@ def online_features(
     return out
 
 
-def _feature_ttls(store: FeatureStore, service: FeatureService) -> dict[str, float]:
-    """TTL in seconds of each feature of ``service`` that comes from a batch view with a TTL."""
+def feature_ttls(store: FeatureStore, feature_service: str = ANOMALY_DETECTOR_SERVICE) -> dict[str, float]:
+    """TTL in seconds of each feature of the service that comes from a batch view with a TTL.
+
+    Raises:
+        FeatureStoreError: For an unknown service.
+    """
     views = _batch_views(store)
     ttls = {}
-    for projection in service.feature_view_projections:
+    for projection in _service(store, feature_service).feature_view_projections:
         view = views.get(projection.name)
         ttl = view.ttl.total_seconds() if view is not None and view.ttl else 0.0
         if ttl > 0:
