@@ -6,7 +6,9 @@ Request formats (the full reference, with examples, is ``serving/README.md``):
 
   - ``instances``: feature rows, each an object with the key columns (``timestamp``,
     ``cluster``, ``namespace``, ``pod``, ``node``) and every feature of the model's contract
-    (numbers; ``null`` = missing), nothing else;
+    (numbers; ``null`` = missing), nothing else; or each a feature vector, a list of those
+    columns' values in the contract's order (keys first), which ``parameters.contract_id``
+    or ``feature_names`` may pin as on a v2 tensor;
   - ``telemetry``: canonical metric rows (key columns + metric columns) of the recent past
     of one or more entities; the server builds the features with the shared transform and
     scores the latest row of each entity (``parameters.rows = "all"``: every row);
@@ -323,8 +325,11 @@ class RequestDecoder:
                 f"or 'entities' (feature-store lookup); {found}"
             )
         kind = kinds[0]
+        parameters = body.get("parameters")
+        options = parse_options(parameters, telemetry=kind == "telemetry")
+        if kind == "instances" and _holds_vectors(body[kind]):
+            return Decoded(self.vectors(body[kind], parameters), options, kind)
         rows = self._rows(body[kind], kind)
-        options = parse_options(body.get("parameters"), telemetry=kind == "telemetry")
         if kind == "entities":
             return Decoded(self._lookup(rows), options, kind)
         if kind == "telemetry":
@@ -334,6 +339,17 @@ class RequestDecoder:
     def _rows(self, rows: Any, kind: str) -> list[dict[str, Any]]:
         if not isinstance(rows, list):
             raise RequestError(f"'{kind}' must be a list of objects, got {type(rows).__name__}")
+        self._check_count(rows, kind)
+        for i, row in enumerate(rows):
+            if not isinstance(row, dict):
+                vectors = " (or send every row as a feature vector)" if kind == "instances" else ""
+                raise RequestError(
+                    f"{kind}[{i}] must be an object of column name to value, "
+                    f"got {type(row).__name__}{vectors}"
+                )
+        return rows
+
+    def _check_count(self, rows: list[Any], kind: str) -> None:
         if not rows:
             raise RequestError(f"'{kind}' is empty; send at least one row")
         if len(rows) > self.max_rows:
@@ -341,12 +357,29 @@ class RequestDecoder:
                 f"'{kind}' holds {len(rows)} rows, over this server's limit of {self.max_rows} "
                 "(--max-batch); split the request"
             )
-        for i, row in enumerate(rows):
-            if not isinstance(row, dict):
-                raise RequestError(
-                    f"{kind}[{i}] must be an object of column name to value, got {type(row).__name__}"
-                )
-        return rows
+
+    def vectors(self, rows: list[Any], parameters: Mapping[str, Any] | None = None) -> Batch:
+        """Feature vectors: each row a list of the contract's columns in order (keys, then features).
+
+        Positions carry no names, so the request may name what it was built for
+        (``parameters.contract_id`` or ``feature_names``), as a v2 ``features`` tensor may.
+        """
+        self._check_count(rows, "instances")
+        width = len(self._ordered)
+        if set(map(type, rows)) != {list} or set(map(len, rows)) != {width}:
+            i, row = next((i, r) for i, r in enumerate(rows) if type(r) is not list or len(r) != width)
+            got = f"{len(row)} values" if type(row) is list else f"a {type(row).__name__}"
+            raise RequestError(
+                f"instances[{i}]: a feature vector needs {width} values, got {got}: the key columns "
+                f"{', '.join(KEY_COLUMNS)} then the {len(self.names)} features in contract order "
+                f"(contract_id {self.contract_id}, GET /v2/models/NAME/contract); "
+                "send every row as a vector, or every row as an object"
+            )
+        self._check_names(parameters, "instances")
+        keys = len(KEY_COLUMNS)
+        return self._batch(
+            [row[keys:] for row in rows], [[row[k] for row in rows] for k in range(keys)], "instances"
+        )
 
     def instances(self, rows: list[dict[str, Any]]) -> Batch:
         """Feature rows: exactly the key columns and the contract's features."""
@@ -364,19 +397,24 @@ class RequestDecoder:
                     f"{', '.join(KEY_COLUMNS)} and the {len(self.names)} features listed by "
                     "GET /v2/models/NAME/contract"
                 )
-        values = self._feature_values(rows, in_order)
+        keys = [[row[key] for row in rows] for key in KEY_COLUMNS]
+        return self._batch(self._feature_values(rows, in_order), keys, "instances")
+
+    def _batch(self, values: list[Any], keys: list[list[Any]], where: str) -> Batch:
+        """Feature values (a row per sample, contract order) and key columns → a checked batch."""
         kinds = set(map(type, itertools.chain.from_iterable(values)))
         if not kinds <= _NUMBER_TYPES or bool in kinds:
             self._raise_bad_value(values)
         try:
             matrix = np.array(values, dtype=np.float64)
         except (OverflowError, ValueError) as exc:
-            raise RequestError(f"instances: feature values must be numbers or null ({exc})") from exc
-        check_features(matrix, self.names, "instances")
-        timestamps = parse_timestamps([row[TIMESTAMP] for row in rows], "instances")
-        entities = self._entities([[row[key] for row in rows] for key in ENTITY_KEYS], "instances")
-        check_unique_samples(timestamps, entities, "instances")
-        return Batch(timestamps=timestamps, entities=entities, features=matrix, targets=np.arange(len(rows)))
+            raise RequestError(f"{where}: feature values must be numbers or null ({exc})") from exc
+        check_features(matrix, self.names, where)
+        timestamps = parse_timestamps(keys[0], where)
+        entities = self._entities(keys[1:], where)
+        check_unique_samples(timestamps, entities, where)
+        targets = np.arange(len(matrix))
+        return Batch(timestamps=timestamps, entities=entities, features=matrix, targets=targets)
 
     def _feature_values(self, rows: list[dict[str, Any]], in_order: bool) -> list[Any]:
         """Each row's feature values in contract order.
@@ -534,7 +572,7 @@ class RequestDecoder:
             raise RequestError(
                 f"input 'features' holds {shape[0]} rows; send 1 to {self.max_rows} (--max-batch)"
             )
-        self._check_names(tensor.parameters)
+        self._check_names(tensor.parameters, "input 'features'")
         try:
             matrix = _numbers(tensor.data).reshape(shape)
         except (TypeError, ValueError, OverflowError) as exc:
@@ -544,17 +582,18 @@ class RequestDecoder:
         check_features(matrix, self.names, "input 'features'")
         return matrix
 
-    def _check_names(self, parameters: Mapping[str, Any] | None) -> None:
+    def _check_names(self, parameters: Mapping[str, Any] | None, where: str) -> None:
+        """The feature order a request declares (``feature_names`` or ``contract_id``) must be the model's."""
         parameters = parameters or {}
         declared = parameters.get("feature_names")
         if declared is not None:
             given = [n.strip() for n in str(declared).split(",") if n.strip()]
             if tuple(given) != self.names:
-                raise RequestError(f"input 'features': feature_names {describe_mismatch(given, self.names)}")
+                raise RequestError(f"{where}: feature_names {describe_mismatch(given, self.names)}")
         claimed = parameters.get("contract_id")
         if claimed is not None and str(claimed) != self.contract_id:
             raise RequestError(
-                f"input 'features' was built for contract {claimed}, this model's is {self.contract_id}; "
+                f"{where}: built for contract {claimed}, but this model's is {self.contract_id}; "
                 "fetch the feature order from GET /v2/models/NAME/contract"
             )
 
@@ -578,6 +617,11 @@ class RequestDecoder:
             except (TypeError, ValueError, RecursionError) as exc:
                 raise RequestError(f"input 'telemetry' element {i} is not a JSON object ({exc})") from exc
         return rows
+
+
+def _holds_vectors(rows: Any) -> bool:
+    """Whether v1 ``instances`` are feature vectors (lists) rather than objects, by the first row."""
+    return isinstance(rows, list) and bool(rows) and isinstance(rows[0], list)
 
 
 def _numbers(data: Any) -> np.ndarray:

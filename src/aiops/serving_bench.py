@@ -51,8 +51,9 @@ Body = tuple[bytes, dict[str, str]]
 DEFAULT_MODEL = "models:/aiops-anomaly-detector@champion"
 PREDICTOR_NAME = "aiops-anomaly-detector"
 BASELINE_NAME = "echo"
-#: v1 JSON rows, v2 JSON tensors, v2 with the features tensor in the binary data extension.
-PROTOCOLS = ("v1", "v2", "v2-binary")
+#: v1 JSON rows as objects (named columns), v1 rows as feature vectors (the contract's column
+#: order), v2 JSON tensors, v2 with the features tensor in the binary data extension.
+PROTOCOLS = ("v1", "v1-vectors", "v2", "v2-binary")
 _JSON_HEADERS = {"content-type": "application/json"}
 #: The targets the predictor is held to.
 TARGET_P99_MS = 20.0
@@ -231,6 +232,13 @@ def v1_body(rows: pd.DataFrame) -> bytes:
     return json.dumps({"instances": _json_rows(rows)}).encode()
 
 
+def v1_vectors_body(rows: pd.DataFrame, feature_names: Sequence[str]) -> bytes:
+    """A v1 ``instances`` body of feature vectors: the key columns, then the features in contract order."""
+    columns = [TIMESTAMP, *KEY_COLUMNS[1:], *feature_names]
+    vectors = [[row[c] for c in columns] for row in _json_rows(rows)]
+    return json.dumps({"instances": vectors}).encode()
+
+
 def v2_body(rows: pd.DataFrame, feature_names: Sequence[str]) -> bytes:
     """A v2 body: ``features`` FP64 [n, F] and the key columns as BYTES [n]."""
     values = rows.loc[:, list(feature_names)].to_numpy(dtype=np.float64).ravel().tolist()
@@ -286,6 +294,8 @@ def request_body(rows: pd.DataFrame, names: Sequence[str], protocol: str) -> Bod
     """The request for ``rows`` in ``protocol`` (one of :data:`PROTOCOLS`)."""
     if protocol == "v1":
         return v1_body(rows), _JSON_HEADERS
+    if protocol == "v1-vectors":
+        return v1_vectors_body(rows, names), _JSON_HEADERS
     if protocol == "v2":
         return v2_body(rows, names), _JSON_HEADERS
     if protocol == "v2-binary":
@@ -303,7 +313,7 @@ def _bodies(rows: pd.DataFrame, names: Sequence[str], protocol: str, batch: int)
 
 
 def _path(protocol: str, name: str) -> str:
-    return f"/v1/models/{name}:predict" if protocol == "v1" else f"/v2/models/{name}/infer"
+    return f"/v1/models/{name}:predict" if protocol.startswith("v1") else f"/v2/models/{name}/infer"
 
 
 # --------------------------------------------------------------------------- measurements
@@ -535,13 +545,13 @@ def format_summary(report: dict[str, Any]) -> str:
     """A few lines for the terminal."""
     lines = [
         f"model {report['model']} (version {report['model_version']}, members {report['members']})",
-        f"{'protocol':<9}{'p50 ms':>9}{'p99 ms':>9}{'base p99':>10}{'ratio':>7}"
+        f"{'protocol':<11}{'p50 ms':>9}{'p99 ms':>9}{'base p99':>10}{'ratio':>7}"
         + "".join(f"{'rows/s @' + b:>14}" for b in report["rows_per_s"]),
     ]
     for protocol, detail in report["protocols"].items():
         ratio = detail["p99_ms"] / detail["baseline_p99_ms"]
         lines.append(
-            f"{protocol:<9}{detail['p50_ms']:>9.2f}{detail['p99_ms']:>9.2f}{detail['baseline_p99_ms']:>10.2f}"
+            f"{protocol:<11}{detail['p50_ms']:>9.2f}{detail['p99_ms']:>9.2f}{detail['baseline_p99_ms']:>10.2f}"
             f"{ratio:>7.2f}" + "".join(f"{detail['rows_per_s'][b]:>14,.0f}" for b in detail["rows_per_s"])
         )
     if report.get("cold_forecast_ms") is not None:

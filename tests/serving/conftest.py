@@ -105,6 +105,11 @@ def instances(frame: pd.DataFrame) -> list[dict[str, Any]]:
     return out
 
 
+def vectors(frame: pd.DataFrame, feature_names: tuple[str, ...]) -> list[list[Any]]:
+    """Feature-table rows as v1 feature vectors: the key columns, then the features in contract order."""
+    return [[row[c] for c in (*KEY_COLUMNS, *feature_names)] for row in instances(frame)]
+
+
 def telemetry_rows(metrics: pd.DataFrame) -> list[dict[str, Any]]:
     """Canonical metric rows as v1 ``telemetry``."""
     return instances(metrics)

@@ -14,7 +14,7 @@ from aiops.schema import KEY_COLUMNS
 from serving.codec import RequestDecoder, Tensor, contract_id, describe_mismatch, iso_timestamps
 from serving.errors import NotConfiguredError, RequestError
 from tests.conftest import make_metrics
-from tests.serving.conftest import instances, telemetry_rows, v2_inputs
+from tests.serving.conftest import instances, telemetry_rows, v2_inputs, vectors
 
 CONFIG = FeatureConfig(windows=(3,), lags=(1,))
 
@@ -94,7 +94,7 @@ def _first_feature(features: pd.DataFrame) -> str:
         (lambda f: {"instances": [], "telemetry": []}, "got instances, telemetry"),
         (lambda f: {"instances": {}}, "must be a list"),
         (lambda f: {"instances": []}, "is empty"),
-        (lambda f: {"instances": [[1.0, 2.0]]}, "must be an object"),
+        (lambda f: {"instances": [{"a": 1.0}, [1.0, 2.0]]}, "instances[1] must be an object"),
         (lambda f: {"instances": instances(pd.concat([f, f.head(1)]))}, "over this server's limit of 20"),
         (lambda f: _bad_instance(f, lambda r: r.pop(_first_feature(f))), "1 missing"),
         (
@@ -142,6 +142,49 @@ def _first_feature(features: pd.DataFrame) -> str:
 def test_bad_v1_requests_say_what_was_expected(decoder, features, make_body, message):
     with pytest.raises(RequestError, match=re.escape(message)):
         decoder.v1(make_body(features))
+
+
+def test_v1_feature_vectors_decode_like_objects(decoder, features):
+    rows = features.iloc[[5, 17, 19]]
+    objects = decoder.v1({"instances": instances(rows)})
+    positional = decoder.v1(
+        {"instances": vectors(rows, decoder.names), "parameters": {"contract_id": decoder.contract_id}}
+    )
+    np.testing.assert_array_equal(positional.batch.features, objects.batch.features)
+    np.testing.assert_array_equal(positional.batch.timestamps, objects.batch.timestamps)
+    for a, b in zip(positional.batch.entities, objects.batch.entities, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert positional.kind == "instances"
+
+
+def _bad_vectors(decoder, features, change) -> dict:
+    rows = vectors(features.iloc[[5, 6]], decoder.names)
+    body = {"instances": rows}
+    change(body, rows)
+    return body
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda b, r: r[1].pop(), "instances[1]: a feature vector needs"),
+        (lambda b, r: r[1].append(0.0), "got {width_plus_one} values"),
+        (lambda b, r: r.append({"timestamp": "2026-01-01T00:00:00Z"}), "instances[2]: a feature vector"),
+        (lambda b, r: r[0].__setitem__(len(KEY_COLUMNS), "0.5"), "must be a number or null, got str"),
+        (lambda b, r: r[1].__setitem__(-1, True), "got bool"),
+        (lambda b, r: r[0].__setitem__(0, "yesterday"), "ISO 8601"),
+        (lambda b, r: r[0].__setitem__(3, 7), "'pod' must be a string"),
+        (lambda b, r: b.update(parameters={"contract_id": "0123456789abcdef"}), "built for contract 0123"),
+        (lambda b, r: b.update(parameters={"feature_names": "a,b"}), "instances: feature_names"),
+    ],
+)
+def test_bad_v1_feature_vectors_say_what_was_expected(decoder, features, change, message):
+    width = len(KEY_COLUMNS) + len(decoder.names)
+    message = message.replace("{width_plus_one}", str(width + 1))
+    with pytest.raises(RequestError, match=re.escape(message)) as caught:
+        decoder.v1(_bad_vectors(decoder, features, change))
+    if "feature vector needs" in message:
+        assert f"needs {width} values" in str(caught.value) and decoder.contract_id in str(caught.value)
 
 
 def test_timestamps_of_mixed_types_name_the_mix(decoder, features):

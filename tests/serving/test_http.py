@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from aiops.features import build_features
 from aiops.localprom import free_port
-from tests.serving.conftest import instances, telemetry_rows, v2_inputs
+from tests.serving.conftest import instances, telemetry_rows, v2_inputs, vectors
 
 pytestmark = pytest.mark.integration
 NAME = "anomaly"
@@ -125,6 +125,16 @@ def test_v1_scores_equal_the_registered_bundle(server, trained):
     )
 
 
+def test_v1_feature_vectors_score_like_objects(server, trained):
+    rows = trained.split.test.iloc[[3, 150, 900]]
+    status, objects = server.predict({"instances": instances(rows)})
+    assert status == 200, objects
+    names = trained.bundle.contract.feature_names
+    status, positional = server.predict({"instances": vectors(rows, names), "parameters": {"top_k": 5}})
+    assert status == 200, positional
+    assert positional["predictions"] == objects["predictions"]
+
+
 def test_v2_infer_with_the_contract_from_the_contract_endpoint(server, trained):
     status, contract = server.call("GET", f"/v2/models/{NAME}/contract")
     assert status == 200 and tuple(contract["feature_names"]) == trained.bundle.contract.feature_names
@@ -216,6 +226,7 @@ BAD_REQUESTS = [
     ("v1", lambda t: {"instances": [{**_one(t), "timestamp": "soon"}]}, JSON, 400, "ISO 8601"),
     ("v1", lambda t: {"instances": [_one(t)] * (MAX_BATCH + 1)}, JSON, 400, f"limit of {MAX_BATCH}"),
     ("v1", lambda t: {"instances": [_one(t)], "parameters": {"top_k": 1000}}, JSON, 400, "'top_k'"),
+    ("v1", lambda t: {"instances": [[0.0, 1.0]]}, JSON, 400, "a feature vector needs"),
     ("v1", lambda t: {"telemetry": [{"timestamp": "2026-01-05T00:00:00Z"}]}, JSON, 400, "key column(s)"),
     ("v1", lambda t: {"entities": [ENTITY]}, JSON, 501, "Feast"),
     ("v2", lambda t: b"{", JSON, 400, "not valid JSON"),

@@ -29,13 +29,13 @@ def test_report_has_the_documented_keys_and_measured_values(trained: Trained, tm
     assert {"p50_ms", "p99_ms", "baseline_p99_ms", "rows_per_s"} <= set(report)
     assert report["p50_ms"] <= report["p99_ms"] and _positive(report["baseline_p99_ms"])
     assert set(report["rows_per_s"]) == {"1", "8"} and all(map(_positive, report["rows_per_s"].values()))
-    for protocol in ("v1", "v2", "v2-binary"):
+    for protocol in ("v1", "v1-vectors", "v2", "v2-binary"):
         detail = report["protocols"][protocol]
         # one p99 per round for each server (the medians are over rounds)
         assert len(detail["rounds_p99_ms"]) == len(detail["baseline_rounds_p99_ms"]) == TINY.rounds
         assert all(map(_positive, detail["baseline_rows_per_s"].values()))
         stages = report["stages_ms"][f"{protocol}.single_row"]
-        request = stages["request.v1" if protocol == "v1" else "request.v2"]
+        request = stages["request." + protocol[:2]]
         assert _positive(stages["score.isolation_forest"]) and stages["score.isolation_forest"] < request
         assert set(report["targets"][protocol]) == {
             "p99_under_20_ms",
