@@ -21,6 +21,10 @@ def report_outcome(
     (``SUCCEEDED``), and some KFP backends leave a group with nested pipelines or conditions
     ``RUNNING`` (kubeflow/pipelines#11979). Only a state that says failure is read as one.
 
+    If MLflow cannot be read here after the steps succeeded, this task fails, and with it the
+    run: it pushes the failure too, so that the alert agrees with the run's state (the step
+    that ended the run's work had already pushed a success).
+
     Returns the model version this run registered (the version tagged with ``kfp_run_id``),
     or ``""`` when it registered none (a retraining run that found no drift) or failed. The
     pipelines return it: KFP takes pipeline outputs only from tasks outside the exit handler's
@@ -35,7 +39,13 @@ def report_outcome(
         print(f"{job}: the run ended {status.state}: {status.error_message or 'no message from KFP'}")
         report_run_failure(job)
         return ""  # and no MLflow call: it may be what failed
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
-    if not uri:
-        raise ValueError("no MLflow tracking URI: pass tracking_uri or set MLFLOW_TRACKING_URI")
-    return find_version(model_name, "lineage.kfp_run_id", kfp_run_id, uri) or ""
+    try:
+        uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+        if not uri:
+            raise ValueError("no MLflow tracking URI: pass tracking_uri or set MLFLOW_TRACKING_URI")
+        return find_version(model_name, "lineage.kfp_run_id", kfp_run_id, uri) or ""
+    except Exception as exc:
+        # This task failing fails the run; the success its last step pushed must not stand.
+        print(f"{job}: the run's steps succeeded, but its exit handler could not read MLflow: {exc}")
+        report_run_failure(job)
+        raise

@@ -215,6 +215,21 @@ def test_exit_handler_returns_the_version_its_run_registered(chain, tmp_path, mo
     assert failures == ["j", "j", "j"]
 
 
+def test_exit_handler_that_cannot_read_mlflow_pushes_the_failure_it_causes(tmp_path, monkeypatch):
+    failures: list[str] = []
+    monkeypatch.setattr("aiops.monitoring.report_run_failure", failures.append)
+    (tmp_path / "a-file").write_text("")
+    unreadable = f"sqlite:///{tmp_path}/a-file/mlflow.db"  # a store that cannot be opened
+    with pytest.raises(OSError):  # the task fails with what MLflow raised
+        report_outcome.python_func(
+            status=_final("SUCCEEDED"), job="j", model_name="m", tracking_uri=unreadable
+        )
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(ValueError, match="no MLflow tracking URI"):
+        report_outcome.python_func(status=_final("SUCCEEDED"), job="k", model_name="m")
+    assert failures == ["j", "k"]
+
+
 def test_register_needs_a_tracking_uri(chain, monkeypatch):
     a, summary, *_ = chain
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
