@@ -39,7 +39,15 @@ import numpy as np
 import pandas as pd
 
 from aiops.k8s_api import KubeClient, KubernetesError
-from aiops.schema import ENTITY_KEYS, EVENT_COLUMNS, KEY_COLUMNS, TIMESTAMP, SchemaError, window_end
+from aiops.schema import (
+    ENTITY_KEYS,
+    EVENT_COLUMNS,
+    KEY_COLUMNS,
+    TIMESTAMP,
+    SchemaError,
+    as_utc,
+    window_end,
+)
 
 _LOG = logging.getLogger(__name__)
 
@@ -273,13 +281,6 @@ class OwnerResolver:
 # --------------------------------------------------------------------------- events
 
 
-def _utc(value: datetime | str | pd.Timestamp, what: str) -> pd.Timestamp:
-    stamp = pd.Timestamp(value)
-    if pd.isna(stamp):
-        raise ValueError(f"{what} is not a time: {value!r}")
-    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
-
-
 def event_timestamp(event: Any) -> datetime | None:
     """An event's latest observation (see the module docstring); ``None`` when it has no time at all."""
     series = getattr(event, "series", None)
@@ -370,7 +371,7 @@ def list_events(
         ValueError: When ``end`` is not after ``start``.
 
     """
-    lo, hi = _utc(start, "start"), _utc(end, "end")
+    lo, hi = as_utc(start, "start"), as_utc(end, "end")
     if hi <= lo:
         raise ValueError(f"end {end!r} must be after start {start!r}")
     kwargs: dict[str, Any] = {"field_selector": field_selector} if field_selector else {}
@@ -381,7 +382,7 @@ def list_events(
         if stamp is None:
             _LOG.debug("event %s has no time at all; skipped", event.metadata.name)
             continue
-        when = _utc(stamp, "event time")
+        when = as_utc(stamp, "event time")
         if lo < when <= hi:
             records.append(_record(event, when, cluster))
     _LOG.info("%d of %d event(s) from %s fall in (%s, %s]", len(records), len(items), client.host, lo, hi)

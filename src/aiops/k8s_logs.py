@@ -31,7 +31,7 @@ import pandas as pd
 
 from aiops.k8s_api import KubeClient, KubernetesError
 from aiops.log_templates import parse_level
-from aiops.schema import ENTITY_KEYS, LOG_COLUMNS, TIMESTAMP
+from aiops.schema import ENTITY_KEYS, LOG_COLUMNS, TIMESTAMP, as_utc
 
 _LOG = logging.getLogger(__name__)
 
@@ -41,13 +41,6 @@ DEFAULT_LIMIT_BYTES = 16 * 2**20
 _SINCE_MARGIN_S = 60  # covers clock skew between here and the node; lines are cut exactly afterwards
 # 400: the container is waiting to start or has no previous instance; 404: the pod is gone.
 _SKIPPED_STATUS = frozenset({400, 404})
-
-
-def _utc(value: datetime | str | pd.Timestamp, what: str) -> pd.Timestamp:
-    stamp = pd.Timestamp(value)
-    if pd.isna(stamp):
-        raise ValueError(f"{what} is not a time: {value!r}")
-    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
 
 
 def parse_timestamped_log(text: str) -> pd.DataFrame:
@@ -114,8 +107,8 @@ def read_container_log(
             instance) or 404 (pod gone) too, which :func:`read_pod_logs` skips.
 
     """
-    lo, hi = _utc(start, "start"), _utc(end, "end")
-    clock = _utc(now if now is not None else datetime.now(UTC), "now")
+    lo, hi = as_utc(start, "start"), as_utc(end, "end")
+    clock = as_utc(now if now is not None else datetime.now(UTC), "now")
     since = max(1, math.ceil((clock - lo).total_seconds()) + _SINCE_MARGIN_S)
     options: dict[str, Any] = {"container": container, "timestamps": True, "since_seconds": since}
     if previous:
@@ -151,7 +144,7 @@ def _ended_in_window(status: Any, lo: pd.Timestamp) -> bool:
     if terminated is None:
         return False
     finished = terminated.finished_at
-    return finished is None or _utc(finished, "finishedAt") >= lo
+    return finished is None or as_utc(finished, "finishedAt") >= lo
 
 
 def _list_pods(
@@ -220,7 +213,7 @@ def read_pod_logs(
         ValueError: When ``end`` is not after ``start``.
 
     """
-    lo, hi = _utc(start, "start"), _utc(end, "end")
+    lo, hi = as_utc(start, "start"), as_utc(end, "end")
     if hi <= lo:
         raise ValueError(f"end {end!r} must be after start {start!r}")
     clock = now if now is not None else datetime.now(UTC)
@@ -231,7 +224,7 @@ def read_pod_logs(
         namespace, name = str(pod.metadata.namespace), str(pod.metadata.name)
         node = str(pod.spec.node_name or "")
         started = pod.status.start_time if pod.status is not None else None
-        if not node or (started is not None and _utc(started, "startTime") >= hi):
+        if not node or (started is not None and as_utc(started, "startTime") >= hi):
             continue  # never scheduled, or born after the window: nothing to read
         specs = list(pod.spec.containers or [])
         statuses = list((pod.status.container_statuses if pod.status else None) or [])

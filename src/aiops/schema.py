@@ -295,6 +295,18 @@ def row_labels(metrics: pd.DataFrame, labels: pd.DataFrame) -> np.ndarray:
     return flags
 
 
+def as_utc(value: Any, what: str) -> pd.Timestamp:
+    """``value`` (a datetime, an ISO 8601 string or a Timestamp) in UTC; a time without a zone is UTC.
+
+    Raises:
+        ValueError: When ``value`` is not a time; ``what`` names it in the message.
+    """
+    stamp = pd.Timestamp(value)
+    if pd.isna(stamp):
+        raise ValueError(f"{what} is not a time: {value!r}")
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+
+
 def window_end(timestamps: pd.Series, step: str) -> pd.Series:
     """The end of the step window ``(t - step, t]`` each time falls in, on an epoch-anchored UTC grid.
 
