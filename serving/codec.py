@@ -15,7 +15,9 @@ Request formats (the full reference, with examples, is ``serving/README.md``):
   - ``entities``: entity keys for an online feature-store lookup (``--feature-repo``; else 501).
 
   ``parameters`` (optional): ``top_k`` (features to explain per row, default 5, 0 = none),
-  ``rows`` (``latest`` | ``all``, telemetry only).
+  ``rows`` (``latest`` | ``all``, telemetry only), and for ``instances`` ``contract_id`` (a
+  string) or ``feature_names`` (a comma-separated string or a list of strings), which must
+  match the model's when present.
 
 * **v2** ``POST /v2/models/NAME/infer`` (open inference protocol), inputs either
 
@@ -218,8 +220,10 @@ def parse_entity(values: Sequence[Any], key: str, where: str) -> np.ndarray:
             values = [v.decode() if isinstance(v, bytes) else v for v in values]
         else:
             bad = sorted(t.__name__ for t in kinds - {str, bytes})
+            row = next(i for i, v in enumerate(values) if not isinstance(v, str | bytes))
             raise RequestError(
-                f"{where}: '{key}' must be a string ('' where it does not apply), got {', '.join(bad)}"
+                f"{where}: '{key}' must be a string ('' where it does not apply), got {', '.join(bad)} "
+                f"(first in row {row})"
             )
     return np.array(values, dtype=object)
 
@@ -330,6 +334,8 @@ class RequestDecoder:
         if kind == "instances" and _holds_vectors(body[kind]):
             return Decoded(self.vectors(body[kind], parameters), options, kind)
         rows = self._rows(body[kind], kind)
+        if kind == "instances":
+            self._check_names(parameters, "instances")
         if kind == "entities":
             return Decoded(self._lookup(rows), options, kind)
         if kind == "telemetry":
@@ -368,7 +374,9 @@ class RequestDecoder:
         width = len(self._ordered)
         if set(map(type, rows)) != {list} or set(map(len, rows)) != {width}:
             i, row = next((i, r) for i, r in enumerate(rows) if type(r) is not list or len(r) != width)
-            got = f"{len(row)} values" if type(row) is list else f"a {type(row).__name__}"
+            got = (
+                f"{len(row)} value{'' if len(row) == 1 else 's'}" if type(row) is list else type(row).__name__
+            )
             raise RequestError(
                 f"instances[{i}]: a feature vector needs {width} values, got {got}: the key columns "
                 f"{', '.join(KEY_COLUMNS)} then the {len(self.names)} features in contract order "
@@ -583,15 +591,31 @@ class RequestDecoder:
         return matrix
 
     def _check_names(self, parameters: Mapping[str, Any] | None, where: str) -> None:
-        """The feature order a request declares (``feature_names`` or ``contract_id``) must be the model's."""
+        """The contract a request declares (``feature_names`` or ``contract_id``) must be the model's.
+
+        ``feature_names`` is a comma-separated string or a list of strings (as the contract
+        endpoint returns it); ``contract_id`` a string.
+        """
         parameters = parameters or {}
         declared = parameters.get("feature_names")
         if declared is not None:
-            given = [n.strip() for n in str(declared).split(",") if n.strip()]
+            if isinstance(declared, str):
+                given = [n.strip() for n in declared.split(",") if n.strip()]
+            elif isinstance(declared, list) and all(isinstance(n, str) for n in declared):
+                given = declared
+            else:
+                raise RequestError(
+                    f"{where}: parameter 'feature_names' must be a comma-separated string or a list of "
+                    f"strings, got {type(declared).__name__}"
+                )
             if tuple(given) != self.names:
                 raise RequestError(f"{where}: feature_names {describe_mismatch(given, self.names)}")
         claimed = parameters.get("contract_id")
-        if claimed is not None and str(claimed) != self.contract_id:
+        if claimed is not None and not isinstance(claimed, str):
+            raise RequestError(
+                f"{where}: parameter 'contract_id' must be a string, got {type(claimed).__name__}"
+            )
+        if claimed is not None and claimed != self.contract_id:
             raise RequestError(
                 f"{where}: built for contract {claimed}, but this model's is {self.contract_id}; "
                 "fetch the feature order from GET /v2/models/NAME/contract"

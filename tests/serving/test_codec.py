@@ -157,6 +157,17 @@ def test_v1_feature_vectors_decode_like_objects(decoder, features):
     assert positional.kind == "instances"
 
 
+def test_v1_contract_pins_apply_to_objects_and_take_the_contract_endpoints_list(decoder, features):
+    rows = features.iloc[[5, 6]]
+    for form in (instances(rows), vectors(rows, decoder.names)):
+        decoder.v1({"instances": form, "parameters": {"feature_names": list(decoder.names)}})
+        decoder.v1({"instances": form, "parameters": {"contract_id": decoder.contract_id}})
+        with pytest.raises(RequestError, match="built for contract 0123"):
+            decoder.v1({"instances": form, "parameters": {"contract_id": "0123456789abcdef"}})
+        with pytest.raises(RequestError, match=re.escape("instances: feature_names")):
+            decoder.v1({"instances": form, "parameters": {"feature_names": list(decoder.names)[::-1]}})
+
+
 def _bad_vectors(decoder, features, change) -> dict:
     rows = vectors(features.iloc[[5, 6]], decoder.names)
     body = {"instances": rows}
@@ -176,6 +187,14 @@ def _bad_vectors(decoder, features, change) -> dict:
         (lambda b, r: r[0].__setitem__(3, 7), "'pod' must be a string"),
         (lambda b, r: b.update(parameters={"contract_id": "0123456789abcdef"}), "built for contract 0123"),
         (lambda b, r: b.update(parameters={"feature_names": "a,b"}), "instances: feature_names"),
+        (lambda b, r: b.update(parameters={"feature_names": {}}), "a list of strings, got dict"),
+        (lambda b, r: b.update(parameters={"contract_id": 123}), "'contract_id' must be a string, got int"),
+        (lambda b, r: r.append(7), "got int"),
+        (lambda b, r: r.append([1.0]), "got 1 value:"),
+        (
+            lambda b, r: r[1].__setitem__(3, None),
+            "'pod' must be a string ('' where it does not apply), got NoneType (first in row 1)",
+        ),
     ],
 )
 def test_bad_v1_feature_vectors_say_what_was_expected(decoder, features, change, message):
