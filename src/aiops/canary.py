@@ -8,7 +8,9 @@ the Prometheus layout). The verdict:
 * **inconclusive** (roll back) when either arm has fewer requests or scored rows than the
   policy's minimum: too little evidence is not a pass;
 * **inconclusive** too when evidence is missing: a count that is not a number, or an arm
-  without a latency or anomaly-score histogram. A check that cannot be made is not passed;
+  without a usable latency or anomaly-score histogram (observations, a ``+Inf`` bucket, every
+  count a number), or a p95 latency that cannot be read. A check that cannot be made is not
+  passed;
 * **error rate**: one-sided Fisher exact test (exact at the handful of errors a canary
   usually shows, where a z-test overstates significance); roll back when the canary's error
   rate is significantly higher *and* exceeds the stable one by more than a tolerance. An error
@@ -16,11 +18,15 @@ the Prometheus layout). The verdict:
   what the stable arm accepts fails like one that crashes;
 * **latency**: roll back when the canary's p95 (from the histogram) exceeds the stable p95 by
   more than a ratio;
+* **anomaly rate**: roll back when the canary flags significantly more rows than the stable
+  arm (one-sided Fisher test), by more than a ratio and an absolute increase. A model that
+  suddenly flags far more rows than the one it replaces is suspicious even if it is faster; far
+  fewer only when the policy asks (``min_anomaly_rate_ratio``), since a retrained model is
+  often meant to be quieter;
 * **score distribution**: chi-square test on the score-histogram bucket counts plus the
-  Jensen-Shannon distance as effect size; roll back when the distributions differ significantly
-  *and* the effect is material. A model that suddenly flags far more rows than the one it
-  replaces is suspicious even if it is faster; far fewer only when the policy asks
-  (``min_anomaly_rate_ratio``), since a retrained model is often meant to be quieter.
+  Jensen-Shannon distance as effect size, recorded as evidence and named in the reason of an
+  anomaly-rate rollback. A shift alone does not roll back: a retrained model's scores are
+  expected to move, and what reaches an SRE is the alarms.
 
 Statistics come from scipy; no serving code is imported here.
 """
@@ -123,11 +129,19 @@ class CanaryVerdict:
 
 
 def histogram_quantile(q: float, buckets: Mapping[float, float]) -> float:
-    """Prometheus' ``histogram_quantile`` on cumulative buckets (linear within a bucket)."""
-    if not buckets:
+    """Prometheus' ``histogram_quantile`` on cumulative buckets (linear within a bucket).
+
+    NaN, as in Prometheus, without a ``+Inf`` bucket, with a count that is not a number, or
+    with no observation. Counts that decrease from one bound to the next (buckets scraped at
+    slightly different moments) are raised to the running maximum, as Prometheus does.
+    """
+    if not buckets or math.inf not in buckets:
         return float("nan")
     bounds = sorted(buckets)
     counts = [buckets[b] for b in bounds]
+    if not all(math.isfinite(c) for c in counts):
+        return float("nan")
+    counts = np.maximum.accumulate(counts).tolist()
     total = counts[-1]
     if total <= 0:
         return float("nan")
@@ -144,9 +158,9 @@ def histogram_quantile(q: float, buckets: Mapping[float, float]) -> float:
 
 
 def _observed(buckets: Mapping[float, float]) -> bool:
-    """Whether a cumulative histogram holds any observation."""
-    total = max(buckets.values(), default=0.0)
-    return math.isfinite(total) and total > 0
+    """Whether a cumulative histogram holds observations, every count a number, and its +Inf bucket."""
+    counts = list(buckets.values())
+    return math.inf in buckets and all(math.isfinite(c) for c in counts) and max(counts, default=0.0) > 0
 
 
 def _bucket_counts(buckets: Mapping[float, float], bounds: Sequence[float]) -> np.ndarray:
@@ -217,7 +231,10 @@ def analyse(stable: ArmStats, canary: ArmStats, policy: CanaryPolicy = CanaryPol
                 if not _observed(buckets)
             ]
             if missing:
-                reasons.append(f"inconclusive: no {' or '.join(missing)} histogram for {name}")
+                reasons.append(
+                    f"inconclusive: no usable {' or '.join(missing)} histogram for {name} (no observation, "
+                    "no +Inf bucket, or a count that is not a number)"
+                )
     if reasons:
         return CanaryVerdict(False, tuple(reasons), evidence)
 
@@ -232,13 +249,21 @@ def analyse(stable: ArmStats, canary: ArmStats, policy: CanaryPolicy = CanaryPol
 
     p95_stable = histogram_quantile(0.95, stable.latency_buckets)
     p95_canary = histogram_quantile(0.95, canary.latency_buckets)
-    ratio = p95_canary / p95_stable if p95_stable and not math.isnan(p95_stable) else float("nan")
+    # A stable p95 of 0 (everything in a bucket bounded at 0) gives no ratio (NaN): the absolute
+    # increase then decides alone.
+    ratio = p95_canary / p95_stable if p95_stable > 0 else float("nan")
     evidence["latency"] = {"p95_stable_s": p95_stable, "p95_canary_s": p95_canary, "ratio": ratio}
-    if (
-        not math.isnan(ratio)
-        and ratio > policy.max_latency_ratio
-        and p95_canary - p95_stable > policy.min_latency_increase_s
-    ):
+    if not (math.isfinite(p95_stable) and math.isfinite(p95_canary)):
+        return CanaryVerdict(
+            False,
+            (
+                f"inconclusive: the p95 latency cannot be read (stable {p95_stable}, canary {p95_canary} s); "
+                "check the latency histograms",
+            ),
+            evidence,
+        )
+    slower = math.isnan(ratio) or ratio > policy.max_latency_ratio
+    if slower and p95_canary - p95_stable > policy.min_latency_increase_s:
         reasons.append(
             f"p95 latency {p95_canary * 1000:.1f} ms vs stable {p95_stable * 1000:.1f} ms (x{ratio:.2f})"
         )

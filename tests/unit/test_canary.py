@@ -39,6 +39,13 @@ def test_histogram_quantile_matches_prometheus_interpolation():
     assert histogram_quantile(0.75, buckets) == pytest.approx(0.15)
     assert histogram_quantile(0.99, {0.1: 10, math.inf: 100}) == pytest.approx(0.1)  # in +Inf: last bound
     assert math.isnan(histogram_quantile(0.5, {}))
+    # as Prometheus: no +Inf bucket or a count that is not a number gives NaN; a count below the
+    # one before it (buckets scraped a moment apart) is raised to it
+    assert math.isnan(histogram_quantile(0.5, {0.1: 50, 0.2: 100}))
+    assert math.isnan(histogram_quantile(0.5, {0.1: float("nan"), 0.2: 100, math.inf: 100}))
+    assert histogram_quantile(0.5, {0.1: 50, 0.2: 40, math.inf: 100}) == histogram_quantile(
+        0.5, {0.1: 50, 0.2: 50, math.inf: 100}
+    )
 
 
 def test_two_proportion_test_is_one_sided():
@@ -130,7 +137,29 @@ def test_a_few_errors_on_a_small_arm_are_judged_exactly():
 def test_a_missing_histogram_is_inconclusive_not_a_pass(canary, missing):
     verdict = analyse(arm(), canary)
     assert not verdict.promote
-    assert verdict.reasons == (f"inconclusive: no {missing} histogram for canary",)
+    assert verdict.reasons[0].startswith(f"inconclusive: no usable {missing} histogram for canary (")
+
+
+@pytest.mark.parametrize("broken", ["interior", "inf"])
+@pytest.mark.parametrize("side", ["stable", "canary"])
+def test_a_latency_histogram_with_a_nan_bucket_is_inconclusive_not_a_pass(side, broken):
+    buckets = dict(arm().latency_buckets)
+    buckets[0.01 if broken == "interior" else math.inf] = float("nan")
+    bad = ArmStats(1000, 1, 1000, 10, buckets, arm().score_buckets)
+    slow = arm(latency=(0, 0, 0, 0, 0, 1000))  # every request over 100 ms: far slower
+    verdict = analyse(bad, slow) if side == "stable" else analyse(arm(), bad)
+    assert not verdict.promote
+    assert verdict.reasons[0].startswith(f"inconclusive: no usable latency histogram for {side}")
+
+
+def test_a_stable_p95_of_zero_leaves_the_absolute_increase_to_decide():
+    zero = (0.0, *LATENCY_BOUNDS)
+    stable = ArmStats(1000, 1, 1000, 10, cumulative(zero, (1000, 0, 0, 0, 0, 0, 0)), arm().score_buckets)
+    slower = ArmStats(1000, 1, 1000, 10, cumulative(zero, (0, 0, 0, 0, 0, 1000, 0)), arm().score_buckets)
+    verdict = analyse(stable, slower)
+    assert not verdict.promote and "p95 latency" in verdict.reasons[0]
+    assert math.isnan(verdict.evidence["latency"]["ratio"])
+    assert analyse(stable, stable).promote
 
 
 def test_counts_that_are_not_numbers_are_inconclusive():
