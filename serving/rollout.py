@@ -418,16 +418,32 @@ def _record_failure(
     canary_percent: int,
     mode: str,
     verdict: CanaryVerdict | None = None,
+    rolled_back: bool = True,
 ) -> None:
     """Record a rollout that broke off, with the error as its reason (best effort).
 
-    Without a ``verdict`` it broke off before one and the canary was rolled back. With a passing
-    one, the cluster already serves the candidate but the ``champion`` alias could not be moved.
+    Without a ``verdict`` it broke off before one, and the canary was rolled back (or
+    ``rolled_back`` is False: that failed too). With a failing verdict, its rollback failed. With
+    a passing one, the cluster already serves the candidate but the ``champion`` alias could not
+    be moved.
     """
     error = f"{type(exc).__name__}: {exc}"
+    left = (
+        f"the canary v{candidate_version} may still take {canary_percent}% of traffic: remove it by hand "
+        "(see the log)"
+    )
     if verdict is None:
-        reasons: tuple[str, ...] = (f"rollout failed before a verdict, canary rolled back: {error}",)
+        then = "canary rolled back" if rolled_back else f"and its rollback failed too; {left}"
+        reasons: tuple[str, ...] = (f"rollout failed before a verdict, {then}: {error}",)
         result = RolloutResult(model_name, candidate_version, stable_version, False, reasons, {})
+    elif not verdict.promote:
+        reasons = (
+            *verdict.reasons,
+            f"the verdict is to roll back, but the rollback failed ({error}); {left}",
+        )
+        result = RolloutResult(
+            model_name, candidate_version, stable_version, False, reasons, verdict.evidence
+        )
     else:
         reasons = (
             *verdict.reasons,
@@ -504,11 +520,48 @@ class KServeCanary:
         (self.apply_route or _apply_route)(route)
         log.info("route %s: %s", route["metadata"]["name"], to_dict(route)["spec"])
 
+    def deploy_first(self, storage_uri: str, version: str, timeout_s: int = 600) -> None:
+        """No champion yet: serve ``version`` as the stable service ``{name}``, created or updated.
+
+        There is nothing to compare it with, so no canary; in RawDeployment mode the Route then
+        sends all traffic to ``{name}``.
+        """
+        from dataclasses import replace
+
+        from serving.manifests import inference_service
+
+        client = self._client()
+        first = replace(self.stable, storage_uri=storage_uri, model_version=version)
+        isvc = inference_service(first)
+        try:
+            client.create(isvc, namespace=first.namespace)
+        except RuntimeError as exc:  # KServeClient wraps the API's 409 AlreadyExists
+            if getattr(exc.__context__, "status", None) != 409:
+                raise
+            client.patch(first.name, isvc, namespace=first.namespace)
+        client.wait_isvc_ready(first.name, namespace=first.namespace, timeout_seconds=timeout_s)
+        self.stable = first
+        if first.mode != "Serverless":
+            self._route(f"{first.name}-canary", 0)
+
     def evidence(self, stable_version: str, canary_version: str) -> tuple[ArmStats, ArmStats]:
-        """Both arms' stats over the window, told apart by their ``model_version`` label."""
+        """Both arms' stats over the window, told apart by their ``model_version`` label.
+
+        Only this service's series count: its namespace, and the ``model_name`` its servers
+        export (the InferenceService's name, ``{name}`` or ``{name}-canary``). Another model, or
+        a copy of this one in another namespace, that serves the same version number is left out.
+        """
         return (
-            arm_stats(self.prometheus, f'model_version="{stable_version}"', self.window),
-            arm_stats(self.prometheus, f'model_version="{canary_version}"', self.window),
+            arm_stats(self.prometheus, self.arm_selector(stable_version), self.window),
+            arm_stats(self.prometheus, self.arm_selector(canary_version), self.window),
+        )
+
+    def arm_selector(self, version: str) -> str:
+        """The label matchers of the arm serving ``version``."""
+        name = self.stable.name  # a Kubernetes name: [a-z0-9-], nothing a regex reads specially
+        return (
+            f'namespace="{self.stable.namespace}",model_name=~"{name}|{name}-canary",'
+            f'model_version="{version}"'
         )
 
     def promote(self, storage_uri: str, version: str, timeout_s: int = 600) -> None:
@@ -539,9 +592,20 @@ class KServeCanary:
         except BaseException:
             client.patch(self.stable.name, inference_service(self.stable), namespace=self.stable.namespace)
             raise
-        self._route(promoted.name, 0)
-        client.delete(promoted.name, namespace=promoted.namespace)
+        # From here the stable service serves the new version: the promotion has happened, and
+        # a failed clean-up must not read as a rollback (the record would say the old model serves).
         self.stable = stable
+        try:
+            self._route(promoted.name, 0)
+            client.delete(promoted.name, namespace=promoted.namespace)
+        except Exception as exc:  # noqa: BLE001 - named in the log; both arms serve the new version
+            log.warning(
+                "promoted v%s: %s serves it, but removing the canary failed (%s: %s); both serve v%s. "
+                "Delete InferenceService %s in %s and point Route %s at %s-predictor only before the "
+                "next rollout",
+                version, stable.name, type(exc).__name__, exc, version, promoted.name,
+                stable.namespace, stable.name, stable.name,
+            )  # fmt: skip
 
     def rollback(self, storage_uri: str, version: str) -> None:
         """Send all traffic back to the stable arm and remove the canary."""
@@ -584,26 +648,52 @@ def run_cluster_rollout(
     policy: CanaryPolicy = CanaryPolicy(),
     wait_s: float | None = None,
 ) -> RolloutResult:
-    """Deploy the canary on the cluster, wait one analysis window, decide, act, record."""
+    """Deploy the canary on the cluster, wait one analysis window, decide, act, record.
+
+    With no other version serving (``stable_version`` is the candidate: no champion yet), the
+    candidate is deployed as the stable service and promoted without a comparison, as the
+    local rollout does; the reason says so.
+    """
+    from aiops.canary import CanaryVerdict
+
     mode = canary.stable.mode
+    first = stable_version == candidate_version
     try:
-        canary.deploy(storage_uri, candidate_version)
-        time.sleep(wait_s if wait_s is not None else pd.Timedelta(canary.window).total_seconds())
-        stable_stats, canary_stats = canary.evidence(stable_version, candidate_version)
-        verdict = analyse(stable_stats, canary_stats, policy)
-        if verdict.promote:
-            canary.promote(storage_uri, candidate_version)
+        if first:
+            canary.deploy_first(storage_uri, candidate_version)
+            verdict = CanaryVerdict(
+                True,
+                (
+                    "no other serving version to compare with (no champion yet); "
+                    f"deployed as {canary.stable.name}",
+                ),
+                {},
+            )
+        else:
+            canary.deploy(storage_uri, candidate_version)
+            time.sleep(wait_s if wait_s is not None else pd.Timedelta(canary.window).total_seconds())
+            stable_stats, canary_stats = canary.evidence(stable_version, candidate_version)
+            verdict = analyse(stable_stats, canary_stats, policy)
+            if verdict.promote:
+                canary.promote(storage_uri, candidate_version)
     except Exception as exc:
         # Whatever broke (a canary never ready, Prometheus without its series, a failed
         # promotion), the stable arm takes all traffic back and the alias stays.
-        with contextlib.suppress(Exception):
-            canary.rollback(storage_uri, candidate_version)
+        rolled_back = first or _try_rollback(canary, storage_uri, candidate_version)
         _record_failure(
-            model_name, candidate_version, stable_version, exc, tracking_uri, canary.canary_percent, mode
-        )
+            model_name, candidate_version, None if first else stable_version, exc, tracking_uri,
+            canary.canary_percent, mode, rolled_back=rolled_back,
+        )  # fmt: skip
         raise
     if not verdict.promote:
-        canary.rollback(storage_uri, candidate_version)
+        try:
+            canary.rollback(storage_uri, candidate_version)
+        except Exception as exc:
+            _record_failure(
+                model_name, candidate_version, stable_version, exc, tracking_uri,
+                canary.canary_percent, mode, verdict, rolled_back=False,
+            )  # fmt: skip
+            raise
     try:
         result = decide(model_name, candidate_version, stable_version, verdict, tracking_uri)
     except Exception as exc:
@@ -615,3 +705,13 @@ def run_cluster_rollout(
         raise
     run_id = record_decision(result, tracking_uri, canary.canary_percent, mode)
     return RolloutResult(**{**result.as_dict(), "run_id": run_id})
+
+
+def _try_rollback(canary: KServeCanary, storage_uri: str, version: str) -> bool:
+    """Roll the canary back after an error; whether that worked (its own error is logged)."""
+    try:
+        canary.rollback(storage_uri, version)
+    except Exception:  # noqa: BLE001 - the error that broke the rollout is the one raised
+        log.exception("rolling back the canary of v%s failed too", version)
+        return False
+    return True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -249,6 +250,149 @@ def test_a_cluster_rollout_that_breaks_off_rolls_back_and_records_why(schema, tm
     assert run.data.tags["decision"] == "rolled_back"
     assert run.data.tags["reason"].startswith("rollout failed before a verdict")
     assert client.get_model_version("m", "2").tags["rollout.decision"] == "rolled_back"
+
+
+def _registry(tmp_path, champion: str | None = "1") -> str:
+    from aiops.registry import mlflow_client
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = mlflow_client(uri)
+    client.create_registered_model("m")
+    for _ in range(2):
+        client.create_model_version("m", source=str(tmp_path))
+    if champion:
+        client.set_registered_model_alias("m", "champion", champion)
+    return uri
+
+
+def _arm(errors: int):
+    from aiops.canary import ArmStats
+
+    latency = {0.01: 900.0, 0.1: 1000.0, math.inf: 1000.0}
+    scores = {0.5: 600.0, 1.0: 950.0, 2.0: 990.0, math.inf: 1000.0}
+    return ArmStats(1000, errors, 1000, 10, latency, scores)
+
+
+def _recorded(uri: str) -> tuple[str, str]:
+    from aiops.registry import mlflow_client
+    from serving.rollout import ROLLOUT_EXPERIMENT
+
+    client = mlflow_client(uri)
+    [run] = client.search_runs([client.get_experiment_by_name(ROLLOUT_EXPERIMENT).experiment_id])
+    return run.data.tags["decision"], run.data.tags["reason"]
+
+
+class _DeleteFails(_RecordingKServe):
+    def delete(self, name, namespace):
+        super().delete(name, namespace)
+        raise RuntimeError("apiserver: 503 on delete")
+
+
+def test_a_promotion_whose_canary_cannot_be_removed_is_still_a_promotion(schema, tmp_path, monkeypatch):
+    """The stable service serves the new version once it is ready: a failed clean-up after that
+    must not be recorded as a rollback while the cluster serves the candidate."""
+    from aiops.registry import alias_version
+    from serving.rollout import KServeCanary, run_cluster_rollout
+
+    uri = _registry(tmp_path)
+    kserve, routes = _DeleteFails(schema), []
+    canary = KServeCanary(
+        spec("RawDeployment"), 20, "http://prometheus", client=kserve, apply_route=routes.append
+    )
+    monkeypatch.setattr(canary, "evidence", lambda stable, new: (_arm(1), _arm(1)))
+    new_uri = "s3://mlflow/1/models/m-new/artifacts"
+    result = run_cluster_rollout(canary, "m", "2", new_uri, "1", uri, wait_s=0)
+    assert result.promoted and alias_version("m", "champion", uri) == "2"
+    assert canary.stable.storage_uri == new_uri and canary.stable.model_version == "2"
+    assert ("patch", "anomaly-detector", new_uri) in kserve.calls
+    assert _recorded(uri)[0] == "promoted"
+
+
+def test_a_rollback_that_fails_is_recorded_with_the_verdict(schema, tmp_path, monkeypatch):
+    from aiops.registry import alias_version
+    from serving.rollout import KServeCanary, run_cluster_rollout
+
+    uri = _registry(tmp_path)
+    kserve = _DeleteFails(schema)
+    canary = KServeCanary(
+        spec("RawDeployment"), 20, "http://prometheus", client=kserve, apply_route=lambda r: None
+    )
+    monkeypatch.setattr(canary, "evidence", lambda stable, new: (_arm(1), _arm(300)))
+    with pytest.raises(RuntimeError, match="503 on delete"):
+        run_cluster_rollout(canary, "m", "2", "s3://mlflow/1/models/m-new/artifacts", "1", uri, wait_s=0)
+    assert alias_version("m", "champion", uri) == "1"
+    decision, reason = _recorded(uri)
+    assert decision == "rolled_back"
+    assert "error rate" in reason and "the rollback failed (RuntimeError: apiserver: 503 on delete)" in reason
+
+
+def test_a_rollout_that_breaks_off_and_cannot_roll_back_does_not_claim_it_did(schema, tmp_path):
+    from serving.rollout import KServeCanary, run_cluster_rollout
+
+    uri = _registry(tmp_path)
+    # Port 9 (discard) is closed here: the evidence query fails, then so does the rollback.
+    canary = KServeCanary(
+        spec("RawDeployment"),
+        20,
+        "http://127.0.0.1:9",
+        client=_DeleteFails(schema),
+        apply_route=lambda r: None,
+    )
+    with pytest.raises(OSError):
+        run_cluster_rollout(canary, "m", "2", "s3://mlflow/1/models/m-new/artifacts", "1", uri, wait_s=0)
+    decision, reason = _recorded(uri)
+    assert decision == "rolled_back" and "its rollback failed too" in reason and "rolled back:" not in reason
+
+
+@pytest.mark.parametrize("mode", ["Serverless", "RawDeployment"])
+@pytest.mark.parametrize("exists", [False, True])
+def test_the_first_version_on_a_cluster_is_deployed_without_comparing_it_with_itself(
+    schema, tmp_path, mode, exists
+):
+    """No champion yet: the candidate becomes the stable service; no canary, no analysis."""
+    from kubernetes.client.rest import ApiException
+
+    from aiops.registry import alias_version
+    from serving.rollout import KServeCanary, run_cluster_rollout
+
+    class Cluster(_RecordingKServe):
+        def create(self, isvc, namespace):
+            if exists:
+                try:
+                    raise ApiException(status=409, reason="Conflict")
+                except ApiException as exc:  # as KServeClient.create wraps it
+                    raise RuntimeError(f"Exception when calling CustomObjectsApi: {exc}")  # noqa: B904
+            super().create(isvc, namespace)
+
+    uri = _registry(tmp_path, champion=None)
+    kserve, routes = Cluster(schema), []
+    canary = KServeCanary(spec(mode), 20, "http://127.0.0.1:9", client=kserve, apply_route=routes.append)
+    new_uri = "s3://mlflow/1/models/m-new/artifacts"
+    result = run_cluster_rollout(canary, "m", "2", new_uri, "2", uri, wait_s=0)
+    assert result.promoted and alias_version("m", "champion", uri) == "2"
+    assert "no other serving version to compare with" in result.reasons[0]
+    assert kserve.calls == [
+        ("patch" if exists else "create", "anomaly-detector", new_uri),
+        ("ready", "anomaly-detector"),
+    ]
+    if mode == "RawDeployment":
+        assert routes[-1]["spec"]["to"]["weight"] == 100 and "alternateBackends" not in routes[-1]["spec"]
+    else:
+        assert routes == []
+
+
+def test_cluster_arms_count_only_this_services_series(monkeypatch):
+    """Another model, or a copy in another namespace, serving the same version number is not an arm."""
+    from serving import rollout
+
+    selectors = []
+    monkeypatch.setattr(rollout, "arm_stats", lambda url, selector, window: selectors.append(selector))
+    canary = rollout.KServeCanary(spec(), 20, "http://prometheus")
+    canary.evidence("1", "2")
+    assert selectors == [
+        'namespace="aiops",model_name=~"anomaly-detector|anomaly-detector-canary",model_version="1"',
+        'namespace="aiops",model_name=~"anomaly-detector|anomaly-detector-canary",model_version="2"',
+    ]
 
 
 def test_requests_an_arm_never_answers_count_as_its_errors(tmp_path):
