@@ -44,7 +44,7 @@ def time_split(
 
     Raises:
         ValueError: When the fractions do not leave room for training.
-        SchemaError: When a part would be smaller than ``min_rows``.
+        SchemaError: When a part would be smaller than ``min_rows``, or a row has no timestamp.
 
     """
     if not (0 < validation_fraction < 1 and 0 < test_fraction < 1):
@@ -55,6 +55,9 @@ def time_split(
         )
     if TIMESTAMP not in frame.columns:
         raise SchemaError(f"split: column '{TIMESTAMP}' missing")
+    missing = int(frame[TIMESTAMP].isna().sum())
+    if missing:
+        raise SchemaError(f"split: {missing} row(s) without a timestamp would fall in no part")
     instants = pd.Series(frame[TIMESTAMP].unique()).sort_values().reset_index(drop=True)
     n = len(instants)
     if n < 3:

@@ -1,7 +1,8 @@
 """``aiops benchmark synthetic``: the training pipeline's detectors on a freshly simulated cluster.
 
-The simulated cluster and its injected anomalies come from a seed that differs from the ones
-used in development, so the numbers are not tuned to the data. Everything runs in-process
+The simulated cluster and its injected anomalies come from the caller's seed (the command
+requires one): pick one not used in development (``benchmarks/README.md`` lists those), so the
+numbers are not tuned to the data. Everything runs in-process
 (no KFP) with the same library functions the pipeline steps call.
 
 The default span is three weeks, so that the training period (the first 45%) holds a whole
@@ -42,7 +43,8 @@ class SyntheticBenchmark:
     """Size and policy of the run.
 
     Attributes:
-        seed: Seed of simulation and injection (pick one not used in development).
+        seed: Seed of simulation and injection (pick one not used in development; the default,
+            2027, is a development seed).
         duration: Simulated span.
         n_anomalies: Injected anomalies (spread over train, validation and test).
         validation_fraction: Share of time for validation.

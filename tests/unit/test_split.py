@@ -1,3 +1,4 @@
+import pandas as pd
 import pytest
 
 from aiops.schema import SchemaError
@@ -43,3 +44,10 @@ def test_a_test_share_under_one_timestamp_is_a_schema_error(test_fraction):
     # 10 instants x 0.95 rounds to 10: the test part would start past the last instant.
     with pytest.raises(SchemaError, match="leave none for the test part"):
         time_split(make_metrics(n_steps=10), 0.3, test_fraction)
+
+
+def test_a_row_without_a_timestamp_is_refused_not_dropped():
+    df = make_metrics(n_steps=20)
+    df.loc[3, "timestamp"] = pd.NaT
+    with pytest.raises(SchemaError, match="1 row"):
+        time_split(df)

@@ -31,3 +31,25 @@ def test_small_run_reports_every_detector_on_the_latest_period():
     assert all(m["windows"] == windows for m in report["detectors"].values())
     headroom = report["headroom"]["ensemble_at_test_optimal_weights"]
     assert 0.0 <= headroom["event_f1"] <= 1.0 and headroom["combine"] in ("mean", "max", "any")
+
+
+def test_the_command_needs_a_seed_and_chooses_weights_only_under_event_f1(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import aiops.synthetic_bench as bench
+    from aiops.cli import app
+
+    out = tmp_path / "s.json"
+    missing = CliRunner().invoke(app, ["benchmark", "synthetic", "--output", str(out)])
+    assert missing.exit_code == 2 and "--seed" in missing.output
+    seen: list[SyntheticBenchmark] = []
+
+    def fake(settings):
+        seen.append(settings)
+        raise SystemExit(0)  # the settings are what this test is about
+
+    monkeypatch.setattr(bench, "run_synthetic_benchmark", fake)
+    for policy in ("quantile", "event_f1"):
+        args = ["benchmark", "synthetic", "--seed", "8", "--output", str(out), "--threshold-policy", policy]
+        CliRunner().invoke(app, args)
+    assert [(s.threshold_policy, s.select_weights) for s in seen] == [("quantile", False), ("event_f1", True)]
