@@ -231,8 +231,20 @@ def _robust_scale(values: np.ndarray) -> float:
     return max(abs(float(np.median(finite))) * 0.1, 1e-6)
 
 
-def _present(draft: _Draft, candidates: tuple[str, ...]) -> list[str]:
-    return [c for c in candidates if draft.has(c)]
+def _present(draft: _Draft, candidates: tuple[str, ...], w: _Window) -> list[str]:
+    """The candidates this pod reports: a finite value somewhere in its rows.
+
+    An effect on a column the pod never reports would change nothing under its label.
+    """
+    return [c for c in candidates if draft.has(c) and np.isfinite(draft.series(w, c)).any()]
+
+
+def _reported_columns(draft: _Draft, pods: list[_Pod]) -> list[set[str]]:
+    """Per pod, the metric columns with a finite value in its rows.
+
+    Prometheus pods without HTTP metrics, say, report no request rate.
+    """
+    return [{c for c, values in draft.columns.items() if np.isfinite(values[p.rows]).any()} for p in pods]
 
 
 def _ramp(start: float, target: float, n: int) -> np.ndarray:
@@ -246,7 +258,7 @@ def _first_finite(values: np.ndarray) -> float:
 
 
 def _spike(draft: _Draft, w: _Window, rng: np.random.Generator) -> None:
-    column = str(rng.choice(_present(draft, _SPIKE_METRICS)))
+    column = str(rng.choice(_present(draft, _SPIKE_METRICS, w)))
     values = draft.get(w, column)
     # A zero sample has nothing to multiply; start from a tenth of the pod's typical level.
     floor = max(float(np.nanmedian(np.abs(draft.series(w, column)))) * 0.1, 1e-3)
@@ -254,7 +266,7 @@ def _spike(draft: _Draft, w: _Window, rng: np.random.Generator) -> None:
 
 
 def _level_shift(draft: _Draft, w: _Window, rng: np.random.Generator) -> None:
-    column = str(rng.choice(_present(draft, _SHIFT_METRICS)))
+    column = str(rng.choice(_present(draft, _SHIFT_METRICS, w)))
     offset = rng.uniform(3.0, 6.0) * _robust_scale(draft.series(w, column))
     draft.put(w, column, draft.get(w, column) + offset)
 
@@ -296,7 +308,7 @@ def _crash_loop(draft: _Draft, w: _Window, rng: np.random.Generator) -> None:
     draft.put(w, "restarts", np.nan_to_num(draft.get(w, "restarts")) + counts)
     # The container is down between crashes: traffic and CPU fall towards zero.
     up = rng.uniform(0.0, 0.15, w.n)
-    for column in _present(draft, ("request_rate", "network_rx_bytes_per_s", "network_tx_bytes_per_s")):
+    for column in _present(draft, ("request_rate", "network_rx_bytes_per_s", "network_tx_bytes_per_s"), w):
         draft.put(w, column, draft.get(w, column) * up)
     if draft.has("cpu_usage_cores"):
         draft.put(w, "cpu_usage_cores", draft.get(w, "cpu_usage_cores") * rng.uniform(0.02, 0.15, w.n))
@@ -375,13 +387,13 @@ def _contextual_source(w: _Window, request_rate: np.ndarray) -> np.ndarray:
 
 def _contextual(draft: _Draft, w: _Window, rng: np.random.Generator) -> None:
     source = w.pod_rows[_contextual_source(w, draft.series(w, "request_rate"))]
-    for column in ("request_rate", *_present(draft, _CONTEXT_COMPANIONS)):
+    for column in ("request_rate", *_present(draft, _CONTEXT_COMPANIONS, w)):
         draft.put(w, column, draft.columns[column][source])
 
 
 def _collective(draft: _Draft, w: _Window, rng: np.random.Generator) -> None:
     """Freeze one metric at its last sample, like a stuck exporter: plausible values, zero variance."""
-    column = str(rng.choice(_present(draft, _FLATLINE_METRICS)))
+    column = str(rng.choice(_present(draft, _FLATLINE_METRICS, w)))
     series = draft.series(w, column)
     before = series[w.lo - 1] if w.lo > 0 else np.nan
     frozen = before if np.isfinite(before) else float(np.nanmedian(series[w.lo : w.hi]))
@@ -558,10 +570,16 @@ def inject(
             f"{_ts(target.times[0])} to {_ts(target.times[-1])}"
         )
     window = target.window(int(lo), int(hi))
+    draft = _Draft.of(telemetry)
+    unreported = _KINDS[anomaly_type].missing(_reported_columns(draft, [target])[0])
+    if unreported:
+        raise SchemaError(
+            f"pod '{pod}' reports no value of {', '.join(unreported)}, "
+            f"which anomaly type '{anomaly_type}' needs"
+        )
     if anomaly_type == "spike" and window.n > _MAX_SPIKE_ROWS:
         window = target.window(int(lo), int(lo) + int(rng.integers(1, _MAX_SPIKE_ROWS + 1)))
         end_ns = window.end_ns()
-    draft = _Draft.of(telemetry)
     _KINDS[anomaly_type].effect(draft, window, rng)
     draft.label(window, anomaly_type, start_ns, end_ns)
     return draft.result(telemetry)
@@ -604,11 +622,12 @@ def inject_anomalies(telemetry: Telemetry, spec: InjectionSpec = InjectionSpec()
     rng = np.random.default_rng(spec.seed)
     pods = _pods(telemetry)
     draft = _Draft.of(telemetry)
+    reported = _reported_columns(draft, pods)
     taken: dict[int, list[tuple[int, int]]] = {i: [] for i in range(len(pods))}
     for placed, anomaly_type in enumerate(_type_sequence(feasible, spec.n_anomalies, rng)):
         alternatives = [anomaly_type, *(str(t) for t in rng.permutation(feasible) if t != anomaly_type)]
         for candidate in alternatives:
-            spot = _place(candidate, pods, taken, draft, durations, rng)
+            spot = _place(candidate, pods, taken, draft, durations, rng, reported)
             if spot is not None:
                 break
         else:
@@ -678,14 +697,21 @@ def _place(
     draft: _Draft,
     durations: _Durations,
     rng: np.random.Generator,
+    reported: list[set[str]],
 ) -> tuple[int, _Window] | None:
-    """Draw a pod and a free window for one anomaly, or None when nothing fits."""
+    """Draw a pod and a free window for one anomaly, or None when nothing fits.
+
+    Only pods that report the columns the type needs (``reported``) can take it.
+    """
+    kind = _KINDS[anomaly_type]
     # Prefer a drawn length; fall back to the shortest allowed one before giving up.
     drawn = [_window_rows(anomaly_type, pod, durations, rng) for pod in pods]
     shortest = [1 if anomaly_type == "spike" else max(1, -(-durations.min_ns // p.step_ns)) for p in pods]
     for sizes in (drawn, shortest):
         starts = [
             _free_starts(p, n, taken[i], durations.margin_ns)
+            if not kind.missing(reported[i])
+            else np.array([], dtype=int)
             for i, (p, n) in enumerate(zip(pods, sizes, strict=True))
         ]
         counts = np.array([len(s) for s in starts], dtype=float)

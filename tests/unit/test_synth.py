@@ -195,6 +195,22 @@ def test_inject_rejects_unknown_type_empty_window_and_missing_columns(base: Tele
         _inject(slim, "memory_leak")
 
 
+def test_pods_that_report_no_http_metrics_get_no_anomaly_that_needs_them(rolling: Telemetry) -> None:
+    """Prometheus data: some pods never report request rate or latency (no HTTP metrics). An
+    anomaly there would label rows it cannot change, which no detector could find."""
+    metrics = rolling.metrics.copy()
+    silent = metrics["pod"].isin(metrics["pod"].drop_duplicates().iloc[::3])
+    metrics.loc[silent, ["request_rate", "latency_p95_seconds"]] = np.nan
+    quiet = Telemetry(metrics, rolling.labels, rolling.events, rolling.logs)
+    for seed in range(3):
+        out = inject_anomalies(quiet, InjectionSpec(n_anomalies=30, seed=seed))
+        np.testing.assert_array_equal(row_labels(out.metrics, out.labels), _changed(metrics, out.metrics))
+    target = {**_target(quiet), "pod": metrics.loc[silent, "pod"].iloc[0]}
+    target["node"] = metrics.loc[metrics["pod"] == target["pod"], "node"].iloc[0]
+    with pytest.raises(SchemaError, match="reports no value of request_rate"):
+        _inject(quiet, "contextual", **target)
+
+
 def test_inject_anomalies_is_reproducible(rolling: Telemetry) -> None:
     spec = InjectionSpec(n_anomalies=9, seed=7)
     first, second = inject_anomalies(rolling, spec), inject_anomalies(rolling, spec)
