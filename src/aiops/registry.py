@@ -199,12 +199,14 @@ def decide(
 
 
 #: Metrics where lower is better: counts of errors, delays, rates of alarms and forecast errors.
-_LOWER_IS_BETTER = ("_fp", "_fn", "false_alarm_events", "delay_s", "alarm_rate", "mape")
+_LOWER_IS_BETTER = ("_fp", "_fn", "false_alarm_events", "delay_s", "alarm_rate", "mape", "wape")
+#: Forecast errors, also per signal (``forecast_mape_cpu_usage_cores``).
+_FORECAST_ERRORS = frozenset({"mape", "smape", "wape"})
 
 
 def lower_is_better(metric: str) -> bool:
     """Whether a smaller value of ``metric`` is better (as :func:`aiops.evaluation.evaluate` names them)."""
-    return metric.endswith(_LOWER_IS_BETTER)
+    return metric.endswith(_LOWER_IS_BETTER) or not _FORECAST_ERRORS.isdisjoint(metric.split("_"))
 
 
 def _worse(metric: str, new: float, old: float, tolerance: float) -> bool:

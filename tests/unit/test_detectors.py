@@ -286,8 +286,9 @@ def test_level_correction_absorbs_a_workload_wide_drift(three_days):
         )
         det = ForecastDetector(config).fit(split.train, contract)
         scores[window] = det.score(grown)
-        mape = forecast_errors(det, grown, np.ones(len(grown), dtype=bool))["mape"]
-        assert (mape < 10) if window else (mape > 15)
+        errors = forecast_errors(det, grown, np.ones(len(grown), dtype=bool))
+        assert (errors["mape"] < 10) if window else (errors["mape"] > 15)
+        assert {"mape_request_rate", "smape_request_rate", "wape_request_rate", "wape"} <= set(errors)
     assert np.median(scores["6h"][late]) < 0.5 * np.median(scores[""][late])
 
 
@@ -669,3 +670,20 @@ def test_arima_reads_far_instants_off_its_calendar_regression_without_stepping(m
     # A request stamped near the end of the accepted range is answered, not stepped to.
     [far] = model.predict(pd.Series([pd.Timestamp("2199-06-01", tz="UTC")]))["yhat"].tolist()
     assert 80 < far < 120
+
+
+def test_forecast_errors_weigh_a_nearly_idle_minute_by_its_size(three_days):
+    """A forecast 5% off everywhere, and a few minutes at almost no traffic forecast at twice
+    that: MAPE jumps, WAPE (and the errors' sizes) barely move, and all use the same instants."""
+    split, contract = three_days
+    test = split.test.reset_index(drop=True)
+    det = ForecastDetector(ForecastConfig(forecaster="arima", signals=("request_rate",))).fit(
+        split.train, contract
+    )
+    normal = np.ones(len(test), dtype=bool)
+    base = forecast_errors(det, test, normal)
+    instants = np.sort(test["timestamp"].unique())[:5]
+    idle = test.assign(request_rate=test["request_rate"].where(~test["timestamp"].isin(instants), 1e-3))
+    spiked = forecast_errors(det, idle, normal)
+    assert spiked["mape"] > 3 * base["mape"]
+    assert spiked["wape"] < 1.2 * base["wape"]

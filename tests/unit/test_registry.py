@@ -61,6 +61,9 @@ def test_guards_where_lower_is_better_and_missing_numbers():
     assert not registry.decide("event_f1", unmeasured, champion, guards=guards, champion_version="1").promote
     assert not registry.decide("event_f1", {"event_f1": nan}, None).promote
     assert registry.lower_is_better("point_fp") and not registry.lower_is_better("event_precision")
+    # forecast errors, overall and per signal
+    for metric in ("test_forecast_mape", "forecast_mape_cpu_usage_cores", "forecast_wape_request_rate"):
+        assert registry.lower_is_better(metric), metric
 
 
 def test_unscorable_champion_is_kept():
