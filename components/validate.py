@@ -14,11 +14,11 @@ def validate_telemetry(
     """Stop the pipeline before training when the telemetry breaks the canonical schema."""
     from collections import namedtuple
 
-    from aiops.telemetry import Telemetry, content_hash
+    from aiops.telemetry import Telemetry
 
     bundle = Telemetry.load(telemetry.path).validate()
     metrics = bundle.metrics
-    digest = content_hash(metrics)
+    digest = bundle.lineage_hash()
     with open(report.path, "w") as fh:
         fh.write(
             "## Telemetry\n\n"

@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 
 import pandas as pd
 
+from aiops.schema import as_utc
 from aiops.telemetry import Telemetry
 
 SOURCES = ("synthetic", "nezha", "prometheus")
@@ -83,10 +84,10 @@ class PrometheusRange:
 
     def bounds(self) -> tuple[pd.Timestamp, pd.Timestamp]:
         """Return ``(start, end)`` as UTC timestamps on the step grid."""
-        end = pd.Timestamp(self.end) if self.end else pd.Timestamp.now(tz="UTC")
+        end = as_utc(self.end, "end") if self.end else pd.Timestamp.now(tz="UTC")
         # to_timedelta reads "1m" as a minute (PromQL's sense); as a frequency it is a month end
         step = pd.to_timedelta(self.step)
-        end = (end.tz_localize("UTC") if end.tzinfo is None else end.tz_convert("UTC")).floor(step)
+        end = end.floor(step)
         return end - pd.Timedelta(self.duration), end
 
 
@@ -176,6 +177,14 @@ def load_telemetry(
         prometheus: Range of the ``prometheus`` source.
     """
     check_source(source, data_path, prometheus.url if prometheus else "")
+    if source != "synthetic":
+        only_synthetic = {"start": synthetic.start, "concept_drift": synthetic.concept_drift}
+        given = {k: v for k, v in only_synthetic.items() if v}
+        if given:
+            raise ValueError(
+                f"{', '.join(f'{k}={v!r}' for k, v in given.items())} applies to the synthetic source only; "
+                f"source '{source}' would ignore it"
+            )
     if source == "nezha":
         from aiops.nezha import load_nezha
 

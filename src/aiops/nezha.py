@@ -171,6 +171,15 @@ def _timed_rows(raw: pd.DataFrame, column: str, path: Path) -> tuple[pd.DataFram
     bad = parsed.isna().to_numpy()
     if not bad.any():
         return raw, parsed
+    header = [str(c) for c in raw.columns]
+    for i in np.flatnonzero(bad):
+        values = [str(v) for v in raw.iloc[i]]
+        if sorted(values) == sorted(header) and values != header:
+            raise SchemaError(
+                f"nezha: {path.name} repeats its header on data row {i + 1} with the columns in another "
+                f"order ({', '.join(values[:4])}, ...): the rows after it would be read under the wrong "
+                "columns; split the file where the files were joined"
+            )
     example = raw[column][bad].iloc[0]
     if bad.mean() > MAX_UNTIMED_SHARE:
         raise SchemaError(
@@ -199,7 +208,10 @@ def _numeric(raw: pd.DataFrame, name: str) -> pd.Series:
 
 
 def _pod_metrics(path: Path, options: NezhaOptions) -> pd.DataFrame:
-    raw = pd.read_csv(path)
+    try:
+        raw = pd.read_csv(path)
+    except pd.errors.EmptyDataError as exc:
+        raise SchemaError(f"nezha: {path} is empty (not even a header line)") from exc
     missing = [c for c in _REQUIRED if c not in raw.columns]
     if missing:
         raise SchemaError(f"nezha: {path.name} lacks column(s) {missing}; is it a Nezha *_metric.csv?")
@@ -278,8 +290,16 @@ def _labels(day: Path, metrics: pd.DataFrame, options: NezhaOptions) -> pd.DataF
     span = metrics.groupby("pod")[TIMESTAMP].agg(["min", "max"])
     rows = []
     for fault in _faults(day):
-        start = pd.Timestamp(fault["inject_time"], tz="UTC")
         pod = fault["inject_pod"]
+        try:
+            start = pd.Timestamp(fault["inject_time"], tz="UTC")
+        except (ValueError, TypeError):
+            start = pd.NaT
+        if pd.isna(start):
+            raise SchemaError(
+                f"nezha: {day.name}: the fault on '{pod}' has no readable inject_time "
+                f"({fault['inject_time']!r})"
+            )
         if pod not in span.index:
             raise SchemaError(f"nezha: {day.name}: fault on pod '{pod}' which has no metric file")
         if not span.at[pod, "min"] <= start <= span.at[pod, "max"]:
@@ -334,12 +354,30 @@ def load_nezha(data_dir: str | Path, options: NezhaOptions = NezhaOptions()) -> 
         files = sorted((day / "metric").glob("*_metric.csv"))
         if not files:
             raise SchemaError(f"nezha: {day / 'metric'} holds no *_metric.csv files")
-        day_metrics = pd.concat([_pod_metrics(f, options) for f in files], ignore_index=True)
+        day_metrics = pd.concat(
+            [_pod_metrics(f, options).assign(**{_SOURCE: f"{day.name}/{f.name}"}) for f in files],
+            ignore_index=True,
+        )
         metrics.append(day_metrics)
         labels.append(_labels(day, day_metrics, options))
     table = pd.concat(metrics, ignore_index=True).sort_values([TIMESTAMP, "pod"], kind="stable")
-    table = table.drop_duplicates(subset=[TIMESTAMP, *ENTITY_KEYS], keep="last").reset_index(drop=True)
+    clash = table.duplicated(subset=[TIMESTAMP, *ENTITY_KEYS], keep=False).to_numpy()
+    if clash.any():
+        first = table.loc[clash].iloc[0]
+        same = table.loc[
+            clash & (table["pod"] == first["pod"]).to_numpy() & (table[TIMESTAMP] == first[TIMESTAMP])
+        ]
+        raise SchemaError(
+            f"nezha: pod '{first['pod']}' has samples at {first[TIMESTAMP]} in more than one file "
+            f"({', '.join(same[_SOURCE])}; {int(clash.sum())} rows in all): is a day given twice, or a "
+            "pod split over two files? Keep one copy"
+        )
+    table = table.drop(columns=_SOURCE).reset_index(drop=True)
     return Telemetry(metrics=table, labels=pd.concat(labels, ignore_index=True)).validate()
+
+
+#: Column naming each row's file while the days are joined (dropped before validation).
+_SOURCE = "__nezha_file"
 
 
 # --------------------------------------------------------------------------- raw tables of one day

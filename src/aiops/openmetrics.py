@@ -372,12 +372,39 @@ def _write_nodes(
 
 
 def _step_ns(metrics: pd.DataFrame, step: str | None) -> int:
+    """The given step, or the smallest gap between an entity's own consecutive rows.
+
+    Per entity: two pods sampled every minute, 30 s apart, have a one-minute step, not 30 s.
+    """
     if step is not None:
         return int(pd.to_timedelta(step).value)
-    stamps = np.unique(metrics[TIMESTAMP].to_numpy(dtype="datetime64[ns]").astype(np.int64))
-    if len(stamps) < 2:
-        raise ValueError("cannot infer the step from a single timestamp; pass step=")
-    return int(np.diff(stamps).min())
+    gaps = metrics.sort_values(TIMESTAMP).groupby(list(ENTITY_KEYS), sort=False)[TIMESTAMP].diff().dropna()
+    gaps = gaps[gaps > pd.Timedelta(0)]
+    if gaps.empty:
+        raise ValueError("cannot infer the step: no entity has two timestamps; pass step=")
+    return int(gaps.min().value)
+
+
+def _check_series_unique(metrics: pd.DataFrame, cluster_label: bool) -> None:
+    """Refuse entities whose pod-level series would carry the same labels.
+
+    Pod-level series are labelled by namespace and pod (and cluster when ``cluster_label``), not
+    by node: a pod name on two nodes (a StatefulSet pod rescheduled), or two clusters without
+    the cluster label, would write one series twice, and its counters would jump between them.
+    """
+    series = ["namespace", "pod", *(["cluster"] if cluster_label else [])]
+    entities = metrics[list(ENTITY_KEYS)].drop_duplicates()
+    shared = entities[entities.duplicated(subset=series, keep=False)]
+    if not shared.empty:
+        first = shared.iloc[0]
+        where = ", ".join(
+            sorted(f"{r.cluster}/{r.node}" for r in shared[shared["pod"] == first["pod"]].itertuples())
+        )
+        hint = "" if cluster_label else " (or pass cluster_label=True for several clusters)"
+        raise ValueError(
+            f"pod '{first['namespace']}/{first['pod']}' appears on several entities ({where}); its "
+            f"series carry no node label, so they would collide: rename one of them{hint}"
+        )
 
 
 def to_openmetrics(
@@ -396,7 +423,7 @@ def to_openmetrics(
         scrape_interval: Spacing of the samples; must divide the step (default: the step). Use
             at most half the step, so a ``rate()`` window of one step holds two samples on
             Prometheus 3, whose range selectors leave out the window's left edge.
-        step: Row spacing of the metrics (default: the smallest gap between timestamps).
+        step: Row spacing of the metrics (default: the smallest gap between an entity's rows).
 
     Returns:
         The exposition: families one after another, series within a family one after another,
@@ -404,10 +431,12 @@ def to_openmetrics(
 
     Raises:
         SchemaError: When the metrics table does not follow the canonical schema.
-        ValueError: When the scrape interval does not divide the step.
+        ValueError: When the scrape interval does not divide the step, or two entities would
+            write the same series (a pod on two nodes).
 
     """
     metrics = validate_metrics(telemetry.metrics)
+    _check_series_unique(metrics, cluster_label)
     step_ns = _step_ns(metrics, step)
     scrape_ns = int(pd.to_timedelta(scrape_interval).value) if scrape_interval else step_ns
     if scrape_ns <= 0 or step_ns % scrape_ns or scrape_ns % _NS_PER_MS:

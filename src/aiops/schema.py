@@ -238,7 +238,7 @@ def validate_labels(labels: pd.DataFrame) -> pd.DataFrame:
             f"{table}: {int(bad.sum())} window(s) end at or before their start, e.g. "
             f"{row['anomaly_type']} on pod '{row['pod']}' from {row['start']} to {row['end']}"
         )
-    unknown = sorted(set(labels["category"]) - set(LABEL_CATEGORIES))
+    unknown = sorted(map(str, set(labels["category"]) - set(LABEL_CATEGORIES)))
     if unknown:
         raise SchemaError(
             f"{table}: unknown category {_listing(unknown)}; expected {_listing(LABEL_CATEGORIES)}"
@@ -301,6 +301,8 @@ def as_utc(value: Any, what: str) -> pd.Timestamp:
     Raises:
         ValueError: When ``value`` is not a time; ``what`` names it in the message.
     """
+    if isinstance(value, str) and value.strip().lower() == "now":
+        return pd.Timestamp.now(tz="UTC")  # pandas reads "now" as the local wall clock, zone-less
     stamp = pd.Timestamp(value)
     if pd.isna(stamp):
         raise ValueError(f"{what} is not a time: {value!r}")

@@ -15,6 +15,7 @@ from aiops.schema import (
     TIMESTAMP,
     SchemaError,
     empty_labels,
+    label_masks,
     validate_labels,
     validate_metrics,
 )
@@ -48,10 +49,40 @@ class Telemetry:
     logs: pd.DataFrame = field(default_factory=empty_logs)
 
     def validate(self) -> Telemetry:
-        """Validate metrics and labels; return self for chaining."""
+        """Validate metrics and labels, and that every label covers metrics rows; return self.
+
+        A label that covers no row (an entity the metrics do not have, a window outside their
+        time range: names or time zones that do not line up) would train and score as if the
+        anomaly never happened.
+
+        Raises:
+            SchemaError: On a table that breaks the schema, or a label that covers no row.
+        """
         validate_metrics(self.metrics)
         validate_labels(self.labels)
+        for label, mask in label_masks(self.metrics, self.labels):
+            if not mask.any():
+                entity = label["pod"] or f"node {label['node']}"
+                raise SchemaError(
+                    f"labels: the {label['anomaly_type']} label on {label['namespace']}/{entity} from "
+                    f"{label['start']} to {label['end']} covers no metrics row; the metrics have no such "
+                    "entity at that time (entity names or time zones that do not line up?)"
+                )
         return self
+
+    def lineage_hash(self) -> str:
+        """A SHA-256 of the dataset for lineage: all four tables, each in a canonical row order.
+
+        Unlike :func:`content_hash` of one table it does not depend on the order rows arrived in,
+        and it changes when only the labels (or events, or logs) do.
+        """
+        digest = hashlib.sha256()
+        for name in _TABLES:
+            table = getattr(self, name)
+            keys = [*ENTITY_KEYS, TIMESTAMP] if name == "metrics" else list(table.columns)
+            ordered = table.sort_values(keys, kind="stable", ignore_index=True) if len(table) else table
+            digest.update(f"{name}:{content_hash(ordered)}".encode())
+        return digest.hexdigest()
 
     def save(self, folder: str | Path) -> Path:
         """Write each table as ``<folder>/<table>.parquet``."""

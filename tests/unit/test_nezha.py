@@ -202,3 +202,43 @@ def test_go_time_strings_keep_their_offset():
         pd.Timestamp("2022-08-22 10:51:19.5", tz="UTC"),
         pd.Timestamp("2022-08-22 03:51:19", tz="UTC"),
     ]
+
+
+def test_a_day_given_twice_is_refused_not_deduplicated(tmp_path):
+    """A second copy of a day (or of a pod's file) used to win silently, and its faults counted twice."""
+    import shutil
+
+    day = write_day(tmp_path, {"10": [fault("2022-01-01 10:05:40")]})
+    shutil.copytree(day, tmp_path / "2022-01-01-copy")
+    with pytest.raises(SchemaError, match=r"'db-1' has samples at .* in more than one file \(2022-01-01"):
+        load_nezha(tmp_path)
+
+
+def test_a_header_repeated_in_another_column_order_is_refused(tmp_path):
+    day = write_day(tmp_path, {})
+    path = day / "metric" / "web-1_metric.csv"
+    lines = path.read_text().splitlines()
+    names = lines[0].split(",")
+    names[3], names[5] = names[5], names[3]  # CPU and memory swapped after the join
+    path.write_text("\n".join([*lines[:5], ",".join(names), *lines[5:]]) + "\n")
+    with pytest.raises(SchemaError, match="repeats its header on data row 5 with the columns in another"):
+        load_nezha(tmp_path)
+
+
+def test_an_empty_metric_file_and_an_empty_inject_time_name_themselves(tmp_path):
+    day = write_day(tmp_path, {"10": [fault("", timestamp=0)]})
+    with pytest.raises(SchemaError, match="the fault on 'web-1' has no readable inject_time"):
+        load_nezha(tmp_path)
+    (day / "fault_list.json").write_text("{}")
+    (day / "metric" / "web-1_metric.csv").write_text("")
+    with pytest.raises(SchemaError, match="web-1_metric.csv is empty"):
+        load_nezha(tmp_path)
+
+
+def test_settings_of_the_synthetic_source_are_refused_elsewhere(tmp_path):
+    from aiops.ingest import SyntheticSource
+
+    write_day(tmp_path, {})
+    for settings in (SyntheticSource(concept_drift="workload_doubles"), SyntheticSource(start="2026-01-01")):
+        with pytest.raises(ValueError, match="applies to the synthetic source only"):
+            load_telemetry("nezha", str(tmp_path), settings)

@@ -85,3 +85,46 @@ def test_window_end_counts_on_the_utc_grid_whatever_the_zone():
     assert window_end(berlin, "1h").tolist() == [pd.Timestamp("2025-10-26T01:00:00Z")]
     with pytest.raises(SchemaError, match="must carry a zone"):
         window_end(utc.dt.tz_localize(None), "1min")
+
+
+def test_a_category_list_with_a_null_is_named_not_a_type_error():
+    good = labels_frame(make_label("api-1", "2026-01-05T00:02Z", "2026-01-05T00:05Z"))
+    mixed = pd.concat([good.assign(category=None), good.assign(category="bogus")], ignore_index=True)
+    with pytest.raises(SchemaError, match="unknown category 'None', 'bogus'"):
+        validate_labels(mixed)
+
+
+def test_now_is_the_utc_clock_whatever_the_local_zone(monkeypatch):
+    import time
+
+    from aiops.schema import as_utc
+
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        gap = abs(as_utc("now", "end") - pd.Timestamp.now(tz="UTC"))
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert gap < pd.Timedelta("1min")
+
+
+def test_telemetry_refuses_a_label_that_covers_no_row_and_hashes_for_lineage(metrics):
+    from aiops.telemetry import Telemetry
+
+    start = metrics["timestamp"].min() + pd.Timedelta("2min")
+    label = make_label("api-1", str(start), str(start + pd.Timedelta("3min")))
+    good = Telemetry(
+        metrics, labels_frame({**label, "node": metrics.loc[metrics["pod"] == "api-1", "node"].iloc[0]})
+    )
+    good.validate()
+    with pytest.raises(SchemaError, match="covers no metrics row"):
+        Telemetry(metrics, labels_frame({**label, "pod": "ghost"})).validate()
+    with pytest.raises(SchemaError, match="covers no metrics row"):
+        Telemetry(
+            metrics, labels_frame(make_label("api-1", "1999-01-01T00:00Z", "1999-01-01T01:00Z"))
+        ).validate()
+    # lineage: the same rows in another order hash alike; a change in the labels alone does not
+    shuffled = Telemetry(metrics.sample(frac=1, random_state=3), good.labels)
+    assert shuffled.lineage_hash() == good.lineage_hash()
+    assert Telemetry(metrics).lineage_hash() != good.lineage_hash()
