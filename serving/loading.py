@@ -92,7 +92,7 @@ def _check_transform(loaded: LoadedModel) -> None:
 def _from_registry(uri: str, tracking_uri: str | None, version: str | None) -> LoadedModel:
     from mlflow.exceptions import MlflowException
 
-    from aiops.registry import mlflow_client, resolve_tracking_uri
+    from aiops.registry import mlflow_client, resolve_tracking_uri, sqlite_path
 
     match = _MODEL_URI.match(uri)
     if match is None:
@@ -100,13 +100,12 @@ def _from_registry(uri: str, tracking_uri: str | None, version: str | None) -> L
             f"model URI '{uri}' not understood; use models:/NAME@ALIAS or models:/NAME/VERSION"
         )
     store = resolve_tracking_uri(tracking_uri or "")
-    if store.startswith("sqlite:///"):
-        # MLflow would create an empty store (and its folders) for a path that is not there.
-        database = Path(store.removeprefix("sqlite:///"))
-        if not database.is_file():
-            raise ModelLoadError(
-                f"no MLflow store at {database} ({store}); pass --tracking-uri or set MLFLOW_TRACKING_URI"
-            )
+    database = sqlite_path(store)
+    # MLflow would create an empty store (and its folders) for a path that is not there.
+    if database is not None and not database.is_file():
+        raise ModelLoadError(
+            f"no MLflow store at {database} ({store}); pass --tracking-uri or set MLFLOW_TRACKING_URI"
+        )
     client = mlflow_client(store)
     name = match["name"]
     try:

@@ -45,12 +45,27 @@ def list_models(name: str, tracking_uri: TrackingUri = "") -> None:
     typer.echo(header)
     for v in versions:
         cells = "".join(f"{v.metrics.get(m, float('nan')):>16.3f}" for m in _KEY_METRICS)
-        # What happened after the gate: an operator's rollback outranks the canary's verdict.
-        since = "rolled back" if "rollback.reason" in v.tags else v.tags.get("rollout.decision", "-")
+        since = _since(v.tags)
         typer.echo(
             f"{v.version:>7}  {','.join(v.aliases) or '-':<28} {v.created:<26} {v.decision or '-':<9} "
             f"{since:<12}{cells}"
         )
+
+
+_SINCE = {
+    "rollback": "rolled back",
+    "demotion": "replaced",
+    "promotion": "promoted",
+    "restoration": "restored",
+}
+
+
+def _since(tags: dict[str, str]) -> str:
+    """What happened after the gate: the latest manual action outranks the canary's verdict."""
+    from aiops.registry import last_manual_action
+
+    last = last_manual_action(tags)
+    return _SINCE[last[0]] if last else tags.get("rollout.decision", "-")
 
 
 @models_app.command("show")
@@ -79,10 +94,16 @@ def show_model(
     typer.echo(f"  source    {mv.source}")
     typer.echo(f"  run       {run_id}")
     for key in sorted(mv.tags):
-        if key.startswith(("lineage.", "gate.", "promotion.", "rollback.")):
+        if key.startswith(
+            ("lineage.", "gate.", "promotion.", "rollback.", "demotion.", "restoration.", "rollout.")
+        ):
             typer.echo(f"  {key:<34} {mv.tags[key]}")
     if run_id:
-        metrics = client.get_run(run_id).data.metrics
+        try:
+            metrics = client.get_run(run_id).data.metrics
+        except MlflowException as exc:
+            typer.echo(f"  (no metrics: run {run_id} cannot be read: {exc.message})")
+            return
         for key in sorted(k for k in metrics if k.startswith("test_") and "." not in k):
             typer.echo(f"  {key:<34} {metrics[key]:.4g}")
 

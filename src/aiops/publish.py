@@ -164,14 +164,19 @@ def publish_detector(
     def evaluate_uri(uri: str) -> dict[str, float]:
         return score_model_uri(uri, test, labels)
 
+    def record(registration: registry.Registration, parent_id: str, model_run_id: str) -> None:
+        _record_outcome(
+            registry.mlflow_client(tracking_uri), registration, report, parent_id, model_run_id,
+            bundle=bundle, tags=tags, test=test, model_name=model_name,
+        )  # fmt: skip
+
     existing = registry.find_version(model_name, "lineage.kfp_run_id", lineage.kfp_run_id, tracking_uri)
     if existing is not None and lineage.kfp_run_id != "local":
-        # A retried step of the same pipeline run: no second version, just (re)run the gate.
-        parent_id = (
-            registry.mlflow_client(tracking_uri)
-            .get_model_version(model_name, existing)
-            .tags.get("pipeline_run_id", "")
-        )
+        # A retried step of the same pipeline run: no second version; (re)run the gate, and finish
+        # what the failed attempt may have left undone (test metrics, model card, decision).
+        client = registry.mlflow_client(tracking_uri)
+        version_tags = client.get_model_version(model_name, existing).tags
+        parent_id = version_tags.get("pipeline_run_id", "")
         registration = registry.register_and_gate(
             model_name,
             None,
@@ -184,6 +189,10 @@ def publish_detector(
             existing_version=existing,
             move_champion=move_champion,
         )
+        if parent_id:
+            record(registration, parent_id, version_tags.get("model_run_id", ""))
+            if client.get_run(parent_id).info.status != "FINISHED":
+                client.set_terminated(parent_id, "FINISHED")  # the retry completed its work
         return PublishResult(parent_id, experiment_id, registration)
 
     mlflow.set_experiment(experiment_id=experiment_id)  # nested runs land in the active experiment
@@ -224,35 +233,56 @@ def publish_detector(
             tracking_uri=tracking_uri,
             move_champion=move_champion,
         )
-        # The gate's numbers (scored through the registry) are authoritative; the report adds per-member ones.
-        measured_test = {
-            **{k: v for k, v in report.items() if k not in registration.challenger_metrics},
-            **registration.challenger_metrics,
-        }
-        finite = {f"test_{k}": float(v) for k, v in measured_test.items() if np.isfinite(v)}
-        mlflow.log_metrics(finite)
-        registry.mlflow_client(tracking_uri).log_batch(
-            model_run.info.run_id,
-            metrics=[_metric(k, v) for k, v in finite.items() if "." not in k[5:]],
-        )
-        card = render_model_card(
-            model_name=model_name,
-            version=registration.version,
-            bundle=bundle,
-            lineage_tags=tags,
-            test=test,
-            challenger=registration.challenger_metrics,
-            champion=registration.champion_metrics,
-            champion_version=registration.decision.champion_version,
-            decision_reason=registration.decision.reason,
-            promoted=registration.decision.promote and "champion" in registration.aliases,
-            held_for_canary=registration.decision.promote and "champion" not in registration.aliases,
-        )
-        mlflow.log_text(card, "model_card.md")
-        mlflow.log_text(json.dumps(registration.decision.as_dict(), indent=2), "gate_decision.json")
-        registry.mlflow_client(tracking_uri).update_model_version(model_name, registration.version, card)
-        mlflow.set_tags({"model_name": model_name, "model_version": registration.version})
+        record(registration, parent.info.run_id, model_run.info.run_id)
     return PublishResult(parent.info.run_id, experiment_id, registration)
+
+
+def _record_outcome(
+    client: Any,
+    registration: registry.Registration,
+    report: dict[str, float],
+    parent_id: str,
+    model_run_id: str,
+    *,
+    bundle: DetectorBundle,
+    tags: dict[str, str],
+    test: pd.DataFrame,
+    model_name: str,
+) -> None:
+    """Log what the gate decided on the pipeline run: test metrics, model card, decision.
+
+    Through the client, not the active run, so a retried step can complete the run an earlier
+    attempt left unfinished.
+    """
+    # The gate's numbers (scored through the registry) are authoritative; the report adds per-member ones.
+    measured_test = {
+        **{k: v for k, v in report.items() if k not in registration.challenger_metrics},
+        **registration.challenger_metrics,
+    }
+    finite = {f"test_{k}": float(v) for k, v in measured_test.items() if np.isfinite(v)}
+    metrics = [_metric(k, v) for k, v in finite.items()]
+    for start in range(0, len(metrics), 1000):  # MLflow's limit per batch
+        client.log_batch(parent_id, metrics=metrics[start : start + 1000])
+    if model_run_id:
+        client.log_batch(model_run_id, metrics=[m for m in metrics if "." not in m.key[5:]])
+    card = render_model_card(
+        model_name=model_name,
+        version=registration.version,
+        bundle=bundle,
+        lineage_tags=tags,
+        test=test,
+        challenger=registration.challenger_metrics,
+        champion=registration.champion_metrics,
+        champion_version=registration.decision.champion_version,
+        decision_reason=registration.decision.reason,
+        promoted=registration.decision.promote and "champion" in registration.aliases,
+        held_for_canary=registration.decision.promote and "champion" not in registration.aliases,
+    )
+    client.log_text(parent_id, card, "model_card.md")
+    client.log_text(parent_id, json.dumps(registration.decision.as_dict(), indent=2), "gate_decision.json")
+    client.update_model_version(model_name, registration.version, card)
+    client.set_tag(parent_id, "model_name", model_name)
+    client.set_tag(parent_id, "model_version", registration.version)
 
 
 REFERENCE_ARTIFACT = "reference_sample.parquet"

@@ -13,6 +13,7 @@ it where it was.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Callable, Mapping
@@ -20,11 +21,12 @@ from dataclasses import asdict, dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import pandas as pd
 
 from aiops.schema import KEY_COLUMNS
+
+log = logging.getLogger(__name__)
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
 LOCAL_STORE_DIR = "mlruns"
@@ -42,13 +44,28 @@ def resolve_tracking_uri(explicit: str = "", project_root: str | Path = ".") -> 
     return explicit or os.environ.get("MLFLOW_TRACKING_URI", "") or local_tracking_uri(project_root)
 
 
+def sqlite_path(tracking_uri: str) -> Path | None:
+    """The database file of a ``sqlite:`` URI, as SQLAlchemy reads it; ``None`` for other URIs.
+
+    ``sqlite:///mlruns/mlflow.db`` is relative to the working directory and
+    ``sqlite:////abs/mlflow.db`` absolute; the URI's path component (``/mlruns/...``) is neither.
+    """
+    if not tracking_uri.startswith("sqlite:"):
+        return None
+    from sqlalchemy.engine import make_url
+
+    database = make_url(tracking_uri).database
+    return Path(database).resolve() if database and database != ":memory:" else None
+
+
 def configure(tracking_uri: str) -> None:
     """Point MLflow's tracking and registry at ``tracking_uri`` (creating a local store's folder)."""
     import mlflow
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    if tracking_uri.startswith("sqlite:///"):
-        Path(urlparse(tracking_uri).path).parent.mkdir(parents=True, exist_ok=True)
+    database = sqlite_path(tracking_uri)
+    if database is not None:
+        database.parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
 
@@ -78,8 +95,9 @@ def ensure_experiment(name: str, tracking_uri: str) -> str:
     if found is not None:
         return str(found.experiment_id)
     location = None
-    if tracking_uri.startswith("sqlite:///"):
-        location = (Path(urlparse(tracking_uri).path).parent / "artifacts").resolve().as_uri()
+    database = sqlite_path(tracking_uri)
+    if database is not None:
+        location = (database.parent / "artifacts").as_uri()
     return str(store.create_experiment(name, artifact_location=location))
 
 
@@ -334,19 +352,21 @@ def register_and_gate(
     import mlflow
 
     client = mlflow_client(tracking_uri)
-    if existing_version is not None:
-        version = existing_version
-    else:
-        if model_uri is None:
-            raise ValueError("model_uri is required when no existing version is reused")
-        mlflow.set_registry_uri(tracking_uri or mlflow.get_tracking_uri())
-        version = str(mlflow.register_model(model_uri, name, tags=dict(version_tags or {})).version)
-    client.set_registered_model_alias(name, CHALLENGER, version)
-
-    challenger_metrics = dict(evaluate_model(f"models:/{name}/{version}"))
+    if existing_version is None and model_uri is None:
+        raise ValueError("model_uri is required when no existing version is reused")
+    # Scored before it is registered: a model that cannot be scored, or a gate that names a
+    # metric the evaluation does not produce, leaves no ungated version behind.
+    scored_uri = f"models:/{name}/{existing_version}" if existing_version is not None else str(model_uri)
+    challenger_metrics = dict(evaluate_model(scored_uri))
     missing = [m for m in (primary_metric, *(guards or {})) if m not in challenger_metrics]
     if missing:
         raise KeyError(f"gate metric(s) {missing} not among {sorted(challenger_metrics)}")
+    if existing_version is not None:
+        version = existing_version
+    else:
+        mlflow.set_registry_uri(tracking_uri or mlflow.get_tracking_uri())
+        version = str(mlflow.register_model(model_uri, name, tags=dict(version_tags or {})).version)
+    client.set_registered_model_alias(name, CHALLENGER, version)
 
     champion_version = alias_version(name, CHAMPION, tracking_uri)
     champion_metrics = champion_error = None
@@ -374,21 +394,29 @@ def register_and_gate(
         # It passed when it was promoted; a retry that cannot judge it again (the previous
         # version fails to load, say) must not brand the serving champion "rejected".
         decision = replace(decision, promote=True, reason=f"already champion, kept: {decision.reason}")
-    rolled_back = client.get_model_version(name, version).tags.get("rollback.reason")
-    if rolled_back is not None and decision.promote and not already_champion:
-        # An operator took this version out of service; a retried step must not put it back.
-        decision = replace(
-            decision,
-            promote=False,
-            reason=f"rolled back by an operator ({rolled_back}); a retry does not promote it again",
-        )
+    taken_out = _taken_out(client.get_model_version(name, version).tags)
+    if taken_out is not None and decision.promote and not already_champion:
+        # An operator (or a later promotion) took this version out of service; a retried step
+        # must not put it back.
+        decision = replace(decision, promote=False, reason=f"{taken_out}; a retry does not promote it again")
     aliases = [CHALLENGER]
     if decision.promote and move_champion:
         current = alias_version(name, CHAMPION, tracking_uri)
-        if current is not None and current != version:
-            client.set_registered_model_alias(name, PREVIOUS, current)
-        client.set_registered_model_alias(name, CHAMPION, version)
-        aliases.append(CHAMPION)
+        compared = version if already_champion else champion_version
+        if current != compared:
+            # Someone promoted or rolled back while this gate ran: the decision is about a
+            # champion that no longer serves.
+            decision = replace(
+                decision,
+                promote=False,
+                reason=f"the champion changed while the gate ran (v{compared} when compared, v{current} "
+                f"now): not promoted over a version it was not compared with; re-run the gate",
+            )
+        else:
+            if current is not None and current != version:
+                client.set_registered_model_alias(name, PREVIOUS, current)
+            client.set_registered_model_alias(name, CHAMPION, version)
+            aliases.append(CHAMPION)
     verdict = ("promoted" if move_champion else "passed") if decision.promote else "rejected"
     client.set_model_version_tag(name, version, "gate.decision", verdict)
     client.set_model_version_tag(name, version, "gate.reason", decision.reason)
@@ -434,7 +462,7 @@ def list_versions(name: str, tracking_uri: str | None = None) -> list[VersionSum
         aliases_by_version.setdefault(str(version), []).append(alias)
     out = []
     for mv in sorted(client.search_model_versions(f"name = '{name}'"), key=lambda v: -int(v.version)):
-        metrics = client.get_run(mv.run_id).data.metrics if mv.run_id else {}
+        metrics = _run_metrics(client, mv.run_id)
         out.append(
             VersionSummary(
                 version=str(mv.version),
@@ -451,9 +479,55 @@ def list_versions(name: str, tracking_uri: str | None = None) -> list[VersionSum
     return out
 
 
+def _run_metrics(client: Any, run_id: str | None) -> dict[str, float]:
+    """A version's run metrics; none when its run is gone (``mlflow gc``), with a warning."""
+    from mlflow.exceptions import MlflowException
+
+    if not run_id:
+        return {}
+    try:
+        return dict(client.get_run(run_id).data.metrics)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        log.warning("run %s of a registered version is gone; listing the version without metrics", run_id)
+        return {}
+
+
+#: Manual actions recorded on a version (``<action>.reason/.by/.at``): taking it out of service,
+#: or putting it in.
+OUT_OF_SERVICE, INTO_SERVICE = ("rollback", "demotion"), ("promotion", "restoration")
+
+
+def last_manual_action(tags: Mapping[str, str]) -> tuple[str, str] | None:
+    """The latest manual action on a version and its reason, by the ``.at`` stamps; ``None`` if none."""
+    done = [
+        (tags.get(f"{action}.at", ""), action, tags[f"{action}.reason"])
+        for action in (*OUT_OF_SERVICE, *INTO_SERVICE)
+        if f"{action}.reason" in tags
+    ]
+    if not done:
+        return None
+    _, action, reason = max(done)  # ISO 8601 UTC stamps sort by time
+    return action, reason
+
+
+def _taken_out(tags: Mapping[str, str]) -> str | None:
+    """Why a version was last taken out of service (rolled back, or replaced by hand), if it was."""
+    last = last_manual_action(tags)
+    if last is None or last[0] not in OUT_OF_SERVICE:
+        return None
+    action, reason = last
+    return (
+        f"rolled back by an operator ({reason})"
+        if action == "rollback"
+        else f"taken out of service ({reason})"
+    )
+
+
 def _stamp(client: Any, name: str, version: str, action: str, reason: str) -> None:
     user = os.environ.get("USER") or os.environ.get("USERNAME") or "unknown"
-    now = pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds")
+    now = pd.Timestamp.now(tz="UTC").isoformat(timespec="microseconds")
     client.set_model_version_tag(name, version, f"{action}.reason", reason)
     client.set_model_version_tag(name, version, f"{action}.by", user)
     client.set_model_version_tag(name, version, f"{action}.at", now)
@@ -477,10 +551,13 @@ def promote(name: str, version: str, reason: str, tracking_uri: str | None = Non
     current = alias_version(name, CHAMPION, tracking_uri)
     if current == version:
         raise ValueError(f"{name} version {version} is already the champion")
+    # Tags first: a failure between them and the aliases then leaves no demoted version unmarked
+    # (a retried pipeline step reads them and does not put it back).
+    _stamp(client, name, version, "promotion", reason)
     if current is not None:
+        _stamp(client, name, current, "demotion", f"replaced by version {version}: {reason}")
         client.set_registered_model_alias(name, PREVIOUS, current)
     client.set_registered_model_alias(name, CHAMPION, version)
-    _stamp(client, name, version, "promotion", reason)
     return current
 
 
@@ -508,7 +585,8 @@ def rollback(name: str, reason: str, tracking_uri: str | None = None) -> tuple[s
             f"{name}'s 'previous' alias points at the champion itself (version {current}); promote the "
             "version to restore by hand (aiops models promote)"
         )
+    _stamp(client, name, current, "rollback", reason)  # first: see promote
+    _stamp(client, name, previous, "restoration", f"restored by the rollback of version {current}: {reason}")
     client.set_registered_model_alias(name, CHAMPION, previous)
     client.delete_registered_model_alias(name, PREVIOUS)
-    _stamp(client, name, current, "rollback", reason)
     return current, previous

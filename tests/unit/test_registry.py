@@ -351,3 +351,121 @@ def test_a_drift_check_compares_only_new_rows_and_the_same_hours(trained, tmp_pa
     assert forced.retrain and forced.reason.startswith("retraining forced; the drift check could not run")
     with pytest.raises(ValueError, match="widen the window"):
         check_against_champion(features, "gate-model", uri, window="10min")
+
+
+def test_the_gate_does_not_promote_over_a_champion_it_did_not_compare(trained, tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = registry_client(uri)
+    _publish(trained, uri)
+    _publish(trained, uri)  # v2, kept out by the gate
+    registry.promote("gate-model", "2", "by hand", uri)  # champion 2, previous 1
+    source = client.get_model_version("gate-model", "1").source
+
+    def operator_rolls_back_while_the_champion_is_scored(model_uri: str) -> dict[str, float]:
+        if model_uri.endswith("/2"):
+            registry.rollback("gate-model", "paged at night", uri)  # champion 1 now
+            return {"event_f1": 0.5}
+        return {"event_f1": 0.9}
+
+    gated = registry.register_and_gate(
+        "gate-model", source, operator_rolls_back_while_the_champion_is_scored, primary_metric="event_f1",
+        tracking_uri=uri,
+    )  # fmt: skip
+    assert not gated.decision.promote and "the champion changed while the gate ran" in gated.decision.reason
+    assert alias_version(client, "champion") == "1"
+    assert client.get_model_version("gate-model", gated.version).tags["gate.decision"] == "rejected"
+
+
+def test_a_gate_naming_an_unknown_metric_registers_nothing(trained, tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = registry_client(uri)
+    _publish(trained, uri)
+    source = client.get_model_version("gate-model", "1").source
+    for _ in range(2):
+        with pytest.raises(KeyError, match="event_precison"):
+            registry.register_and_gate(
+                "gate-model", source, lambda uri: {"event_f1": 0.9}, primary_metric="event_f1",
+                guards={"event_precison": 0.1}, tracking_uri=uri,
+            )  # fmt: skip
+    assert [str(v.version) for v in client.search_model_versions("name = 'gate-model'")] == ["1"]
+
+
+def test_a_version_an_operator_replaced_by_hand_is_not_put_back_by_a_retry(trained, tmp_path):
+    from typer.testing import CliRunner
+
+    from aiops.cli import app
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = registry_client(uri)
+    _publish(trained, uri)
+    _publish(trained, uri)
+    registry.promote("gate-model", "2", "looked better", uri)
+    registry.promote("gate-model", "1", "v2 misbehaved; back by hand", uri)  # not a rollback
+    retry = registry.register_and_gate(
+        "gate-model", None, lambda model_uri: {"event_f1": 0.9 if model_uri.endswith("/2") else 0.5},
+        primary_metric="event_f1", tracking_uri=uri, existing_version="2",
+    )  # fmt: skip
+    assert not retry.decision.promote and "taken out of service" in retry.decision.reason
+    assert alias_version(client, "champion") == "1"
+    rows = {
+        line.split()[0]: line
+        for line in CliRunner()
+        .invoke(app, ["models", "list", "gate-model", "--tracking-uri", uri])
+        .output.splitlines()[1:]
+    }
+    assert "replaced" in rows["2"] and "promoted" in rows["1"]
+    registry.promote("gate-model", "2", "fixed", uri)  # promoted again by hand: no longer "replaced"
+    assert registry.last_manual_action(client.get_model_version("gate-model", "2").tags)[0] == "promotion"
+
+
+def test_models_list_survives_a_version_whose_run_is_gone(trained, tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    gone = _publish(trained, uri).run_id
+    _publish(trained, uri)
+    first_run = registry_client(uri).get_model_version("gate-model", "1").run_id
+    real = MlflowClient.get_run
+
+    def get_run(self, run_id):
+        if run_id == first_run:
+            raise MlflowException(f"Run with id={run_id} not found", error_code=RESOURCE_DOES_NOT_EXIST)
+        return real(self, run_id)
+
+    monkeypatch.setattr(MlflowClient, "get_run", get_run)
+    listed = registry.list_versions("gate-model", uri)
+    assert [v.version for v in listed] == ["2", "1"] and listed[1].metrics == {} and gone
+
+
+def test_a_relative_sqlite_uri_keeps_the_artifacts_beside_its_database(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    uri = "sqlite:///store/mlflow.db"  # relative to the working directory, as SQLAlchemy reads it
+    assert registry.sqlite_path(uri) == tmp_path / "store" / "mlflow.db"
+    assert registry.sqlite_path(f"sqlite:///{tmp_path}/abs.db") == tmp_path / "abs.db"
+    registry.configure(uri)
+    experiment = registry_client(uri).get_experiment(registry.ensure_experiment("x", uri))
+    assert experiment.artifact_location == (tmp_path / "store" / "artifacts").as_uri()
+
+
+def test_a_retried_registration_completes_what_the_failed_attempt_left(trained, tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = registry_client(uri)
+    real = publish._record_outcome
+
+    def fails(*args, **kwargs):
+        raise OSError("artifact store hiccup")
+
+    monkeypatch.setattr(publish, "_record_outcome", fails)
+    with pytest.raises(OSError):
+        _publish(trained, uri, kfp_run_id="run-9")
+    version = client.get_model_version("gate-model", "1")
+    assert not version.description
+    monkeypatch.setattr(publish, "_record_outcome", real)
+    again = _publish(trained, uri, kfp_run_id="run-9")
+    assert again.registration.reused and again.registration.version == "1"
+    assert client.get_model_version("gate-model", "1").description.startswith("# ")
+    run = client.get_run(again.run_id)
+    assert run.info.status == "FINISHED" and "test_event_f1" in run.data.metrics
+    assert {"model_card.md", "gate_decision.json"} <= {a.path for a in client.list_artifacts(again.run_id)}
