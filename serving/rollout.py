@@ -104,8 +104,9 @@ def arm_stats(prometheus: str, selector: str, window: str | None = None) -> ArmS
         raise RuntimeError(
             f"Prometheus at {prometheus} has no predictor series matching {{{selector}}}"
             f"{f' in the last {window}' if window else ''}: is the arm scraped (the "
-            "InferenceService's prometheus.io annotations), and does its server export that label "
-            "(the manifests pass the registry version as AIOPS_MODEL_VERSION)?"
+            "InferenceService's prometheus.io annotations), and do its series carry these labels "
+            "(namespace from the scrape; model_name and model_version from the server, to which the "
+            "manifests pass the registry version as AIOPS_MODEL_VERSION)?"
         )
 
     def buckets(metric: str) -> dict[float, float]:
