@@ -884,12 +884,23 @@ def _infer_prefix(results_dir: Path, corpus: NabCorpus) -> str | None:
     Raises:
         NabError: When the folder holds the outputs of several detectors (prefixes).
     """
-    found: set[str] = set()
+    by_category: dict[str, list[str]] = {}
     for nab_file in corpus.files:
         category, _, file_name = nab_file.name.rpartition("/")
-        for path in (results_dir / category).glob(f"*_{glob.escape(file_name)}"):
-            if not path.name.startswith("."):  # e.g. macOS ._ files beside the results
-                found.add(path.name[: -len(file_name) - 1])
+        by_category.setdefault(category, []).append(file_name)
+    found: set[str] = set()
+    for category, names in by_category.items():
+        paths = {
+            path.name
+            for name in names
+            for path in (results_dir / category).glob(f"*_{glob.escape(name)}")
+            if not path.name.startswith(".")  # e.g. macOS ._ files beside the results
+        }
+        for output in paths:
+            # The longest data file name it ends with: det_a_x.csv is det's output for a_x.csv,
+            # not det_a's for x.csv.
+            name = max((n for n in names if output.endswith(f"_{n}")), key=len)
+            found.add(output[: -len(name) - 1])
     if len(found) > 1:
         raise NabError(
             f"{results_dir} holds the outputs of several detectors ({', '.join(sorted(found))}); "

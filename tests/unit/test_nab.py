@@ -316,6 +316,16 @@ def test_file_names_with_glob_characters_round_trip(tmp_path: Path) -> None:
     assert rescored["detector"] == "robust" and rescored["files"] == report["files"]
 
 
+def test_a_file_name_ending_in_another_does_not_read_as_a_second_detector(tmp_path: Path) -> None:
+    """``det_a_x.csv`` is det's output for ``a_x.csv``, not det_a's for ``x.csv``."""
+    rng = np.random.default_rng(3)
+    series = {"c/x.csv": rng.normal(10.0, 1.0, 200), "c/a_x.csv": rng.normal(10.0, 1.0, 200)}
+    folder = write_folder(tmp_path / "nab", series, {"c/x.csv": [_window(110, 139)], "c/a_x.csv": []})
+    report = nab.run_nab(folder, RobustChangeDetector, detector_name="det", results_dir=tmp_path / "res")
+    rescored = nab.score_results(folder, tmp_path / "res", report["profiles"]["standard"]["threshold"])
+    assert rescored["detector"] == "det" and rescored["files"] == report["files"]
+
+
 def test_read_results_rejects_mismatched_rows(tiny: Path, tmp_path: Path) -> None:
     nab_file = nab.load_corpus(tiny).file("catA/spiky.csv")
     path = tmp_path / "short.csv"
