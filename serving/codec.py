@@ -36,6 +36,7 @@ is rejected.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -228,8 +229,23 @@ def parse_entity(values: Sequence[Any], key: str, where: str) -> np.ndarray:
     return np.array(values, dtype=object)
 
 
+@functools.lru_cache(maxsize=8)
+def _run_columns(names: tuple[str, ...]) -> np.ndarray:
+    """Positions of the run-length features (``<signal>__run``: repeats of the latest value)."""
+    return np.array([i for i, name in enumerate(names) if name.endswith("__run")], dtype=np.int64)
+
+
 def check_features(matrix: np.ndarray, names: Sequence[str], where: str) -> None:
-    """Reject infinite values and rows without any feature value."""
+    """Reject infinite values, negative run lengths and rows without any feature value."""
+    runs = _run_columns(tuple(names))
+    if runs.size:
+        negative = matrix[:, runs] < 0  # NaN compares False: a missing run is allowed
+        if negative.any():
+            row, col = (int(i) for i in np.argwhere(negative)[0])
+            raise RequestError(
+                f"{where}: feature {names[runs[col]]!r} of row {row} is {matrix[row, runs[col]]:g}; a run "
+                "length counts repeated samples and cannot be negative"
+            )
     infinite = np.isinf(matrix)
     if infinite.any():
         row, col = (int(i) for i in np.argwhere(infinite)[0])

@@ -217,8 +217,10 @@ class CompiledForest:
             path = [] if explain and self.leaf_credit is None else None
             node = self._walk(x32, path)
         depths = self.leaf_depth.take(node)
-        # Summing over axis 0 of a C-ordered array adds tree by tree, in sklearn's order.
-        total = depths.sum(axis=0)
+        # Tree by tree, in sklearn's order: sum(axis=0) would do that for many rows, but adds a
+        # lone row's column pairwise, which moves the last bit of its score (and, through the
+        # calibration's reference scores, the ensemble's surprise).
+        total = np.cumsum(depths, axis=0)[-1]
         # sklearn's guard for a one-sample forest: every score is 2 ** -1.
         raw = 2.0 ** -(total / self.denominator) if self.denominator else np.full(n, 0.5)
         if self.stall_ids is not None:
@@ -714,7 +716,8 @@ class LstmScorer:
         full = age[ends] >= self.window - 1
         if full.any():
             values = batch.features[np.ix_(order, self.columns)]
-            logged = np.log1p(np.clip(values, 0.0, None)).astype(np.float32)
+            # float64 as in the detector, which centres the windows before it casts to float32.
+            logged = np.log1p(np.clip(values, 0.0, None))
             errors = self.detector._last_step_errors(logged, age, ends[full]) / self.error_scale
             raw[full] = errors.mean(axis=1)
             signal[full] = np.array(self.signals, dtype=object)[errors.argmax(axis=1)]

@@ -81,7 +81,8 @@ class Scores:
         score: Ensemble score per row.
         is_anomaly: ``score >= threshold``.
         members: Per-member results, in the ensemble's member order.
-        top_features: Indices ``(n, k)`` into the contract's features, strongest first (-1 = none).
+        top_features: Indices ``(n, k)`` into the contract's features, strongest first; with a
+            large ``k``, features the forest gave no credit come last with share 0.
         top_shares: Share of the row's isolation credit each top feature holds ``(n, k)``.
         timings: Seconds spent per stage (``score.<member>``, ``combine``, ``explain``).
     """

@@ -86,6 +86,10 @@ def _first_feature(features: pd.DataFrame) -> str:
     return [c for c in features.columns if "__" in c][0]
 
 
+def _run_feature(features: pd.DataFrame) -> str:
+    return [c for c in features.columns if c.endswith("__run")][0]
+
+
 @pytest.mark.parametrize(
     ("make_body", "message"),
     [
@@ -108,6 +112,10 @@ def _first_feature(features: pd.DataFrame) -> str:
         ),
         (lambda f: _bad_instance(f, lambda r: r.update({_first_feature(f): True})), "got bool"),
         (lambda f: _bad_instance(f, lambda r: r.update({_first_feature(f): 1e400})), "is infinite"),
+        (
+            lambda f: _bad_instance(f, lambda r: r.update({_run_feature(f): -5.0})),
+            "of row 0 is -5; a run length counts repeated samples and cannot be negative",
+        ),
         (
             lambda f: _bad_instance(f, lambda r: r.update({k: None for k in r if k not in KEY_COLUMNS})),
             "has no feature value",
