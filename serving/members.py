@@ -223,12 +223,32 @@ class CompiledForest:
         total = np.cumsum(depths, axis=0)[-1]
         # sklearn's guard for a one-sample forest: every score is 2 ** -1.
         raw = 2.0 ** -(total / self.denominator) if self.denominator else np.full(n, 0.5)
+        bonus = None
         if self.stall_ids is not None:
-            raw = raw + self.detector.stall_bonus(x[:, -1])
+            bonus = np.asarray(self.detector.stall_bonus(x[:, -1]), dtype=np.float64) * np.ones(n)
+            raw = raw + bonus
         credit = None
         if explain:
             credit = self._credit(path, n) if path is not None else self._leaf_sum(node)
+            if bonus is not None and (bonus > 0).any():
+                self._credit_stall(credit, batch, raw, bonus)
         return MemberOutput(raw=raw, credit=credit)
+
+    def _credit_stall(self, credit: np.ndarray, batch: Batch, raw: np.ndarray, bonus: np.ndarray) -> None:
+        """Give the stall rule's part of a row's score to the ``<signal>__run`` feature behind it.
+
+        The rule adds ``bonus`` to the forest's score when a signal repeats its value for longer
+        than any run in training. That part of the score is no split of the forest, so its bits
+        credit nothing; the longest run then gets the share ``bonus / score`` of the row's
+        credit, and the forest's features share the rest.
+        """
+        assert self.stall_ids is not None
+        rows = np.flatnonzero(bonus > 0)
+        runs = nan_to_num(batch.features.take(batch.targets[rows], axis=0).take(self.stall_ids, axis=1))
+        longest = self.stall_ids[np.argmax(runs, axis=1)]
+        share = np.clip(bonus[rows] / raw[rows], 0.0, 1.0 - 1e-9)
+        forest = credit[rows].sum(axis=1)
+        credit[rows, longest] += np.where(forest > 0, forest * share / (1.0 - share), 1.0)
 
     def _walk(self, x32: np.ndarray, path: list[tuple[np.ndarray, np.ndarray]] | None) -> np.ndarray:
         """Global leaf index ``(trees, rows)`` by walking all trees at once (cheap for few rows)."""

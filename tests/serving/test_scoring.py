@@ -320,3 +320,20 @@ def test_a_lone_row_scores_and_explains_as_in_a_batch(trained, scorer):
         assert alone.top_features[0][:untied].tolist() == paired.top_features[0][:untied].tolist()
         forecast_hits += int(alone.members["forecast"].raw[0] > 0)
     assert forecast_hits > 10, "too few rows on workloads the forecaster knows to test its shortcut"
+
+
+def test_an_alarm_raised_by_the_stall_rule_names_the_stalled_signal(trained, scorer):
+    """The stall rule's part of the score is no split of the forest: it is credited to the
+    ``<signal>__run`` feature behind it, which then leads the explanation."""
+    forest_member = trained.bundle.detector.members["isolation_forest"]
+    names = trained.bundle.contract.feature_names
+    compiled = CompiledForest(forest_member, {name: i for i, name in enumerate(names)})
+    assert compiled.stall_ids is not None, "the fixture's forest has no stall input"
+    run = names[int(compiled.stall_ids[0])]
+    row = trained.split.test.iloc[[100]].copy()
+    quiet = scorer.score(Batch.from_frame(row, names), top_k=3)
+    row[run] = 20.0 * forest_member.stall_ceiling
+    stalled = scorer.score(Batch.from_frame(row, names), top_k=3)
+    assert names[int(stalled.top_features[0, 0])] == run and stalled.top_shares[0, 0] > 0.5
+    assert run not in [names[int(i)] for i in quiet.top_features[0]]
+    assert stalled.score[0] > quiet.score[0]
