@@ -9,8 +9,7 @@ the Prometheus layout). The verdict:
   policy's minimum: too little evidence is not a pass;
 * **inconclusive** too when evidence is missing: a count that is not a number, or an arm
   without a usable latency or anomaly-score histogram (observations, a ``+Inf`` bucket, every
-  count a number), or a p95 latency that cannot be read. A check that cannot be made is not
-  passed;
+  count a number). A check that cannot be made is not passed;
 * **error rate**: one-sided Fisher exact test (exact at the handful of errors a canary
   usually shows, where a z-test overstates significance); roll back when the canary's error
   rate is significantly higher *and* exceeds the stable one by more than a tolerance. An error
@@ -249,19 +248,11 @@ def analyse(stable: ArmStats, canary: ArmStats, policy: CanaryPolicy = CanaryPol
 
     p95_stable = histogram_quantile(0.95, stable.latency_buckets)
     p95_canary = histogram_quantile(0.95, canary.latency_buckets)
-    # A stable p95 of 0 (everything in a bucket bounded at 0) gives no ratio (NaN): the absolute
-    # increase then decides alone.
+    # Both p95s are finite: _observed let through only histograms with observations, a +Inf
+    # bucket and finite counts. A stable p95 of 0 (everything in a bucket bounded at 0) gives no
+    # ratio (NaN): the absolute increase then decides alone.
     ratio = p95_canary / p95_stable if p95_stable > 0 else float("nan")
     evidence["latency"] = {"p95_stable_s": p95_stable, "p95_canary_s": p95_canary, "ratio": ratio}
-    if not (math.isfinite(p95_stable) and math.isfinite(p95_canary)):
-        return CanaryVerdict(
-            False,
-            (
-                f"inconclusive: the p95 latency cannot be read (stable {p95_stable}, canary {p95_canary} s); "
-                "check the latency histograms",
-            ),
-            evidence,
-        )
     slower = math.isnan(ratio) or ratio > policy.max_latency_ratio
     if slower and p95_canary - p95_stable > policy.min_latency_increase_s:
         reasons.append(
