@@ -164,9 +164,11 @@ def publish_detector(
     def evaluate_uri(uri: str) -> dict[str, float]:
         return score_model_uri(uri, test, labels)
 
+    client = registry.mlflow_client(tracking_uri)
+
     def record(registration: registry.Registration, parent_id: str, model_run_id: str) -> None:
         _record_outcome(
-            registry.mlflow_client(tracking_uri), registration, report, parent_id, model_run_id,
+            client, registration, report, parent_id, model_run_id,
             bundle=bundle, tags=tags, test=test, model_name=model_name,
         )  # fmt: skip
 
@@ -174,7 +176,6 @@ def publish_detector(
     if existing is not None and lineage.kfp_run_id != "local":
         # A retried step of the same pipeline run: no second version; (re)run the gate, and finish
         # what the failed attempt may have left undone (test metrics, model card, decision).
-        client = registry.mlflow_client(tracking_uri)
         version_tags = client.get_model_version(model_name, existing).tags
         parent_id = version_tags.get("pipeline_run_id", "")
         registration = registry.register_and_gate(
