@@ -70,6 +70,14 @@ class SyntheticBenchmark:
     lstm_epochs: int = LstmConfig.epochs
     lstm_max_windows: int = LstmConfig.max_windows
 
+    def __post_init__(self) -> None:
+        # train_ensemble refuses the pair too, but only after every detector has trained.
+        if self.select_weights and self.threshold_policy != "event_f1":
+            raise ValueError(
+                f"select_weights chooses weights by validation event F1: it needs threshold_policy="
+                f"'event_f1', not {self.threshold_policy!r} (pass select_weights=False)"
+            )
+
     def configs(self) -> dict[str, DetectorConfig]:
         """The detectors' settings (defaults apart from the sizes above)."""
         return {

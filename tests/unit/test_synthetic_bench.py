@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 
 from aiops.synthetic_bench import SyntheticBenchmark, run_synthetic_benchmark
 
@@ -53,3 +54,6 @@ def test_the_command_needs_a_seed_and_chooses_weights_only_under_event_f1(tmp_pa
         args = ["benchmark", "synthetic", "--seed", "8", "--output", str(out), "--threshold-policy", policy]
         CliRunner().invoke(app, args)
     assert [(s.threshold_policy, s.select_weights) for s in seen] == [("quantile", False), ("event_f1", True)]
+    # the library refuses the pair before any training
+    with pytest.raises(ValueError, match="needs threshold_policy='event_f1'"):
+        SyntheticBenchmark(threshold_policy="quantile")
