@@ -28,7 +28,7 @@ from typing import Any
 import pandas as pd
 
 from aiops.features import FEATURE_VERSION
-from aiops.model import DetectorBundle
+from aiops.model import BundleFormatError, DetectorBundle
 from aiops.pyfunc import BUNDLE_ARTIFACT
 from serving.errors import ModelLoadError
 
@@ -184,7 +184,7 @@ def _read_example(path: Path) -> pd.DataFrame:
 def _load_bundle(folder: Path, source: str) -> DetectorBundle:
     try:
         return DetectorBundle.load(folder)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, BundleFormatError) as exc:
         raise ModelLoadError(f"{source}: {exc}") from exc
     except Exception as exc:  # noqa: BLE001 - a corrupt file of any kind: say which model, exit 2
         raise ModelLoadError(

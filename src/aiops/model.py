@@ -7,6 +7,7 @@ what the predictor loads, so all three agree on inputs and alarm policy.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,26 @@ from aiops.features import FeatureContract
 _DETECTOR_FILE = "detector.joblib"
 _CONTRACT_FILE = "feature_contract.json"
 _META_FILE = "meta.json"
+
+#: Layout of a saved bundle: the files above and the detector classes pickled in
+#: ``detector.joblib``. Raise it whenever a change to a detector's attributes or to this layout
+#: means that bundles written before can no longer be scored by this code.
+BUNDLE_FORMAT = 1
+
+log = logging.getLogger(__name__)
+
+
+class BundleFormatError(ValueError):
+    """A bundle written in a layout this code does not read (see :data:`BUNDLE_FORMAT`)."""
+
+
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("aiops-selfheal")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown"
 
 
 @dataclass
@@ -57,7 +78,14 @@ class DetectorBundle:
         out.mkdir(parents=True, exist_ok=True)
         joblib.dump(self.detector, out / _DETECTOR_FILE)
         (out / _CONTRACT_FILE).write_text(self.contract.to_json())
-        meta = {**self.meta, "threshold": self.threshold, "detector": getattr(self.detector, "kind", "")}
+        meta = {
+            **self.meta,
+            "threshold": self.threshold,
+            "detector": getattr(self.detector, "kind", ""),
+            # Which code can read it back: the layout's number, and the package that wrote it.
+            "bundle_format": BUNDLE_FORMAT,
+            "aiops_version": _package_version(),
+        }
         (out / _META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
         return out
 
@@ -65,8 +93,13 @@ class DetectorBundle:
     def load(cls, folder: str | Path) -> DetectorBundle:
         """Read a folder written by :meth:`save`.
 
+        The format is checked before the detector is unpickled: a bundle of another format
+        would load, then fail (or, worse, score differently) when it is first used. A bundle
+        that records no format predates the check; it is read, with a warning.
+
         Raises:
             FileNotFoundError: When a part of the bundle is missing.
+            BundleFormatError: When the bundle records a format other than :data:`BUNDLE_FORMAT`.
 
         """
         root = Path(folder)
@@ -74,6 +107,21 @@ class DetectorBundle:
             if not (root / name).exists():
                 raise FileNotFoundError(f"{root} is not a detector bundle: {name} missing")
         meta = json.loads((root / _META_FILE).read_text())
+        fmt = meta.pop("bundle_format", None)
+        written_by = meta.pop("aiops_version", None)
+        if fmt is None:
+            log.warning(
+                "%s records no bundle format (written before aiops recorded one); reading it as "
+                "format %d. If scoring it fails, retrain the model.",
+                root,
+                BUNDLE_FORMAT,
+            )
+        elif fmt != BUNDLE_FORMAT:
+            raise BundleFormatError(
+                f"{root} is a detector bundle of format {fmt!r}, written by aiops {written_by or 'unknown'}; "
+                f"this aiops ({_package_version()}) reads format {BUNDLE_FORMAT}. Retrain and register the "
+                "model with this version, or serve it with the version that wrote it."
+            )
         return cls(
             detector=joblib.load(root / _DETECTOR_FILE),
             contract=FeatureContract.from_json((root / _CONTRACT_FILE).read_text()),

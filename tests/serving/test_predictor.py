@@ -189,6 +189,14 @@ def test_a_model_of_another_feature_transform_is_refused(predictor_cls, trained,
         predictor_cls(NAME, str(copy), registry=CollectorRegistry()).load()
 
 
+def test_a_model_of_another_bundle_format_is_refused_with_both_versions(predictor_cls, trained, tmp_path):
+    copy = shutil.copytree(trained.bundle_dir, tmp_path / "future")
+    meta = json.loads((copy / "meta.json").read_text())
+    (copy / "meta.json").write_text(json.dumps({**meta, "bundle_format": 99, "aiops_version": "7.0"}))
+    with pytest.raises(ModelLoadError, match=r"future is a detector bundle of format 99, written by aiops 7\.0"):
+        predictor_cls(NAME, str(copy), registry=CollectorRegistry()).load()
+
+
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
