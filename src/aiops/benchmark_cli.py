@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
+
+from aiops.cli_errors import fail as _fail
 
 benchmark_app = typer.Typer(no_args_is_help=True, help="Measure detectors on labelled data; write JSON.")
 
@@ -22,11 +24,6 @@ def _check_output(output: Path) -> None:
     """Refuse an output path that cannot be written, before a run of minutes, not after it."""
     if output.is_dir():
         _fail(f"--output {output} is a folder; name the JSON file to write")
-
-
-def _fail(message: str) -> NoReturn:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=2)
 
 
 def _print_nab(report: dict[str, Any]) -> None:

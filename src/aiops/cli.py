@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from aiops.benchmark_cli import benchmark_app
+from aiops.cli_errors import fail as _fail
 from aiops.models_cli import models_app
 from aiops.schedule_cli import schedule_app
 
@@ -24,11 +25,6 @@ app.add_typer(run_app, name="run")
 app.add_typer(benchmark_app, name="benchmark")
 app.add_typer(models_app, name="models")
 app.add_typer(schedule_app, name="schedule")
-
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=2)
 
 
 def _parse_params(params: list[str], pipeline: str) -> dict[str, Any]:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
+
+from aiops.cli_errors import fail as _fail
 
 models_app = typer.Typer(no_args_is_help=True, help="List, inspect, promote and roll back registered models.")
 
@@ -21,11 +23,6 @@ def _uri(tracking_uri: str) -> str:
     uri = resolve_tracking_uri(tracking_uri, Path.cwd())
     configure(uri)
     return uri
-
-
-def _fail(message: str) -> NoReturn:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=2)
 
 
 @models_app.command("list")

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
+
+from aiops.cli_errors import fail as _fail
 
 schedule_app = typer.Typer(no_args_is_help=True, help="Create, list and delete recurring pipeline runs.")
 
 Host = Annotated[str, typer.Option(help="Data Science Pipelines API URL (the route of ds-pipeline-...).")]
 Namespace = Annotated[str | None, typer.Option(help="Data science project (namespace).")]
 CaBundle = Annotated[str | None, typer.Option(help="CA bundle for the route's TLS certificate.")]
-
-
-def _fail(message: str) -> NoReturn:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=2)
 
 
 Cron = Annotated[str, typer.Option(help="Cron expression, e.g. '0 2 * * 0' (Sundays 02:00 UTC).")]

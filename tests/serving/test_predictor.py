@@ -193,7 +193,8 @@ def test_a_model_of_another_bundle_format_is_refused_with_both_versions(predicto
     copy = shutil.copytree(trained.bundle_dir, tmp_path / "future")
     meta = json.loads((copy / "meta.json").read_text())
     (copy / "meta.json").write_text(json.dumps({**meta, "bundle_format": 99, "aiops_version": "7.0"}))
-    with pytest.raises(ModelLoadError, match=r"future is a detector bundle of format 99, written by aiops 7\.0"):
+    expected = r"future is a detector bundle of format 99, written by aiops 7\.0"
+    with pytest.raises(ModelLoadError, match=expected):
         predictor_cls(NAME, str(copy), registry=CollectorRegistry()).load()
 
 
