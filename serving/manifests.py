@@ -13,7 +13,7 @@ Two deployment modes:
 The predictor is this project's own ``kserve.Model`` (``python -m serving``), run by a
 ServingRuntime on the pipeline image; the model arrives through ``storageUri`` (the MLflow
 model's artifact location) at ``/mnt/models``. ``import kserve`` parses ``sys.argv`` at import
-time, so it is imported inside the functions only.
+time, so it is imported inside the functions only, through ``serving.server.import_kserve``.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from serving.server import import_kserve
 
 #: Environment variable that gives the predictor its ``model_version`` metric label (the
 #: registry version). A server that loads a folder (``/mnt/models``) otherwise labels its
@@ -104,6 +106,7 @@ def _probe(path: str) -> Any:
 
 def serving_runtime(image: str, name: str = RUNTIME_NAME, namespace: str | None = None) -> Any:
     """A ServingRuntime that runs this project's predictor on the pipeline image."""
+    import_kserve()  # before the first `import kserve`: it would parse this process's argv
     from kserve import (
         V1alpha1ServingRuntime,
         V1alpha1ServingRuntimeSpec,
@@ -139,6 +142,7 @@ def serving_runtime(image: str, name: str = RUNTIME_NAME, namespace: str | None 
 
 def inference_service(spec: ServiceSpec, canary_traffic_percent: int | None = None) -> Any:
     """An InferenceService for ``spec``; ``canary_traffic_percent`` only in Serverless mode."""
+    import_kserve()  # before the first `import kserve`: it would parse this process's argv
     from kserve import (
         V1beta1InferenceService,
         V1beta1InferenceServiceSpec,

@@ -440,3 +440,25 @@ def test_a_promotion_the_registry_refuses_is_recorded_with_how_to_reconcile(sche
     assert run.data.tags["decision"] == "promoted"
     assert "champion alias could not be moved" in run.data.tags["reason"]
     assert "aiops models promote missing --version 2" in run.data.tags["reason"]
+
+
+def test_building_manifests_leaves_the_callers_command_line_alone(tmp_path):
+    """``import kserve`` parses ``sys.argv``: a caller's own options must not reach its parser.
+
+    A fresh interpreter, since this one has imported kserve already; its command line holds an
+    option kserve's server would refuse.
+    """
+    import subprocess
+    import sys
+
+    script = tmp_path / "build.py"
+    script.write_text(
+        "from serving.manifests import ServiceSpec, inference_service, serving_runtime\n"
+        "serving_runtime('quay.io/x/y:1')\n"
+        "print(inference_service(ServiceSpec(name='m', namespace='ns', storage_uri='s3://b/m')).kind)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script), "--http_port", "not-a-port"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "InferenceService"
