@@ -458,7 +458,10 @@ def test_building_manifests_leaves_the_callers_command_line_alone(tmp_path):
         "print(inference_service(ServiceSpec(name='m', namespace='ns', storage_uri='s3://b/m')).kind)\n"
     )
     done = subprocess.run(
-        [sys.executable, str(script), "--http_port", "not-a-port"], capture_output=True, text=True, timeout=120
+        [sys.executable, str(script), "--http_port", "not-a-port"],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "InferenceService"
