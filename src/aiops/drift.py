@@ -136,9 +136,16 @@ def drift_report(
     # A column empty in both windows carries no distribution to compare. One that has values in
     # one window only has changed as much as a column can: a signal that went silent (or one
     # that appeared) is drift, and the table says so.
+    # Whether a column has values is read off the whole windows, not the samples: a sparse
+    # column whose few values the sampling missed has not gone silent.
     has_ref, has_cur = ref.notna().any(), cur.notna().any()
-    usable = [c for c in ref.columns if has_ref[c] and has_cur[c]]
+    has_ref[list(columns)] = reference.loc[:, list(columns)].notna().any()
+    has_cur[list(columns)] = current.loc[:, list(columns)].notna().any()
+    in_samples = ref.notna().any() & cur.notna().any()
+    usable = [c for c in ref.columns if in_samples[c]]
     changed = [c for c in ref.columns if has_ref[c] != has_cur[c]]
+    # Values in both windows, but none left in one of the samples: too few to compare.
+    sampled_out = [c for c in ref.columns if has_ref[c] and has_cur[c] and not in_samples[c]]
     if not usable:
         raise ValueError(
             f"drift: no column has values in both windows (empty in the current one: "
@@ -160,11 +167,28 @@ def drift_report(
             }
         )
         table = pd.concat([table, gone], ignore_index=True)
+    if sampled_out:
+        few = pd.DataFrame(
+            {
+                "column": sampled_out,
+                "method": [
+                    f"not compared: {MAX_ROWS:,} sampled rows kept none of its values "
+                    f"({int(reference[c].notna().sum())} in the reference, {int(current[c].notna().sum())} "
+                    "in the current window)"
+                    for c in sampled_out
+                ],
+                "score": np.nan,
+                "threshold": np.nan,
+                "drifted": False,
+            }
+        )
+        table = pd.concat([table, few], ignore_index=True)
     if "anomaly_score" in set(table["column"]):
         row = table.set_index("column").loc["anomaly_score"]
         prediction.update({"score_drift": float(row["score"]), "score_drifted": float(bool(row["drifted"]))})
-    features = table[table["column"] != "anomaly_score"]
-    share = float(features["drifted"].mean()) if len(features) else 0.0
+    # The share is over the columns compared (or gone silent): a column not compared is no evidence.
+    judged = (table["column"] != "anomaly_score") & ~table["method"].str.startswith("not compared")
+    share = float(table.loc[judged, "drifted"].mean()) if judged.any() else 0.0
     return DriftResult(drift_share=share, columns=table, prediction=prediction, snapshot=snapshot)
 
 
@@ -196,7 +220,7 @@ def check_against_champion(
 
     Raises:
         FileNotFoundError: When the champion has no stored reference (registered before drift
-            checks existed): retrain with ``force=True`` to give it one.
+            checks existed) and ``force`` is off: retrain with ``force=True`` to give it one.
         ValueError: When the windows cannot be compared (no row after the training period, too
             few reference rows from the window's hours, no signal with values in both); with
             ``force=True`` the decision is to retrain instead, and the reason says why.
@@ -216,6 +240,13 @@ def check_against_champion(
     model_run = client.get_model_version(model_name, version).tags.get("model_run_id", "")
     names = {a.path for a in client.list_artifacts(model_run)} if model_run else set()
     if REFERENCE_ARTIFACT not in names:
+        if force:
+            return DriftDecision(
+                True,
+                f"retraining forced; {model_name} v{version} stores no {REFERENCE_ARTIFACT} to compare "
+                "with (the new version will)",
+                version,
+            )
         raise FileNotFoundError(
             f"{model_name} v{version} stores no {REFERENCE_ARTIFACT}; retrain with force=True to give the "
             f"champion a drift reference"

@@ -27,6 +27,23 @@ def test_a_signal_that_went_silent_is_drift_not_left_out():
     assert result.drift_share == pytest.approx(0.75)
 
 
+def test_a_sparse_column_the_sampling_missed_is_not_called_silent():
+    from aiops.drift import MAX_ROWS
+
+    rng = np.random.default_rng(2)
+    reference = _frame(rng)
+    current = _frame(rng, n=3 * MAX_ROWS)
+    kept = current.sample(MAX_ROWS, random_state=0).index  # the rows drift_report's sample keeps
+    sparse = pd.Series(np.nan, index=current.index)
+    sparse[current.index.difference(kept)[:3]] = rng.normal(size=3)
+    current["latency"] = sparse  # three values in 60,000 rows, none of them in the sample
+    result = drift_report(reference, current, list(reference.columns), seed=0)
+    row = result.columns.set_index("column").loc["latency"]
+    assert row["method"].startswith("not compared") and "3 in the current window" in row["method"]
+    assert not row["drifted"]
+    assert result.drift_share == 0.0  # over the three columns compared, none drifted
+
+
 def test_no_column_with_values_in_both_windows_is_a_clear_error():
     rng = np.random.default_rng(1)
     reference, current = _frame(rng), _frame(rng)

@@ -353,6 +353,20 @@ def test_a_drift_check_compares_only_new_rows_and_the_same_hours(trained, tmp_pa
         check_against_champion(features, "gate-model", uri, window="10min")
 
 
+def test_a_champion_without_a_drift_reference_is_retrained_when_forced(trained, tmp_path):
+    from aiops.drift import check_against_champion
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    _publish(trained, uri)  # no reference sample, as before drift checks existed
+    _, test, _ = trained
+    refused = "stores no reference_sample.parquet; retrain with force=True"
+    with pytest.raises(FileNotFoundError, match=refused):
+        check_against_champion(test, "gate-model", uri)
+    forced = check_against_champion(test, "gate-model", uri, force=True)
+    assert forced.retrain and forced.champion_version == "1"
+    assert forced.reason.startswith("retraining forced; gate-model v1 stores no reference_sample.parquet")
+
+
 def test_the_gate_does_not_promote_over_a_champion_it_did_not_compare(trained, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = registry_client(uri)
