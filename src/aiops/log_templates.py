@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import zlib
@@ -98,6 +99,9 @@ def _normalise_level(value: Any) -> str | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
+        # bunyan/pino levels are 10-60; a negative or non-finite number is no level at all.
+        if not math.isfinite(value) or value < 0:
+            return None
         return next(name for floor, name in _NUMERIC_LEVELS if value >= floor)
     if isinstance(value, str):
         return _LEVEL_NAMES.get(value.strip().lower())
@@ -107,7 +111,7 @@ def _normalise_level(value: Any) -> str | None:
 def _json_level(line: str) -> str | None:
     try:
         record = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser goes
         return None
     if not isinstance(record, dict):
         return None

@@ -241,6 +241,12 @@ def test_classify_lines(message: str, level: str, expected: set[str]) -> None:
         ("MyErrorHandler registered for /api", "INFO"),
         # a logfmt level inside a quoted value is part of the message, not the line's level
         ('msg="switching level=debug for module x" level=error', "ERROR"),
+        # numbers that are no bunyan/pino level, and JSON nested deeper than the parser goes
+        ('{"level": -1, "msg": "x"}', "INFO"),
+        ('{"lvl": -10, "msg": "request failed"}', "ERROR"),  # the words still speak
+        ('{"level": NaN, "msg": "x"}', "INFO"),
+        ('{"level": Infinity, "msg": "x"}', "INFO"),
+        ('{"a": ' + "[" * 100_000, "INFO"),
     ],
 )
 def test_parse_level(line: str, expected: str) -> None:
