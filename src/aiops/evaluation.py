@@ -196,6 +196,8 @@ def evaluate(
         windows.append(
             {
                 **label,
+                # The first scored row inside the window: where a scorer first could see it.
+                "first_scored": ts[mask].min(),
                 "detected": bool(hit.size),
                 "delay_s": (first - label["start"]).total_seconds() if hit.size else np.nan,
             }

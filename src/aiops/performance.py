@@ -9,9 +9,10 @@ recall over time for every model version that served.
 How a period is scored:
 
 * Each model version is evaluated over all the rows it served, then its labelled windows and
-  alarm events are counted in the period where they begin (where the version first saw them):
-  an incident across midnight is one incident, detected or not, not a hit one day and a miss
-  the next.
+  alarm events are counted once: an event in the period where it begins, a window in the
+  period of the first row of it the version scored (the version's first day, or the day it
+  resumed after an outage). An incident across midnight is one incident, detected or not, not
+  a hit one day and a miss the next.
 * A ratio without a denominator is missing (NaN, not logged), not 0: a quiet day with no
   incident and no alarm has no recall to report.
 * Steps count periods since the Unix epoch, so a period without predictions leaves a gap.
@@ -120,13 +121,10 @@ def score_periods(predictions: pd.DataFrame, labels: pd.DataFrame, period: str =
         alarms = part["is_anomaly"].to_numpy(dtype=bool)
         result = evaluate(part, alarms, labels)  # over all its rows: windows and events once each
         periods = part[TIMESTAMP].dt.floor(length)
-        # A window that opened before the version served counts where the version first saw it.
+        # A window counts in the period where the version first scored a row of it: one that opened
+        # before the version served, or while it served nothing (an outage), counts where it resumed.
         windows = result.windows
-        detections = (
-            _by_period(windows["start"].clip(lower=part[TIMESTAMP].min()), windows["detected"], length)
-            if len(windows)
-            else {}
-        )
+        detections = _by_period(windows["first_scored"], windows["detected"], length) if len(windows) else {}
         true_events = _by_period(result.events["start"], result.events["true"], length)
         for start in sorted(periods.unique()):
             rows = (periods == start).to_numpy()

@@ -69,6 +69,17 @@ def test_an_incident_across_midnight_counts_once_in_the_period_it_began():
     assert first.metrics["event_recall"] == 1.0 and np.isnan(second.metrics["event_recall"])
 
 
+def test_an_incident_that_began_during_an_outage_counts_where_serving_resumed():
+    frame = predictions(n_steps=60 * 24 * 3).assign(model_version="1")
+    frame = frame[frame["timestamp"].dt.day != 6]  # nothing served on day 2
+    minute = frame["timestamp"].dt.hour * 60 + frame["timestamp"].dt.minute
+    frame["is_anomaly"] = (frame["timestamp"].dt.day == 7) & (minute == 60)  # 01:00 on day 3
+    labels = labels_frame(make_label("api-1", "2026-01-06T22:00Z", "2026-01-07T02:00Z"))
+    first, third = score_periods(frame, labels)
+    assert third.period_start.day == 7 and third.metrics["event_recall"] == 1.0
+    assert np.isnan(first.metrics["event_recall"])
+
+
 def test_times_in_another_zone_are_periods_of_utc_days():
     berlin = predictions().assign(timestamp=lambda f: f["timestamp"].dt.tz_convert("Europe/Berlin"))
     assert [s.period_start for s in score_periods(berlin, labels_frame())] == [
