@@ -120,7 +120,7 @@ def submit(
             experiment_name=experiment or f"aiops-{name}",
             namespace=namespace,
         )
-    return str(result.run_id)
+    return _created(result.run_id, "run", host)
 
 
 _MONTHS = {
@@ -189,9 +189,36 @@ def _cron_field_problem(text: str, low: int, high: int, names: dict[str, int]) -
 def _client(host: str, namespace: str | None, token: str | None, ssl_ca_cert: str | None) -> Any:
     import kfp
 
-    return kfp.Client(
+    client = kfp.Client(
         host=host, existing_token=token or bearer_token(), namespace=namespace, ssl_ca_cert=ssl_ca_cert
     )
+    _check_is_pipelines_api(client, host)
+    return client
+
+
+def _check_is_pipelines_api(client: Any, host: str) -> None:
+    """Refuse a host that answers, but not as the pipelines API (a dashboard, a login page).
+
+    The generated API client turns any 200 answer into an object, so an HTML page becomes an
+    empty run list, or a created run without an id, and the command would report success. The
+    health endpoint of the real API answers JSON.
+    """
+    raw = client._healthz_api.healthz_service_get_healthz(_preload_content=False)
+    kind = str(raw.headers.get("Content-Type") or "")
+    if "json" not in kind.lower():
+        raise ClusterError(
+            f"{host} answered the pipelines API's health check (/apis/v2beta1/healthz) with "
+            f"{kind or 'no content type'}, not JSON: is --host the Data Science Pipelines API route "
+            "(oc get route ds-pipeline-dspa), not the dashboard, and is the token accepted "
+            "(not a login page)?"
+        )
+
+
+def _created(value: Any, what: str, host: str) -> str:
+    """The id the API gave a created object; an answer without one is an error, not ``"None"``."""
+    if not value:
+        raise ClusterError(f"Data Science Pipelines at {host} answered without the new {what}'s id")
+    return str(value)
 
 
 def schedule(
@@ -229,7 +256,7 @@ def schedule(
             params=arguments,
             pipeline_package_path=str(package),
         )
-    return str(result.recurring_run_id)
+    return _created(result.recurring_run_id, "recurring run", host)
 
 
 def list_schedules(

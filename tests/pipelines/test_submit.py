@@ -197,6 +197,45 @@ def test_an_unreachable_cluster_is_a_clear_error_not_a_traceback(command):
     assert "Traceback" not in result.output
 
 
+class _LoginPage(BaseHTTPRequestHandler):
+    """A host that answers every call with 200 and an HTML page (a dashboard, an OAuth login)."""
+
+    def log_message(self, *args):
+        pass
+
+    def _page(self):
+        body = b"<html><body>Log in with OpenShift</body></html>"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_DELETE = _page  # noqa: N815 - http.server naming
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["submit", "training"],
+        ["schedule", "retraining", "--cron", "0 2 * * 0"],
+        ["schedule", "list"],
+        ["schedule", "delete", "rr-1"],
+    ],
+)
+def test_a_host_that_answers_html_is_an_error_not_a_success(command):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _LoginPage)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    host = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        result = CliRunner().invoke(app, [*command, "--host", host])
+    finally:
+        server.shutdown()
+    assert result.exit_code == 2, result.output
+    assert f"error: {host} answered the pipelines API's health check" in result.output
+    assert "text/html, not JSON" in result.output
+
+
 def test_cli_rejects_unknown_pipeline():
     result = CliRunner().invoke(app, ["submit", "nope", "--host", "http://127.0.0.1:1"])
     assert result.exit_code == 2 and "unknown pipeline 'nope'" in result.output
