@@ -63,13 +63,19 @@ def apply_concept_drift(telemetry: Telemetry, drift: ConceptDrift) -> Telemetry:
             if column in metrics:
                 metrics[column] = metrics[column] * gain
         # A pod without a limit (missing or 0, as the schema reads it) is not capped: fmin
-        # ignores the NaN where np.minimum would blank the usage.
+        # ignores the NaN where np.minimum would blank the usage. Only the rows the drift
+        # scales are capped: the others keep their values, even those above the cap.
+        scaled = gain > 1.0
         if "cpu_usage_cores" in metrics:
             cpu = metrics["cpu_usage_cores"] * gain
-            metrics["cpu_usage_cores"] = np.fmin(cpu, _limit(metrics, "cpu_limit_cores"))
+            capped = np.fmin(cpu, _limit(metrics, "cpu_limit_cores"))
+            metrics["cpu_usage_cores"] = np.where(scaled, capped, metrics["cpu_usage_cores"])
         if "memory_working_set_bytes" in metrics:
             mem = metrics["memory_working_set_bytes"] * (1.0 + 0.2 * (gain - 1.0))
-            metrics["memory_working_set_bytes"] = np.fmin(mem, 0.95 * _limit(metrics, "memory_limit_bytes"))
+            capped = np.fmin(mem, 0.95 * _limit(metrics, "memory_limit_bytes"))
+            metrics["memory_working_set_bytes"] = np.where(
+                scaled, capped, metrics["memory_working_set_bytes"]
+            )
     else:
         shift = pd.Timedelta(hours=drift.shift_hours)
         columns = [c for c in (*_TRAFFIC, "cpu_usage_cores") if c in metrics]

@@ -237,3 +237,27 @@ def test_workload_drift_caps_usage_at_limits_and_leaves_unlimited_pods_uncapped(
     assert drifted.loc[unlimited, "memory_working_set_bytes"].notna().all()
     limited = ~unlimited
     assert (drifted.loc[limited, "cpu_usage_cores"] <= metrics.loc[limited, "cpu_limit_cores"] + 1e-12).all()
+
+
+def test_workload_drift_leaves_the_rows_it_does_not_scale_alone():
+    """Pods outside the prefix, and rows before the drift starts, keep even values above the cap."""
+    from aiops.concept_drift import ConceptDrift, apply_concept_drift
+    from aiops.ingest import SyntheticSource, synthetic_telemetry
+
+    telemetry = synthetic_telemetry(SyntheticSource(seed=1, duration="6h"))
+    metrics = telemetry.metrics.copy()
+    metrics["cpu_usage_cores"] = 1.2 * metrics["cpu_limit_cores"]  # above the limit everywhere
+    metrics["memory_working_set_bytes"] = 0.99 * metrics["memory_limit_bytes"]  # above 95% of it
+    chosen = metrics["pod"].iloc[0]
+    prefix = chosen[: len(chosen) - 1]
+    assert not metrics["pod"].str.startswith(prefix).all()
+    drifted = apply_concept_drift(
+        Telemetry(metrics=metrics, labels=telemetry.labels, events=telemetry.events, logs=telemetry.logs),
+        ConceptDrift("workload_doubles", start="3h", ramp="1h", pod_prefix=prefix),
+    ).metrics
+    start = metrics[TIMESTAMP].min() + pd.Timedelta("3h")
+    untouched = ~metrics["pod"].str.startswith(prefix) | (metrics[TIMESTAMP] <= start)
+    for column in ("cpu_usage_cores", "memory_working_set_bytes"):
+        pd.testing.assert_series_equal(drifted.loc[untouched, column], metrics.loc[untouched, column])
+    scaled = ~untouched
+    assert (drifted.loc[scaled, "cpu_usage_cores"] <= metrics.loc[scaled, "cpu_limit_cores"] + 1e-12).all()
