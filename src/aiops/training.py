@@ -411,6 +411,9 @@ def train_ensemble(
         for name, scores in raw.items():
             f1, threshold, tied_from, tied_to = events.best_threshold_range(scores)
             ensemble.member_thresholds[name] = threshold
+            # Replaces the member's own alarm budget: say where the new threshold sits, as
+            # choose_threshold does for the ensemble's.
+            extra[f"{name}.threshold_quantile"] = float(np.mean(scores < threshold))
             extra[f"{name}.member_validation_event_f1"] = f1
             extra[f"{name}.member_threshold_tied_from"] = tied_from
             extra[f"{name}.member_threshold_tied_to"] = tied_to
@@ -450,7 +453,8 @@ def train_ensemble(
         "feature_transform_version": contract.transform_version,
     }
     for name, bundle in members.items():
-        meta.update({f"{name}.{k}": v for k, v in bundle.meta.items()})
+        # The member's training record, except what the ensemble changed (its threshold's basis).
+        meta.update({f"{name}.{k}": v for k, v in bundle.meta.items() if f"{name}.{k}" not in extra})
     return DetectorBundle(detector=ensemble, contract=contract, threshold=threshold, meta=meta)
 
 
@@ -524,9 +528,12 @@ def train_from_folders(
 
 def step_metrics(bundle: DetectorBundle) -> dict[str, float]:
     """The numbers a training step shows on the dashboard (KFP Metrics)."""
-    keys = ("fit_seconds", "train_rows", "validation_rows", "train_seconds")
+    keys = ("fit_seconds", "train_rows", "validation_rows")
     out = {"threshold": bundle.threshold}
     out.update({k: float(v) for k, v in bundle.meta.items() if k in keys})
+    trained_for = getattr(bundle.detector, "train_seconds", None)  # the LSTM's training loop alone
+    if trained_for is not None:
+        out["train_seconds"] = float(trained_for)
     history = getattr(bundle.detector, "history", None)
     if history:
         out["final_train_loss"] = float(history[-1])

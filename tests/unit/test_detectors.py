@@ -35,6 +35,7 @@ from aiops.training import (
     EventF1Scorer,
     _plateau_middle,
     choose_threshold,
+    step_metrics,
     train_detector,
     train_ensemble,
 )
@@ -579,14 +580,18 @@ def test_event_f1_policy_sets_the_members_alarm_thresholds_too(parts):
     val = val.assign(good=truth * 3.0 + rng.random(len(val)))
     quantile = float(np.quantile(val["good"], 0.95))
     members = {"good": _bundle(_Const("good"), contract, threshold=quantile)}
+    members["good"].meta["threshold_quantile"] = 0.95  # as train_detector records its budget
 
     budget = train_ensemble(members, val, labels, threshold_policy="quantile")
     assert budget.detector.member_thresholds == {"good": quantile}
+    assert budget.meta["good.threshold_quantile"] == 0.95
     assert (val["good"] >= quantile)[~truth].any()  # the budget's threshold alarms on normal rows
 
     bundle = train_ensemble(members, val, labels, threshold_policy="event_f1")
     threshold = bundle.detector.member_thresholds["good"]
     assert threshold > quantile and not (val["good"] >= threshold)[~truth].any()
+    # the member's record says where its new threshold sits, not the budget it replaced
+    assert bundle.meta["good.threshold_quantile"] == pytest.approx(float(np.mean(val["good"] < threshold)))
     assert bundle.meta["good.member_validation_event_f1"] == pytest.approx(1.0)
     assert bundle.detector.combine == "any" and bundle.threshold >= 1.0  # never below its members'
 
@@ -687,3 +692,30 @@ def test_forecast_errors_weigh_a_nearly_idle_minute_by_its_size(three_days):
     spiked = forecast_errors(det, idle, normal)
     assert spiked["mape"] > 3 * base["mape"]
     assert spiked["wape"] < 1.2 * base["wape"]
+
+
+@pytest.mark.parametrize("config", [IsolationForestConfig(), ForecastConfig(), LstmConfig()])
+def test_every_setting_of_a_detector_is_tracked(config):
+    """Two models trained with different settings must not log the same parameters."""
+    from dataclasses import fields
+
+    tracked = config.params()
+    prefix = next(iter(tracked)).split("_", 1)[0] + "_"
+    assert sorted(tracked) == sorted(prefix + f.name for f in fields(config))
+
+
+def test_step_metrics_show_the_lstm_training_time():
+    class _Trained(_Const):
+        train_seconds = 1.5
+        history = [0.4, 0.2]
+
+    contract = contract_for(pd.DataFrame({"cpu_usage_cores": [1.0]}))
+    meta = {"fit_seconds": 2.0, "train_rows": 10}
+    bundle = DetectorBundle(_Trained("x"), contract, threshold=2.0, meta=meta)
+    assert step_metrics(bundle) == {
+        "threshold": 2.0,
+        "fit_seconds": 2.0,
+        "train_rows": 10.0,
+        "train_seconds": 1.5,
+        "final_train_loss": 0.2,
+    }

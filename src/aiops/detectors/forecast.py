@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 import re
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -371,13 +371,8 @@ class ForecastConfig:
     seed: int = 0
 
     def params(self) -> dict[str, Any]:
-        """Flat settings for tracking."""
-        return {
-            "fc_forecaster": self.forecaster,
-            "fc_signals": ",".join(self.signals),
-            "fc_level_window": self.level_window,
-            "fc_persistence": self.persistence,
-        }
+        """Flat settings for tracking: every field, so two models with different settings differ here."""
+        return {f"fc_{k}": ",".join(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
 #: Instants of history the level correction needs before it moves the forecast.
