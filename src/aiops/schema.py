@@ -145,12 +145,18 @@ def metric_columns(df: pd.DataFrame) -> list[str]:
     return [c for c in METRIC_COLUMNS if c in df.columns]
 
 
-def validate_metrics(df: pd.DataFrame, *, require_metrics: Sequence[str] = ()) -> pd.DataFrame:
+def validate_metrics(
+    df: pd.DataFrame, *, require_metrics: Sequence[str] = (), allow_empty_columns: bool = False
+) -> pd.DataFrame:
     """Check a metrics table against the canonical schema.
 
     Args:
         df: The metrics table.
         require_metrics: Metric columns the caller cannot work without.
+        allow_empty_columns: Accept a metric column without a single value. In a whole ingest
+            that is a broken query or a renamed metric, so it is refused by default; in the rows
+            of one entity it is normal (a pod without a CPU limit has no limit series, one that
+            serves no HTTP has no request rate), and the online predictor scores such rows.
 
     Returns:
         ``df`` unchanged, so the call can be chained.
@@ -190,7 +196,7 @@ def validate_metrics(df: pd.DataFrame, *, require_metrics: Sequence[str] = ()) -
             )
         values = col.to_numpy()
         finite = values[~np.isnan(values)]
-        if finite.size == 0:
+        if finite.size == 0 and not allow_empty_columns:
             raise SchemaError(f"{table}: metric '{name}' is entirely missing (all NaN); drop the column")
         if np.isinf(finite).any():
             raise SchemaError(f"{table}: metric '{name}' holds infinite values; use NaN for missing")

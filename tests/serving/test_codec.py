@@ -246,6 +246,18 @@ def test_telemetry_scores_the_latest_row_of_each_entity(decoder, features):
     assert every.batch.n_targets == len(metrics) and every.options.rows == "all"
 
 
+def test_one_pods_telemetry_without_a_series_scores_as_it_would_in_a_batch(decoder):
+    """A pod without HTTP traffic has no request rate at all; alone, its rows are still scored."""
+    metrics = make_metrics(n_steps=10)
+    metrics.loc[metrics["pod"] == "api-2", "request_rate"] = np.nan
+    batch = decoder.v1({"telemetry": telemetry_rows(metrics), "parameters": {"rows": "all"}}).batch
+    alone_rows = metrics[metrics["pod"] == "api-2"]
+    alone = decoder.v1({"telemetry": telemetry_rows(alone_rows), "parameters": {"rows": "all"}}).batch
+    in_batch = batch.features[batch.entities[2] == "api-2"]
+    np.testing.assert_array_equal(alone.features, in_batch)  # NaN in the same places
+    assert np.isnan(alone.features[:, list(decoder.names).index("request_rate")]).all()
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
