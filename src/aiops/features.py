@@ -285,8 +285,9 @@ def build_features(metrics: pd.DataFrame, config: FeatureConfig = FeatureConfig(
     for name, (num, den) in _DERIVED.items():
         if name in signals:
             # Zero or missing limits mean "unlimited": utilisation is undefined, not infinite.
-            den_values = frame[den].where(frame[den] > 0)
-            base[name] = frame[num] / den_values
+            # In float64 whatever the ingest's dtype, as the signals above and the online paths.
+            den_values = frame[den].astype("float64").where(frame[den] > 0)
+            base[name] = frame[num].astype("float64") / den_values
     base = base[signals]
 
     names = feature_names(signals, config)

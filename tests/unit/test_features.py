@@ -79,6 +79,19 @@ def test_output_layout_and_utilisation():
     assert all(feats[c].dtype == np.float64 for c in feats.columns if c not in KEY_COLUMNS)
 
 
+def test_float32_metrics_give_the_features_of_their_float64_values():
+    """Utilisation is divided in float64, as the online paths divide it, whatever the ingest's dtype."""
+    df = make_metrics(n_steps=12)
+    df["cpu_limit_cores"] = 3.0
+    narrow = df.assign(
+        **{c: df[c].astype("float32") for c in ("cpu_usage_cores", "request_rate", "cpu_limit_cores")}
+    )
+    wide = narrow.assign(
+        **{c: narrow[c].astype("float64") for c in ("cpu_usage_cores", "request_rate", "cpu_limit_cores")}
+    )
+    pd.testing.assert_frame_equal(build_features(narrow, CFG), build_features(wide, CFG), check_exact=True)
+
+
 def test_zero_limit_means_undefined_utilisation():
     df = make_metrics(n_steps=4, pods=("p",))
     df["cpu_limit_cores"] = 0.0
