@@ -16,6 +16,7 @@ import joblib
 import numpy as np
 import pandas as pd
 
+from aiops import package_version
 from aiops.features import FeatureContract
 
 _DETECTOR_FILE = "detector.joblib"
@@ -32,15 +33,6 @@ log = logging.getLogger(__name__)
 
 class BundleFormatError(ValueError):
     """A bundle written in a layout this code does not read (see :data:`BUNDLE_FORMAT`)."""
-
-
-def _package_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("aiops-selfheal")
-    except PackageNotFoundError:  # running from a source tree that was never installed
-        return "unknown"
 
 
 @dataclass
@@ -84,7 +76,7 @@ class DetectorBundle:
             "detector": getattr(self.detector, "kind", ""),
             # Which code can read it back: the layout's number, and the package that wrote it.
             "bundle_format": BUNDLE_FORMAT,
-            "aiops_version": _package_version(),
+            "aiops_version": package_version(),
         }
         (out / _META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
         return out
@@ -119,7 +111,7 @@ class DetectorBundle:
         elif fmt != BUNDLE_FORMAT:
             raise BundleFormatError(
                 f"{root} is a detector bundle of format {fmt!r}, written by aiops {written_by or 'unknown'}; "
-                f"this aiops ({_package_version()}) reads format {BUNDLE_FORMAT}. Retrain and register the "
+                f"this aiops ({package_version()}) reads format {BUNDLE_FORMAT}. Retrain and register the "
                 "model with this version, or serve it with the version that wrote it."
             )
         return cls(

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from aiops import registry
+from aiops import package_version, registry
 from aiops.drift import TRAINING_END_TAG
 from aiops.evaluation import evaluate
 from aiops.model import DetectorBundle
@@ -29,7 +29,8 @@ class Lineage:
     source: str
     seed: int
     kfp_run_id: str = "local"
-    pipeline_version: str = "local"
+    #: The aiops release whose pipeline ran (default: the installed package's version).
+    pipeline_version: str = ""
     git_commit: str = "unknown"
     image: str = "local"
     feature_service: str = "in-pipeline (aiops.features)"
@@ -43,7 +44,7 @@ class Lineage:
             "source": self.source,
             "seed": str(self.seed),
             "kfp_run_id": self.kfp_run_id,
-            "pipeline_version": self.pipeline_version,
+            "pipeline_version": self.pipeline_version or package_version(),
             "git_commit": self.git_commit,
             "image": self.image,
             "feature_service": self.feature_service,

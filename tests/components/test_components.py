@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from kfp import dsl
 
+from aiops import package_version
 from aiops.registry import mlflow_client as registry_client
 from aiops.schema import SchemaError
 from aiops.telemetry import Telemetry
@@ -187,6 +188,8 @@ def test_register_promotes_first_version(chain, tmp_path):
     assert out.version == "1" and out.promoted and out.aliases == "challenger,champion"
     run = registry_client(uri).get_run(out.run_id)
     assert run.data.tags["lineage.dataset_hash"] == summary.dataset_hash
+    # the release whose pipeline ran, not a placeholder
+    assert run.data.tags["lineage.pipeline_version"] == package_version() != "unknown"
     assert run.data.metrics["test_event_f1"] == pytest.approx(f1)
 
 
