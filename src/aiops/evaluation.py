@@ -158,6 +158,10 @@ class Evaluation:
     row_truth: np.ndarray = field(repr=False)
 
 
+#: What evaluate adds to each labelled window's own columns.
+_WINDOW_RESULTS = ("first_scored", "detected", "delay_s")
+
+
 def evaluate(
     frame: pd.DataFrame,
     alarms: np.ndarray,
@@ -202,7 +206,8 @@ def evaluate(
                 "delay_s": (first - label["start"]).total_seconds() if hit.size else np.nan,
             }
         )
-    windows_df = pd.DataFrame(windows)
+    # Without any window the table keeps its columns (windows.csv then still has its header).
+    windows_df = pd.DataFrame(windows, columns=None if windows else [*labels.columns, *_WINDOW_RESULTS])
     events = alarm_events(frame, alarms, merge_gap=merge_gap)
     # Only the alarm rows of an event count: merged runs hold quiet rows between them.
     events["true"] = [bool((truth[rows] & alarms[rows]).any()) for rows in events["rows"]]
@@ -366,12 +371,19 @@ def figure_png(fig: Any) -> bytes:
     return buffer.getvalue()
 
 
+def format_metric(value: float) -> str:
+    """A metric for people: 4 significant digits, but counts and long delays in full; NaN as "–"."""
+    if math.isnan(value):
+        return "–"
+    if abs(value) >= 1e4:  # 4 digits would round 12,345 false alarms to 1.234e+04
+        return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.1f}"
+    return f"{value:.4g}"
+
+
 def html_report(title: str, metrics: dict[str, float], images: dict[str, bytes]) -> str:
     """Build a self-contained HTML page: a metrics table and the PNG plots inline."""
     rows = "".join(
-        f"<tr><td>{html.escape(k)}</td><td>{'–' if math.isnan(v) else f'{v:.4g}'}</td></tr>"
-        if isinstance(v, float)
-        else ""
+        f"<tr><td>{html.escape(k)}</td><td>{format_metric(v)}</td></tr>" if isinstance(v, float) else ""
         for k, v in metrics.items()
     )
     figs = "".join(

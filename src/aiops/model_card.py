@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 
+from aiops.evaluation import format_metric
 from aiops.model import DetectorBundle
 
 _CARD_METRICS = (
@@ -36,7 +37,7 @@ def _fmt(value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):  # NaN: no value (no event)
         return "–"
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return format_metric(value)
     return str(value)
 
 

@@ -1,4 +1,5 @@
 import numpy as np
+import pandas as pd
 import pytest
 
 from aiops.evaluation import alarm_events, evaluate, point_metrics, write_report
@@ -64,11 +65,15 @@ def test_alarm_runs_merge_across_small_gaps():
     assert len(alarm_events(frame, alarms, merge_gap=4)) == 1
 
 
-def test_windows_outside_the_frame_are_not_counted():
+def test_windows_outside_the_frame_are_not_counted(tmp_path):
     frame, labels = _frame_and_labels()
     late = labels_frame(make_label("api-1", "2026-01-06T00:00Z", "2026-01-06T00:10Z"))
     m = evaluate(frame, np.zeros(len(frame), dtype=bool), late).metrics
     assert m["windows"] == 0 and m["event_recall"] == 0.0
+    # windows.csv keeps its header when no window lies in the period (a Nezha test period, say)
+    write_report(frame, np.zeros(len(frame)), 0.9, late, tmp_path)
+    written = pd.read_csv(tmp_path / "windows.csv")
+    assert written.empty and {"pod", "start", "detected", "delay_s", "first_scored"} <= set(written.columns)
 
 
 def test_report_files(tmp_path):
@@ -159,3 +164,5 @@ def test_the_model_card_shows_a_missing_number_as_a_dash_not_nan():
     from aiops.model_card import _fmt
 
     assert [_fmt(v) for v in (None, float("nan"), 0.12345, 3)] == ["–", "–", "0.1235", "3"]
+    # counts and long delays in full: 4 significant digits would disagree with the logged metric
+    assert [_fmt(v) for v in (12345.0, 14465.5, 9999.0)] == ["12,345", "14,465.5", "9999"]
