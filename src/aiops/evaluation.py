@@ -258,11 +258,14 @@ def plot_timelines(
     t_min, t_max = frame[TIMESTAMP].min(), frame[TIMESTAMP].max()
     labels = labels[(labels["end"] > t_min) & (labels["start"] <= t_max)] if len(labels) else labels
     by_entity = frame.groupby(list(ENTITY_KEYS), sort=False)
-    in_frame = {k for k, _ in by_entity}
-    ranked = [
-        tuple(r) for r in labels[list(ENTITY_KEYS)].drop_duplicates().to_numpy() if tuple(r) in in_frame
-    ]
-    ranked += [k for k in by_entity["_score"].max().sort_values(ascending=False).index if k not in ranked]
+    # The windows of each entity, by evaluate's own rule (label_masks): the label's cluster, and
+    # its pod, or every pod of its node for a node-level fault.
+    windows: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for label, mask in label_masks(frame, labels):
+        for key in frame.loc[mask, list(ENTITY_KEYS)].drop_duplicates().itertuples(index=False, name=None):
+            windows.setdefault(key, []).append(label)
+    ranked = list(windows)
+    ranked += [k for k in by_entity["_score"].max().sort_values(ascending=False).index if k not in windows]
     chosen = ranked[:max_entities]
 
     fig, axes = plt.subplots(len(chosen), 1, figsize=(11, 2.4 * len(chosen)), sharex=True, squeeze=False)
@@ -273,11 +276,10 @@ def plot_timelines(
         alarm = part[part["_score"] >= threshold]
         ax.scatter(alarm[TIMESTAMP], alarm["_score"], s=8, color="tab:red", zorder=3, label="alarm")
         entity = dict(zip(ENTITY_KEYS, keys, strict=True))
-        own = labels[(labels["pod"] == entity["pod"]) & (labels["namespace"] == entity["namespace"])]
-        for row in own.itertuples(index=False):
-            ax.axvspan(row.start, row.end, color="tab:orange", alpha=0.25)
-            ax.text(row.start, ax.get_ylim()[1], row.anomaly_type, fontsize=7, va="top")
-        ax.set_title(f"{entity['namespace']}/{entity['pod']}", fontsize=9, loc="left")
+        for window in windows.get(keys, []):
+            ax.axvspan(window["start"], window["end"], color="tab:orange", alpha=0.25)
+            ax.text(window["start"], ax.get_ylim()[1], window["anomaly_type"], fontsize=7, va="top")
+        ax.set_title(f"{entity['cluster']}/{entity['namespace']}/{entity['pod']}", fontsize=9, loc="left")
         ax.set_xlim(t_min, t_max)
     axes[0, 0].legend(loc="upper right", fontsize=7)
     fig.tight_layout()

@@ -166,3 +166,34 @@ def test_the_model_card_shows_a_missing_number_as_a_dash_not_nan():
     assert [_fmt(v) for v in (None, float("nan"), 0.12345, 3)] == ["–", "–", "0.1235", "3"]
     # counts and long delays in full: 4 significant digits would disagree with the logged metric
     assert [_fmt(v) for v in (12345.0, 14465.5, 9999.0)] == ["12,345", "14,465.5", "9999"]
+
+
+def test_the_timeline_shades_each_window_where_evaluate_counts_it():
+    """Same cluster and pod, or every pod of the node for a node-level fault: label_masks' rule."""
+    from aiops.evaluation import plot_timelines
+
+    times = pd.date_range("2026-01-05T00:00Z", periods=60, freq="1min")
+    frame = pd.concat(
+        [
+            pd.DataFrame({"timestamp": times, "cluster": c, "namespace": "shop", "pod": p, "node": n})
+            for c in ("c1", "c2")
+            for p, n in (("api-1", "node-0"), ("api-2", "node-1"))
+        ],
+        ignore_index=True,
+    )
+    pod_fault = {**make_label("api-1", str(times[10]), str(times[20]), "pod_fault"), "cluster": "c2"}
+    node_fault = {
+        **make_label("", str(times[30]), str(times[40]), "node_fault", node="node-1"),
+        "namespace": "",
+    }
+    fig = plot_timelines(
+        frame, np.zeros(len(frame)), 1.0, labels_frame(pod_fault, node_fault), max_entities=4
+    )
+    shaded = {ax.get_title(loc="left"): [t.get_text() for t in ax.texts] for ax in fig.axes}
+    assert shaded == {
+        "c2/shop/api-1": ["pod_fault"],
+        "c1/shop/api-2": ["node_fault"],  # the node-level fault, on the pod of that node
+        "c1/shop/api-1": [],  # same pod name, other cluster: not its window
+        "c2/shop/api-2": [],
+    }
+    assert list(shaded)[:2] == ["c2/shop/api-1", "c1/shop/api-2"]  # entities with windows first
