@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -20,10 +21,24 @@ def _write(payload: dict[str, Any], output: Path) -> None:
     typer.echo(f"wrote {output}")
 
 
-def _check_output(output: Path) -> None:
-    """Refuse an output path that cannot be written, before a run of minutes, not after it."""
-    if output.is_dir():
-        _fail(f"--output {output} is a folder; name the JSON file to write")
+def _check_output(
+    output: Path, flag: str = "--output", folder: bool = False, what: str = "JSON file"
+) -> None:
+    """Refuse a path that cannot be written, before a run of minutes, not after it.
+
+    ``folder``: the option names a folder to create or fill (else a file to write).
+    """
+    if folder and output.exists() and not output.is_dir():
+        _fail(f"{flag} {output} is a file; name a folder")
+    if not folder and output.is_dir():
+        _fail(f"{flag} {output} is a folder; name the {what} to write")
+    existing = output if folder and output.is_dir() else output.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        _fail(f"{flag} {output} cannot be written: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        _fail(f"{flag} {output} cannot be written: no permission to write in {existing}")
 
 
 def _print_nab(report: dict[str, Any]) -> None:
@@ -79,6 +94,8 @@ def benchmark_nab(
     from aiops.nab import NabError, run_nab, score_results
 
     _check_output(output)
+    if results_out is not None:
+        _check_output(results_out, "--results-out", folder=True)
     try:
         if scores_from is not None:
             if threshold is None:
@@ -184,6 +201,8 @@ def benchmark_nezha(
     from aiops.nezha_bench import NezhaBenchError, run_nezha_benchmark
 
     _check_output(output)
+    if alarms_out is not None:
+        _check_output(alarms_out, "--alarms-out", what="CSV file")
     try:
         report = run_nezha_benchmark(data)
     except NezhaBenchError as exc:

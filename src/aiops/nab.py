@@ -251,7 +251,9 @@ def _parse_window(path: Path, name: str, window: Any) -> Window:
         start, end = pd.Timestamp(window[0]), pd.Timestamp(window[1])
     except (TypeError, ValueError) as exc:
         raise NabError(f"{path}: window {window!r} of '{name}' has an unreadable timestamp") from exc
-    if pd.isna(start) or pd.isna(end) or end < start:
+    if pd.isna(start) or pd.isna(end):
+        raise NabError(f"{path}: window {window!r} of '{name}' lacks its start or its end")
+    if end < start:
         raise NabError(f"{path}: window {window!r} of '{name}' ends before it starts")
     return start, end
 
@@ -312,6 +314,12 @@ def read_data_file(path: Path | str, name: str, windows: Sequence[Window]) -> Na
 
 
 def _parse_timestamps(column: pd.Series, path: Path) -> np.ndarray:
+    if pd.api.types.is_numeric_dtype(column):
+        # pandas would read 1393632000 as nanoseconds after 1970, and quietly merge the rows.
+        raise NabError(
+            f"{path}: the timestamps are numbers ({column.iloc[0]} first); NAB files hold date-times "
+            "such as '2014-03-01 00:00:00'"
+        )
     parsed = pd.to_datetime(column, errors="coerce")
     if parsed.isna().any():
         row = int(np.argmax(parsed.isna().to_numpy()))
@@ -379,7 +387,15 @@ def load_corpus(data_dir: Path | str, files: Iterable[str] | None = None) -> Nab
         names = [n for n in names if n in windows]
     extra = sorted(set(windows) - set(available))
     if extra:
-        logger.info("ignoring windows of %d file(s) absent from %s", len(extra), data_root)
+        # Normal with NAB's full windows file over a subset of its data; a misspelt name is not.
+        logger.warning(
+            "ignoring the windows of %d file(s) absent from %s (%s%s); expected when the folder holds "
+            "part of NAB, else check the names",
+            len(extra),
+            data_root,
+            ", ".join(extra[:3]),
+            ", ..." if len(extra) > 3 else "",
+        )
     loaded = tuple(read_data_file(data_root / n, n, windows[n]) for n in sorted(names))
     return NabCorpus(
         root=root, files=loaded, profiles=MappingProxyType(profiles), unlabelled=tuple(unlabelled)

@@ -7,6 +7,7 @@ NAB's published per-file scores (``results/published_scores.csv``).
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -398,11 +399,15 @@ def test_hidden_files_are_neither_data_nor_results(tiny: Path, tmp_path: Path) -
     assert rescored["detector"] == "mine" and rescored["profiles"] == report["profiles"]
 
 
-def test_windows_of_absent_files_are_ignored(tiny: Path) -> None:
+def test_windows_of_absent_files_are_ignored_with_a_warning(tiny: Path, caplog) -> None:
     windows = json.loads((tiny / "combined_windows.json").read_text())
     windows["catC/elsewhere.csv"] = [_window(10, 20)]
     (tiny / "combined_windows.json").write_text(json.dumps(windows))
-    assert nab.load_corpus(tiny).n_windows == 1
+    with caplog.at_level(logging.WARNING, logger=nab.logger.name):
+        assert nab.load_corpus(tiny).n_windows == 1
+    assert (
+        "ignoring the windows of 1 file(s) absent from" in caplog.text and "catC/elsewhere.csv" in caplog.text
+    )
 
 
 @pytest.mark.parametrize(
@@ -412,6 +417,8 @@ def test_windows_of_absent_files_are_ignored(tiny: Path) -> None:
         ("timestamp,value\n2020-01-01 00:00:00,1\n2020-01-01 00:05:00,abc\n", "not numeric"),
         ("timestamp,value\n2020-01-01 00:00:00,1\n2020-01-01 00:05:00,\n", "missing or not numeric"),
         ("timestamp,value\nyesterday-ish,1\n", "unreadable timestamp"),
+        # epoch seconds: pandas would read nanoseconds after 1970 and merge neighbouring rows
+        ("timestamp,value\n1393632000,1\n1393632300,2\n", r"timestamps are numbers \(1393632000 first\)"),
         ("timestamp,value\n2020-01-01 00:05:00,1\n2020-01-01 00:00:00,2\n", "must not decrease"),
         ("timestamp,value\n", "no rows"),
     ],
@@ -426,6 +433,7 @@ def test_malformed_csv(tiny: Path, content: str, message: str) -> None:
     ("windows", "message"),
     [
         ([["2020-01-01 05:00:00", "2020-01-01 04:00:00"]], "ends before it starts"),
+        ([[None, "2020-01-01 04:00:00"]], "lacks its start or its end"),
         ([["2020-01-01 01:00:00"]], "not a \\[start, end\\] pair"),
         (
             [["2020-01-01 01:00:00", "2020-01-01 03:00:00"], ["2020-01-01 02:00:00", "2020-01-01 04:00:00"]],
@@ -621,6 +629,18 @@ def test_cli_benchmark_refuses_a_folder_as_output_before_running(tiny: Path, tmp
     for command in (["nab", "--data", str(tiny)], ["nezha", "--data", str(tmp_path)]):
         result = CliRunner().invoke(app, ["benchmark", *command, "--output", str(tmp_path)])
         assert result.exit_code == 2 and "is a folder; name the JSON file to write" in result.output
+    # a path under a file, for any of the outputs: refused before the run, not after it
+    blocker = tmp_path / "afile"
+    blocker.write_text("")
+    output = ["--output", str(tmp_path / "r.json")]
+    for command, message in (
+        (["nab", "--data", str(tiny), "--output", str(blocker / "x.json")], "afile is a file, not a folder"),
+        (["nab", "--data", str(tiny), *output, "--results-out", str(blocker)], "is a file; name a folder"),
+        (["nezha", "--data", str(tmp_path), *output, "--alarms-out", str(blocker / "a.csv")], "not a folder"),
+    ):
+        result = CliRunner().invoke(app, ["benchmark", *command])
+        assert result.exit_code == 2 and message in result.output, result.output
+        assert not (tmp_path / "r.json").exists()
 
 
 def test_cli_table_shows_categories_under_the_profile_of_the_files(tmp_path: Path) -> None:
