@@ -130,6 +130,12 @@ class NezhaBenchSettings:
         caller_discount: ... whose latency evidence is multiplied by this factor.
         saturation_pct: CPU usage at or above this share of the limit is saturation (a resource
             fault); below it a CPU rise is taken as a symptom (e.g. exceptions being thrown).
+        present_for_min: A pod counts as running from its first recorded row until this many
+            minutes after its latest one. Outside that span it is neither scored nor counted
+            in the alarm level: a pod deleted or replaced under a new name during the day (or
+            one created later) must not carry its service's evidence, and the pods recorded
+            later in the day must not raise the level of the minutes before them. Ten minutes
+            spans the missed scrapes of a pod under a fault (faults last about three).
     """
 
     window_min: int = 60
@@ -145,6 +151,7 @@ class NezhaBenchSettings:
     explain_fraction: float = 0.5
     caller_discount: float = 0.5
     saturation_pct: float = 80.0
+    present_for_min: int = 10
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_history <= self.window_min:
@@ -155,6 +162,8 @@ class NezhaBenchSettings:
             raise ValueError(f"false_alarms_per_hour must be > 0, got {self.false_alarms_per_hour}")
         if self.end_after_min < 1:
             raise ValueError(f"end_after_min must be >= 1, got {self.end_after_min}")
+        if self.present_for_min < 1:
+            raise ValueError(f"present_for_min must be >= 1, got {self.present_for_min}")
 
 
 #: The one set of settings used for every day and application.
@@ -222,6 +231,15 @@ def load_day(day: str | Path) -> NezhaDay:
             log.warning("nezha %s: %s holds no rows; skipped", folder.name, path.name)
             continue
         pod, table, sampled[pod] = _pod_table(path)
+        if not table.notna().any().any():
+            log.warning(
+                "nezha %s: %s holds no metric values (columns %s); pod %s is scored from the call "
+                "graph's data alone",
+                folder.name,
+                path.name,
+                list(table.columns) or "none",
+                pod,
+            )
         if pod in pods:
             log.warning(
                 "nezha %s: %s holds pod %s again; it replaces the earlier file", folder.name, path.name, pod
@@ -440,6 +458,20 @@ def alarm_threshold(n_tests: int, settings: NezhaBenchSettings) -> float:
     return -math.log10(settings.false_alarms_per_hour / (60.0 * max(n_tests, 1)))
 
 
+def running(sampled: pd.Series | None, grid: pd.DatetimeIndex, present_for_min: int) -> np.ndarray:
+    """Per grid minute: has the pod recorded a row, the latest at most ``present_for_min`` minutes ago.
+
+    Causal: minute ``t`` looks at the rows of minutes ``<= t`` only.
+    """
+    steps = len(grid)
+    if sampled is None:
+        return np.zeros(steps, dtype=bool)
+    recorded = sampled.reindex(grid).notna().to_numpy()
+    index = np.where(recorded, np.arange(steps), -1)
+    latest = np.maximum.accumulate(index)  # the latest recorded minute so far, -1 before the first
+    return (latest >= 0) & (np.arange(steps) - latest < present_for_min)
+
+
 # --------------------------------------------------------------------------- detection
 
 
@@ -454,7 +486,9 @@ class DayDetection:
         score: Per pod: the maximum over families per minute.
         cpu_pct: Per pod: CPU usage in percent of its limit (NaN where unknown).
         cpu_z: Per pod: robust z of that usage.
-        threshold: Alarm threshold in decades.
+        threshold: Alarm threshold in decades: the highest of the day's minutes.
+        thresholds: Per minute, the threshold for the tests of the pods running then (``None``:
+            ``threshold`` at every minute).
         alarms: One row per alarm: ``day, pod, start, end, peak_score, kind, signal``.
     """
 
@@ -465,7 +499,12 @@ class DayDetection:
     cpu_pct: dict[str, np.ndarray]
     cpu_z: dict[str, np.ndarray]
     threshold: float
+    thresholds: np.ndarray | None = None
     alarms: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    def level(self) -> np.ndarray | float:
+        """The alarm threshold of each minute."""
+        return self.thresholds if self.thresholds is not None else self.threshold
 
 
 def _service_of(pods: list[str], services: set[str]) -> dict[str, str | None]:
@@ -668,8 +707,14 @@ def detect_day(day: NezhaDay, settings: NezhaBenchSettings = DEFAULT_SETTINGS) -
         for pod in pods_of[entry]:
             evidence[pod]["errors"] = errors
 
-    n_tests = sum(len(families) for families in evidence.values())
-    threshold = alarm_threshold(n_tests, settings)
+    # Only pods running at a minute carry evidence then, and count in that minute's level.
+    alive = {pod: running(day.sampled.get(pod), grid, settings.present_for_min) for pod in pods}
+    for pod in pods:
+        for family, values in evidence[pod].items():
+            evidence[pod][family] = np.where(alive[pod], values, 0.0)
+    n_tests = np.sum([alive[pod] * len(evidence[pod]) for pod in pods], axis=0) if pods else np.zeros(steps)
+    thresholds = -np.log10(settings.false_alarms_per_hour / (60.0 * np.maximum(n_tests, 1)))
+    threshold = float(thresholds.max()) if steps else alarm_threshold(0, settings)
 
     # 4. Call graph: latency and errors a caller inherits from an anomalous callee are discounted.
     raw = {pod: np.max(np.vstack([*fam.values(), np.zeros(steps)]), axis=0) for pod, fam in evidence.items()}
@@ -682,7 +727,7 @@ def detect_day(day: NezhaDay, settings: NezhaBenchSettings = DEFAULT_SETTINGS) -
         inherited = [family for family in ("latency", "errors") if family in evidence[pod]]
         if below and inherited:
             explained = np.max(np.vstack([raw[q] for q in below]), axis=0) >= (
-                settings.explain_fraction * threshold
+                settings.explain_fraction * thresholds
             )
             for family in inherited:
                 evidence[pod][family] = np.where(
@@ -691,7 +736,7 @@ def detect_day(day: NezhaDay, settings: NezhaBenchSettings = DEFAULT_SETTINGS) -
     score = {
         pod: np.max(np.vstack([*fam.values(), np.zeros(steps)]), axis=0) for pod, fam in evidence.items()
     }
-    detection = DayDetection(day.name, grid, evidence, score, cpu_pct, cpu_z, threshold)
+    detection = DayDetection(day.name, grid, evidence, score, cpu_pct, cpu_z, threshold, thresholds)
     detection.alarms = find_alarms(detection, settings)
     return detection
 
@@ -717,8 +762,9 @@ def find_alarms(detection: DayDetection, settings: NezhaBenchSettings = DEFAULT_
     """
     rows: list[dict[str, Any]] = []
     grid = detection.grid
+    level = detection.level()
     for pod, score in detection.score.items():
-        above = score >= detection.threshold
+        above = score >= level
         t, steps = 0, len(score)
         while t < steps:
             if not above[t]:

@@ -492,6 +492,37 @@ def test_future_data_does_not_change_past_alarms(synthetic):
     assert len(done) >= 2  # the CPU and network faults before minute 100
 
 
+def test_a_pod_recreated_under_a_new_name_changes_nothing_before_it_and_carries_nothing_after(
+    synthetic, tmp_path
+):
+    """A pod deleted at minute 135 and replaced by a new one: pods recorded later in the day must
+    not raise the alarm level of the minutes before them, and neither pod is scored while it is
+    not running (the call graph's evidence of a service goes to its running pods only)."""
+    day = write_day(tmp_path)
+    old = day / "metric" / f"{PODS['store']}_metric.csv"
+    table = pd.read_csv(old)
+    renamed = "store-5c9b7d6f4-zzzzz"
+    table.iloc[:135].to_csv(old, index=False)
+    table.iloc[135:].assign(PodName=renamed).to_csv(day / "metric" / f"{renamed}_metric.csv", index=False)
+
+    base, split = nb.detect_day(nb.load_day(synthetic)), nb.detect_day(nb.load_day(day))
+    np.testing.assert_array_equal(split.thresholds[:135], base.thresholds[:135])
+    for pod in PODS.values():
+        np.testing.assert_array_equal(split.score[pod][:135], base.score[pod][:135])
+    assert not split.score[renamed][:135].any()  # not running yet
+    assert not split.score[PODS["store"]][135 + nb.DEFAULT_SETTINGS.present_for_min :].any()  # gone
+    assert nb.run_nezha_benchmark(day).faults == nb.run_nezha_benchmark(synthetic).faults
+
+
+def test_a_pod_file_without_metric_values_is_a_warning(tmp_path, caplog):
+    day = write_day(tmp_path)
+    path = day / "metric" / f"{PODS['cache']}_metric.csv"
+    pd.read_csv(path)[["Time", "TimeStamp", "PodName"]].to_csv(path, index=False)
+    with caplog.at_level(logging.WARNING):
+        nb.run_nezha_benchmark(day)
+    assert "holds no metric values" in caplog.text and "call graph's data alone" in caplog.text
+
+
 def test_an_irrelevant_extra_column_changes_nothing(synthetic, tmp_path):
     copy = write_day(tmp_path)
     for path in (copy / "metric").glob("*_metric.csv"):
