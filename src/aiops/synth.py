@@ -232,11 +232,12 @@ def _robust_scale(values: np.ndarray) -> float:
 
 
 def _present(draft: _Draft, candidates: tuple[str, ...], w: _Window) -> list[str]:
-    """The candidates this pod reports: a finite value somewhere in its rows.
+    """The candidates with a finite value inside the window.
 
-    An effect on a column the pod never reports would change nothing under its label.
+    An effect on a column without a value there would change nothing under its label
+    (``_place`` only picks windows that hold a value of a column the type needs).
     """
-    return [c for c in candidates if draft.has(c) and np.isfinite(draft.series(w, c)).any()]
+    return [c for c in candidates if draft.has(c) and np.isfinite(draft.get(w, c)).any()]
 
 
 def _reported_columns(draft: _Draft, pods: list[_Pod]) -> list[set[str]]:
@@ -690,6 +691,30 @@ def _free_starts(pod: _Pod, n: int, taken: list[tuple[int, int]], margin_ns: int
     return np.flatnonzero(ok)
 
 
+def _holding_values(kind: _Kind, pod: _Pod, draft: _Draft, starts: np.ndarray, n: int) -> np.ndarray:
+    """The starts whose n-row window holds a value of every column the type needs.
+
+    A pod may report a column and still miss it over a whole window (a gap in the scrapes);
+    an anomaly placed there would label rows its effect cannot change. On fully populated
+    data every start is kept, so the random draws stay as they were.
+    """
+    if not len(starts):
+        return starts
+
+    def holds(column: str) -> np.ndarray:
+        if not draft.has(column):
+            return np.zeros(len(starts), dtype=bool)
+        counts = np.concatenate([[0], np.cumsum(np.isfinite(draft.columns[column][pod.rows]))])
+        return counts[starts + n] > counts[starts]
+
+    ok = np.ones(len(starts), dtype=bool)
+    for column in kind.required:
+        ok &= holds(column)
+    if kind.any_of:
+        ok &= np.logical_or.reduce([holds(column) for column in kind.any_of])
+    return starts[ok]
+
+
 def _place(
     anomaly_type: str,
     pods: list[_Pod],
@@ -709,7 +734,7 @@ def _place(
     shortest = [1 if anomaly_type == "spike" else max(1, -(-durations.min_ns // p.step_ns)) for p in pods]
     for sizes in (drawn, shortest):
         starts = [
-            _free_starts(p, n, taken[i], durations.margin_ns)
+            _holding_values(kind, p, draft, _free_starts(p, n, taken[i], durations.margin_ns), n)
             if not kind.missing(reported[i])
             else np.array([], dtype=int)
             for i, (p, n) in enumerate(zip(pods, sizes, strict=True))

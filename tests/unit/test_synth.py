@@ -6,7 +6,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from aiops.schema import KEY_COLUMNS, METRIC_COLUMNS, TIMESTAMP, SchemaError, row_labels, validate_labels
+from aiops.schema import (
+    KEY_COLUMNS,
+    METRIC_COLUMNS,
+    TIMESTAMP,
+    SchemaError,
+    label_masks,
+    row_labels,
+    validate_labels,
+)
 from aiops.simulate import ClusterSpec, simulate_cluster
 from aiops.synth import ANOMALY_TYPES, InjectionSpec, inject, inject_anomalies
 from aiops.telemetry import Telemetry, content_hash
@@ -209,6 +217,26 @@ def test_pods_that_report_no_http_metrics_get_no_anomaly_that_needs_them(rolling
     target["node"] = metrics.loc[metrics["pod"] == target["pod"], "node"].iloc[0]
     with pytest.raises(SchemaError, match="reports no value of request_rate"):
         _inject(quiet, "contextual", **target)
+
+
+def test_an_anomaly_is_not_placed_where_its_columns_have_no_value(base: Telemetry) -> None:
+    """A pod may report a column and still miss it for a while (a gap in the scrapes): a spike
+    or a level shift there would label rows it cannot change."""
+    metrics = base.metrics.copy()
+    hour = metrics["timestamp"].dt.hour
+    gaps = (hour % 2 == 1).to_numpy()  # every other hour, no traffic, latency or network samples
+    columns = ["request_rate", "latency_p95_seconds", "network_rx_bytes_per_s", "network_tx_bytes_per_s"]
+    metrics.loc[gaps, columns] = np.nan
+    gappy = Telemetry(metrics, base.labels, base.events, base.logs)
+    for seed in range(3):
+        out = inject_anomalies(
+            gappy, InjectionSpec(n_anomalies=20, seed=seed, types=("spike", "level_shift"))
+        )
+        changed = _changed(metrics, out.metrics)
+        for label, mask in label_masks(out.metrics, out.labels):
+            assert changed[mask].any(), (
+                f"seed {seed}: {label['anomaly_type']} at {label['start']} changed nothing"
+            )
 
 
 def test_inject_anomalies_is_reproducible(rolling: Telemetry) -> None:
