@@ -32,6 +32,8 @@ def _check_output(
         _fail(f"{flag} {output} is a file; name a folder")
     if not folder and output.is_dir():
         _fail(f"{flag} {output} is a folder; name the {what} to write")
+    if not folder and output.exists() and not os.access(output, os.W_OK):
+        _fail(f"{flag} {output} cannot be written: no permission to overwrite it")
     existing = output if folder and output.is_dir() else output.parent
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent

@@ -64,8 +64,8 @@ def apply_concept_drift(telemetry: Telemetry, drift: ConceptDrift) -> Telemetry:
                 metrics[column] = metrics[column] * gain
         # A pod without a limit (missing or 0, as the schema reads it) is not capped: fmin
         # ignores the NaN where np.minimum would blank the usage. Only the rows the drift
-        # scales are capped: the others keep their values, even those above the cap.
-        scaled = gain > 1.0
+        # scales (up or down) are changed: the others keep their values, even above the cap.
+        scaled = gain != 1.0
         if "cpu_usage_cores" in metrics:
             cpu = metrics["cpu_usage_cores"] * gain
             capped = np.fmin(cpu, _limit(metrics, "cpu_limit_cores"))

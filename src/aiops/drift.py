@@ -147,9 +147,12 @@ def drift_report(
     # Values in both windows, but none left in one of the samples: too few to compare.
     sampled_out = [c for c in ref.columns if has_ref[c] and has_cur[c] and not in_samples[c]]
     if not usable:
+        silent = [c for c in changed if has_ref[c]]
         raise ValueError(
-            f"drift: no column has values in both windows (empty in the current one: "
-            f"{[c for c in changed if has_ref[c]]}); is the recent telemetry arriving?"
+            "drift: no column to compare: "
+            + (f"empty in the current window: {silent}; " if silent else "")
+            + (f"too few values to keep in a {MAX_ROWS:,}-row sample: {sampled_out}; " if sampled_out else "")
+            + "is the recent telemetry arriving?"
         )
     snapshot = Report([DataDriftPreset()]).run(reference_data=ref[usable], current_data=cur[usable])
     table = _column_results(snapshot.dict())

@@ -178,7 +178,7 @@ def evaluate(
 
     Returns:
         :class:`Evaluation` with ``metrics`` (point_*, event_*, delay, rates),
-        ``windows`` (each labelled window with ``detected`` and ``delay_s``)
+        ``windows`` (each labelled window with ``first_scored``, ``detected`` and ``delay_s``)
         and ``events`` (alarm events with ``true``).
 
     """

@@ -99,8 +99,9 @@ def _normalise_level(value: Any) -> str | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
-        # bunyan/pino levels are 10-60; a negative or non-finite number is no level at all.
-        if not math.isfinite(value) or value < 0:
+        # bunyan/pino levels are 10-60; a negative or non-finite number is no level at all (an
+        # int is finite however large: math.isfinite would overflow converting it to a float).
+        if (isinstance(value, float) and not math.isfinite(value)) or value < 0:
             return None
         return next(name for floor, name in _NUMERIC_LEVELS if value >= floor)
     if isinstance(value, str):

@@ -75,6 +75,7 @@ def show_model(
     """Lineage, gate decision, manual actions and metrics of one version."""
     from mlflow.exceptions import MlflowException
 
+    from aiops.evaluation import format_metric
     from aiops.registry import mlflow_client
 
     client = mlflow_client(_uri(tracking_uri))
@@ -102,7 +103,7 @@ def show_model(
             typer.echo(f"  (no metrics: run {run_id} cannot be read: {exc.message})")
             return
         for key in sorted(k for k in metrics if k.startswith("test_") and "." not in k):
-            typer.echo(f"  {key:<34} {metrics[key]:.4g}")
+            typer.echo(f"  {key:<34} {format_metric(metrics[key])}")
 
 
 @models_app.command("promote")

@@ -458,18 +458,27 @@ def alarm_threshold(n_tests: int, settings: NezhaBenchSettings) -> float:
     return -math.log10(settings.false_alarms_per_hour / (60.0 * max(n_tests, 1)))
 
 
-def running(sampled: pd.Series | None, grid: pd.DatetimeIndex, present_for_min: int) -> np.ndarray:
-    """Per grid minute: has the pod recorded a row, the latest at most ``present_for_min`` minutes ago.
+def running(recorded: np.ndarray, present_for_min: int) -> np.ndarray:
+    """Per minute: has the pod recorded a row, the latest at most ``present_for_min`` minutes ago.
+
+    Args:
+        recorded: Per grid minute, whether the pod recorded a row then.
+        present_for_min: See :class:`NezhaBenchSettings`.
 
     Causal: minute ``t`` looks at the rows of minutes ``<= t`` only.
     """
-    steps = len(grid)
-    if sampled is None:
-        return np.zeros(steps, dtype=bool)
-    recorded = sampled.reindex(grid).notna().to_numpy()
+    steps = len(recorded)
     index = np.where(recorded, np.arange(steps), -1)
-    latest = np.maximum.accumulate(index)  # the latest recorded minute so far, -1 before the first
-    return (latest >= 0) & (np.arange(steps) - latest < present_for_min)
+    latest = np.maximum.accumulate(index) if steps else index  # latest recorded minute so far, -1 before
+    return (latest >= 0) & (np.arange(steps) - latest <= present_for_min)
+
+
+def _recorded_minutes(day: NezhaDay, pod: str) -> np.ndarray:
+    """The grid minutes with a row of ``pod``: when it was sampled, else any value in its table."""
+    sampled = day.sampled.get(pod)
+    if sampled is not None:
+        return sampled.reindex(day.grid).notna().to_numpy()
+    return day.pods[pod].reindex(day.grid).notna().any(axis=1).to_numpy()
 
 
 # --------------------------------------------------------------------------- detection
@@ -708,7 +717,7 @@ def detect_day(day: NezhaDay, settings: NezhaBenchSettings = DEFAULT_SETTINGS) -
             evidence[pod]["errors"] = errors
 
     # Only pods running at a minute carry evidence then, and count in that minute's level.
-    alive = {pod: running(day.sampled.get(pod), grid, settings.present_for_min) for pod in pods}
+    alive = {pod: running(_recorded_minutes(day, pod), settings.present_for_min) for pod in pods}
     for pod in pods:
         for family, values in evidence[pod].items():
             evidence[pod][family] = np.where(alive[pod], values, 0.0)

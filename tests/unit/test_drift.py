@@ -44,11 +44,24 @@ def test_a_sparse_column_the_sampling_missed_is_not_called_silent():
     assert result.drift_share == 0.0  # over the three columns compared, none drifted
 
 
+def test_columns_the_sampling_left_empty_are_named_when_nothing_is_left_to_compare():
+    from aiops.drift import MAX_ROWS
+
+    rng = np.random.default_rng(3)
+    reference = _frame(rng)[["cpu"]]
+    current = _frame(rng, n=3 * MAX_ROWS)[["cpu"]]
+    kept = current.sample(MAX_ROWS, random_state=0).index
+    current["cpu"] = np.nan
+    current.loc[current.index.difference(kept)[:3], "cpu"] = 1.0
+    with pytest.raises(ValueError, match=r"too few values to keep in a 20,000-row sample: \['cpu'\]"):
+        drift_report(reference, current, ["cpu"], seed=0)
+
+
 def test_no_column_with_values_in_both_windows_is_a_clear_error():
     rng = np.random.default_rng(1)
     reference, current = _frame(rng), _frame(rng)
     current[:] = np.nan
-    with pytest.raises(ValueError, match="no column has values in both windows"):
+    with pytest.raises(ValueError, match="no column to compare: empty in the current window"):
         drift_report(reference, current, list(reference.columns))
 
 

@@ -246,6 +246,7 @@ def test_classify_lines(message: str, level: str, expected: set[str]) -> None:
         ('{"lvl": -10, "msg": "request failed"}', "ERROR"),  # the words still speak
         ('{"level": NaN, "msg": "x"}', "INFO"),
         ('{"level": Infinity, "msg": "x"}', "INFO"),
+        ('{"level": ' + "9" * 400 + "}", "FATAL"),  # beyond float range, still a number >= 60
         ('{"a": ' + "[" * 100_000, "INFO"),
     ],
 )

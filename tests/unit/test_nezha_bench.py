@@ -514,6 +514,21 @@ def test_a_pod_recreated_under_a_new_name_changes_nothing_before_it_and_carries_
     assert nb.run_nezha_benchmark(day).faults == nb.run_nezha_benchmark(synthetic).faults
 
 
+def test_a_pod_runs_from_its_first_row_until_present_for_min_after_its_latest():
+    recorded = np.zeros(30, dtype=bool)
+    recorded[[3, 4, 6]] = True  # rows at minutes 3, 4 and 6 (5 missed)
+    alive = nb.running(recorded, present_for_min=10)
+    assert np.flatnonzero(alive).tolist() == list(range(3, 17))  # 6 + 10 = 16 is the last
+
+
+def test_a_day_without_sampling_times_reads_running_pods_off_their_rows(synthetic):
+    day = nb.load_day(synthetic)
+    bare = dataclasses.replace(day, sampled={})
+    full, from_rows = nb.detect_day(day), nb.detect_day(bare)
+    for pod in full.score:
+        np.testing.assert_array_equal(full.score[pod], from_rows.score[pod])
+
+
 def test_a_pod_file_without_metric_values_is_a_warning(tmp_path, caplog):
     day = write_day(tmp_path)
     path = day / "metric" / f"{PODS['cache']}_metric.csv"

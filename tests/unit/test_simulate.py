@@ -261,3 +261,16 @@ def test_workload_drift_leaves_the_rows_it_does_not_scale_alone():
         pd.testing.assert_series_equal(drifted.loc[untouched, column], metrics.loc[untouched, column])
     scaled = ~untouched
     assert (drifted.loc[scaled, "cpu_usage_cores"] <= metrics.loc[scaled, "cpu_limit_cores"] + 1e-12).all()
+
+
+def test_workload_drift_below_one_scales_cpu_down_with_the_traffic():
+    from aiops.concept_drift import ConceptDrift, apply_concept_drift
+    from aiops.ingest import SyntheticSource, synthetic_telemetry
+
+    telemetry = synthetic_telemetry(SyntheticSource(seed=1, duration="6h"))
+    drifted = apply_concept_drift(telemetry, ConceptDrift("workload_doubles", ramp="1h", factor=0.5)).metrics
+    late = (
+        telemetry.metrics[TIMESTAMP] >= telemetry.metrics[TIMESTAMP].min() + pd.Timedelta("1h")
+    ).to_numpy()
+    for column in ("request_rate", "cpu_usage_cores"):
+        np.testing.assert_allclose(drifted.loc[late, column], 0.5 * telemetry.metrics.loc[late, column])
