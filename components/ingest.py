@@ -36,7 +36,9 @@ def ingest_telemetry(
     from datetime import UTC, datetime
 
     started_at = datetime.now(UTC).isoformat()
-    from aiops.ingest import PrometheusRange, SyntheticSource, load_telemetry
+    from aiops.ingest import PrometheusRange, SyntheticSource, check_source, load_telemetry
+
+    check_source(source, data_path, prometheus_url, end=end, catalog=catalog)
 
     settings = SyntheticSource(
         seed=seed,

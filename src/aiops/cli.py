@@ -89,7 +89,13 @@ def cluster_arguments(pipeline: str, params: list[str]) -> dict[str, Any]:
     arguments = _parse_params(params, pipeline)
     source = str(arguments.get("source", "synthetic"))
     try:
-        check_source(source, str(arguments.get("data_path", "")), str(arguments.get("prometheus_url", "")))
+        check_source(
+            source,
+            str(arguments.get("data_path", "")),
+            str(arguments.get("prometheus_url", "")),
+            end=str(arguments.get("end", "")),
+            catalog=str(arguments.get("prometheus_catalog", "")),
+        )
         injected, policy = source_defaults(
             source, arguments.get("n_anomalies"), arguments.get("threshold_policy")
         )
@@ -191,7 +197,13 @@ def run_training(
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     try:
-        check_source(source, str(data.resolve()) if data else "", prometheus_url)
+        check_source(
+            source,
+            str(data.resolve()) if data else "",
+            prometheus_url,
+            end=end,
+            catalog=str(catalog) if catalog else "",
+        )
     except ValueError as exc:
         _fail(str(exc))
     extra = _parse_params(param or [], "training")  # a bad --param stops here, before anything runs
@@ -283,7 +295,7 @@ def run_retraining(
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     try:
-        check_source(source, str(data.resolve()) if data else "", prometheus_url)
+        check_source(source, str(data.resolve()) if data else "", prometheus_url, end=end)
     except ValueError as exc:
         _fail(str(exc))
     uri = registry.resolve_tracking_uri(tracking_uri, Path.cwd())

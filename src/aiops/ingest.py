@@ -147,8 +147,13 @@ def prometheus_telemetry(settings: PrometheusRange, n_anomalies: int = 0, seed: 
     return _inject(telemetry, n_anomalies, seed)
 
 
-def check_source(source: str, data_path: str = "", prometheus_url: str = "") -> None:
-    """Raise ``ValueError`` when ``source`` is unknown or lacks what it needs."""
+def check_source(
+    source: str, data_path: str = "", prometheus_url: str = "", *, end: str = "", catalog: str = ""
+) -> None:
+    """Raise ``ValueError`` when ``source`` is unknown, lacks what it needs, or is given what it ignores.
+
+    ``end`` and ``catalog`` (the range's end, an extra query catalog) are Prometheus settings.
+    """
     if source not in SOURCES:
         raise ValueError(f"unknown telemetry source '{source}'; supported: {', '.join(SOURCES)}")
     if source in _FILE_SOURCES and not data_path:
@@ -159,6 +164,10 @@ def check_source(source: str, data_path: str = "", prometheus_url: str = "") -> 
         raise ValueError("source 'prometheus' needs prometheus_url (--prometheus-url)")
     if source != "prometheus" and prometheus_url:
         raise ValueError(f"source '{source}' takes no prometheus_url (got '{prometheus_url}')")
+    ignored = {k: v for k, v in (("end", end), ("catalog", catalog)) if v}
+    if source != "prometheus" and ignored:
+        shown = ", ".join(f"{k}={v!r}" for k, v in ignored.items())
+        raise ValueError(f"{shown} applies to the prometheus source only; source '{source}' would ignore it")
 
 
 def load_telemetry(

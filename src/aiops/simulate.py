@@ -179,6 +179,15 @@ def simulate_cluster(spec: ClusterSpec = ClusterSpec()) -> Telemetry:  # noqa: B
     return Telemetry(metrics=metrics, labels=empty_labels(), events=events, logs=logs)
 
 
+def _span(delta: pd.Timedelta) -> str:
+    """A duration as the shortest whole unit that states it: '2h', '90min', '45s'."""
+    seconds = int(delta.total_seconds())
+    for unit, size in (("D", 86400), ("h", 3600), ("min", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
 def _time_grid(spec: ClusterSpec) -> tuple[pd.DatetimeIndex, float]:
     if spec.n_nodes < 1 or spec.replicas < 1 or spec.deployments_per_namespace < 1 or not spec.namespaces:
         raise ValueError(
@@ -192,6 +201,11 @@ def _time_grid(spec: ClusterSpec) -> tuple[pd.DatetimeIndex, float]:
     duration = pd.to_timedelta(spec.duration)
     if step <= pd.Timedelta(0) or duration < step:
         raise ValueError(f"need 0 < step <= duration, got step={spec.step!r}, duration={spec.duration!r}")
+    if duration % step:
+        raise ValueError(
+            f"duration {spec.duration!r} is not a whole number of steps of {spec.step!r}; "
+            f"use {_span(duration // step * step)!r} or {_span((duration // step + 1) * step)!r}"
+        )
     start = pd.Timestamp(spec.start)
     start = start.tz_localize("UTC") if start.tzinfo is None else start.tz_convert("UTC")
     times = pd.date_range(start.as_unit("ns"), periods=int(duration // step), freq=step)

@@ -242,3 +242,16 @@ def test_settings_of_the_synthetic_source_are_refused_elsewhere(tmp_path):
     for settings in (SyntheticSource(concept_drift="workload_doubles"), SyntheticSource(start="2026-01-01")):
         with pytest.raises(ValueError, match="applies to the synthetic source only"):
             load_telemetry("nezha", str(tmp_path), settings)
+
+
+def test_settings_of_the_prometheus_source_are_refused_elsewhere(tmp_path):
+    """The ingest step would build no Prometheus range without a URL, and drop these silently."""
+    from aiops.ingest import check_source
+    from components.ingest import ingest_telemetry
+
+    for given in ({"end": "1999-01-01T00:00Z"}, {"catalog": "/no/such/queries.yaml"}):
+        with pytest.raises(ValueError, match="applies to the prometheus source only; source 'synthetic'"):
+            check_source("synthetic", **given)
+    out = type("Out", (), {"path": str(tmp_path / "t"), "metadata": {}})()
+    with pytest.raises(ValueError, match="end='1999-01-01T00:00Z' applies to the prometheus source only"):
+        ingest_telemetry.python_func(telemetry=out, source="synthetic", end="1999-01-01T00:00Z")

@@ -208,6 +208,21 @@ def test_inconsistent_spec_is_rejected(bad: dict) -> None:
         simulate_cluster(ClusterSpec(**bad))
 
 
+def test_a_duration_that_is_not_a_whole_number_of_steps_is_refused_not_cut() -> None:
+    with pytest.raises(ValueError, match="'90min' is not a whole number of steps of '1h'; use '1h' or '2h'"):
+        simulate_cluster(ClusterSpec(duration="90min", step="1h"))
+
+
+def test_a_concept_drift_that_starts_after_the_data_is_refused_not_ignored() -> None:
+    from aiops.ingest import SyntheticSource, synthetic_telemetry
+
+    settings = SyntheticSource(
+        duration="1D", concept_drift="workload_doubles", drift_start="2D", n_anomalies=2
+    )
+    with pytest.raises(ValueError, match="would start 2D after the first row, after the last one"):
+        synthetic_telemetry(settings)
+
+
 def test_seven_days_at_one_minute_is_fast() -> None:
     begin = time.perf_counter()
     tel = simulate_cluster(ClusterSpec(duration="7D", n_nodes=3, replicas=2))
