@@ -41,6 +41,7 @@ import hashlib
 import itertools
 import json
 import operator
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -150,6 +151,10 @@ _LATEST_NS = int(pd.Timestamp("2200-01-01", tz="UTC").value)
 _RANGE_TEXT = "from 1970-01-01 to 2199-12-31 UTC"
 
 
+#: A fraction of a second with more than six digits: finer than ``datetime`` holds.
+_SUB_MICROSECOND = re.compile(r"[.,]\d{7}")
+
+
 def _iso_instants(values: Sequence[str]) -> np.ndarray | None:
     """int64 ns of ISO 8601 strings, or ``None`` when one of them needs pandas' parser.
 
@@ -159,6 +164,8 @@ def _iso_instants(values: Sequence[str]) -> np.ndarray | None:
     out = []
     try:
         for text in values:
+            if _SUB_MICROSECOND.search(text):
+                return None  # fromisoformat would cut the fraction to microseconds
             instant = datetime.fromisoformat(text)
             if instant.tzinfo is None:
                 instant = instant.replace(tzinfo=UTC)  # no offset: UTC, as pandas reads it here

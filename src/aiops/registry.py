@@ -569,10 +569,12 @@ def rollback(name: str, reason: str, tracking_uri: str | None = None) -> tuple[s
 
     Raises:
         ValueError: Without a reason, or when there is no ``previous`` version.
+        mlflow.exceptions.MlflowException: When no model of that name is registered.
     """
     if not reason.strip():
         raise ValueError("a rollback needs a reason (it is recorded on the version)")
     client = mlflow_client(tracking_uri)
+    client.get_registered_model(name)  # an unknown name is that, not "no previous version"
     previous = alias_version(name, PREVIOUS, tracking_uri)
     current = alias_version(name, CHAMPION, tracking_uri)
     if previous is None or current is None:

@@ -11,7 +11,14 @@ import pytest
 
 from aiops.features import FeatureConfig, build_features, contract_for
 from aiops.schema import KEY_COLUMNS
-from serving.codec import RequestDecoder, Tensor, contract_id, describe_mismatch, iso_timestamps
+from serving.codec import (
+    RequestDecoder,
+    Tensor,
+    contract_id,
+    describe_mismatch,
+    iso_timestamps,
+    parse_timestamps,
+)
 from serving.errors import NotConfiguredError, RequestError
 from tests.conftest import make_metrics
 from tests.serving.conftest import instances, telemetry_rows, v2_inputs, vectors
@@ -383,6 +390,17 @@ def test_sub_millisecond_timestamps_come_back_as_sent():
         "2026-01-01T00:00:00.000750Z",
     ]
     assert iso_timestamps(np.array([base + 1])) == ["2026-01-01T00:00:00.000000001Z"]
+
+
+def test_nanosecond_timestamps_are_read_to_the_nanosecond():
+    """datetime.fromisoformat (the fast path) would cut them to microseconds, and merge two samples."""
+    sent = ["2026-01-05T05:57:00.123456100Z", "2026-01-05T05:57:00.123456900", "2026-01-05T05:57:00.5Z"]
+    parsed = parse_timestamps(sent, "instances")
+    assert iso_timestamps(parsed) == [
+        "2026-01-05T05:57:00.123456100Z",
+        "2026-01-05T05:57:00.123456900Z",
+        "2026-01-05T05:57:00.500000000Z",
+    ]
 
 
 def test_a_sample_sent_twice_is_refused_as_in_telemetry(decoder, features):

@@ -255,6 +255,10 @@ def test_manual_promote_and_rollback(trained, tmp_path):
     assert client.get_model_version("gate-model", "2").tags["rollback.reason"] == "false alarms in prod"
     with pytest.raises(ValueError, match="no 'previous' version.*aiops models promote"):
         registry.rollback("gate-model", "twice", uri)
+    from mlflow.exceptions import MlflowException
+
+    with pytest.raises(MlflowException, match="nope not found"):  # not "no previous version"
+        registry.rollback("nope", "typo", uri)
     listed = registry.list_versions("gate-model", uri)
     assert [v.version for v in listed] == ["2", "1"] and listed[1].aliases == ("champion",)
     assert "test_event_f1" in listed[0].metrics
