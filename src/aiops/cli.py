@@ -196,17 +196,17 @@ def run_training(
     from pipelines.runner import git_commit, run_local
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    extra = _parse_params(param or [], "training")  # a bad --param stops here, before anything runs
     try:
         check_source(
             source,
             str(data.resolve()) if data else "",
             prometheus_url,
-            end=end,
-            catalog=str(catalog) if catalog else "",
+            end=end or str(extra.get("end", "")),
+            catalog=str(catalog) if catalog else str(extra.get("prometheus_catalog", "")),
         )
     except ValueError as exc:
         _fail(str(exc))
-    extra = _parse_params(param or [], "training")  # a bad --param stops here, before anything runs
     # --param n_anomalies=... / threshold_policy=... count as the options of the same name
     asked = n_anomalies if n_anomalies is not None else extra.pop("n_anomalies", None)
     try:
@@ -294,12 +294,18 @@ def run_retraining(
     from pipelines.runner import git_commit, run_local
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    extra = _parse_params(param or [], "retraining")  # a bad --param stops here, before anything runs
     try:
-        check_source(source, str(data.resolve()) if data else "", prometheus_url, end=end)
+        check_source(
+            source,
+            str(data.resolve()) if data else "",
+            prometheus_url,
+            end=end or str(extra.get("end", "")),
+            catalog=str(extra.get("prometheus_catalog", "")),
+        )
     except ValueError as exc:
         _fail(str(exc))
     uri = registry.resolve_tracking_uri(tracking_uri, Path.cwd())
-    extra = _parse_params(param or [], "retraining")  # a bad --param stops here, before anything runs
     try:
         injected, policy = source_defaults(
             source, extra.pop("n_anomalies", None), extra.pop("threshold_policy", None)

@@ -54,11 +54,11 @@ def apply_concept_drift(telemetry: Telemetry, drift: ConceptDrift) -> Telemetry:
     """Return a copy of ``telemetry`` whose metrics drift as ``drift`` says (labels unchanged)."""
     metrics = telemetry.metrics.copy()
     t0 = metrics[TIMESTAMP].min() + pd.Timedelta(drift.start)
-    if t0 > metrics[TIMESTAMP].max():
+    if t0 >= metrics[TIMESTAMP].max():
         raise ValueError(
-            f"concept drift '{drift.kind}' would start {drift.start} after the first row, after the last "
-            f"one ({metrics[TIMESTAMP].max()}): it would change nothing; start it earlier or ask for a "
-            "longer duration"
+            f"concept drift '{drift.kind}' would start {drift.start} after the first row, at or after the "
+            f"last one ({metrics[TIMESTAMP].max()}): it would change nothing; start it earlier or ask for "
+            "a longer duration"
         )
     chosen = metrics["pod"].str.startswith(drift.pod_prefix)
     if drift.kind == "workload_doubles":

@@ -180,12 +180,13 @@ def simulate_cluster(spec: ClusterSpec = ClusterSpec()) -> Telemetry:  # noqa: B
 
 
 def _span(delta: pd.Timedelta) -> str:
-    """A duration as the shortest whole unit that states it: '2h', '90min', '45s'."""
-    seconds = int(delta.total_seconds())
-    for unit, size in (("D", 86400), ("h", 3600), ("min", 60)):
-        if seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
+    """A duration in the largest unit that states it whole: '2h', '90min', '45s', '1500ms'."""
+    nanos = int(delta.value)
+    units = (("D", 86_400 * 10**9), ("h", 3_600 * 10**9), ("min", 60 * 10**9), ("s", 10**9))
+    for unit, size in (*units, ("ms", 10**6), ("us", 10**3)):
+        if nanos % size == 0:
+            return f"{nanos // size}{unit}"
+    return f"{nanos}ns"
 
 
 def _time_grid(spec: ClusterSpec) -> tuple[pd.DatetimeIndex, float]:

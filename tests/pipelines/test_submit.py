@@ -120,7 +120,7 @@ def test_cli_params_take_the_types_the_pipeline_declares(kfp_api):
         "seed=7",
         "promotion_margin=0.02",
         'promotion_guards={"point_f1": 0.05}',
-        "end=1",
+        "model_name=1",
     ]
     args = ["submit", "training", "--host", host]
     result = CliRunner().invoke(app, [*args, *(a for p in params for a in ("--param", p))])
@@ -128,7 +128,7 @@ def test_cli_params_take_the_types_the_pipeline_declares(kfp_api):
     [run] = [r for r in requests if r["path"].endswith("/runs")]
     sent = run["body"]["runtime_config"]["parameters"]
     assert sent["deploy"] is True and sent["seed"] == 7 and sent["promotion_margin"] == 0.02
-    assert sent["promotion_guards"] == {"point_f1": 0.05} and sent["end"] == "1"  # a string parameter
+    assert sent["promotion_guards"] == {"point_f1": 0.05} and sent["model_name"] == "1"  # a string parameter
 
 
 @pytest.mark.parametrize(
@@ -147,6 +147,14 @@ def test_cli_params_take_the_types_the_pipeline_declares(kfp_api):
 def test_cli_params_of_the_wrong_type_are_refused_by_name(param, message):
     result = CliRunner().invoke(app, ["submit", "training", "--host", "http://127.0.0.1:1", "--param", param])
     assert result.exit_code == 2 and message in result.output
+
+
+@pytest.mark.parametrize("pipeline", ["training", "retraining"])
+def test_a_prometheus_setting_for_a_synthetic_local_run_stops_before_it_starts(pipeline):
+    result = CliRunner().invoke(app, ["run", pipeline, "--param", "prometheus_catalog=/x/queries.yaml"])
+    assert result.exit_code == 2, result.output
+    assert "catalog='/x/queries.yaml' applies to the prometheus source only" in result.output
+    assert "Training pipeline" not in result.output and "Retraining pipeline" not in result.output
 
 
 def test_a_bad_param_of_a_local_run_says_so_once():

@@ -219,7 +219,7 @@ def test_a_concept_drift_that_starts_after_the_data_is_refused_not_ignored() -> 
     settings = SyntheticSource(
         duration="1D", concept_drift="workload_doubles", drift_start="2D", n_anomalies=2
     )
-    with pytest.raises(ValueError, match="would start 2D after the first row, after the last one"):
+    with pytest.raises(ValueError, match="would start 2D after the first row, at or after the last one"):
         synthetic_telemetry(settings)
 
 
