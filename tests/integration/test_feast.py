@@ -331,7 +331,8 @@ def test_production_config_with_redis_online_store_and_sql_registry(
     # the values came from Redis, not from the embedded SQLite online store other tests filled:
     # once Redis is empty, the production read finds nothing
     client.flushdb()
-    emptied = fs.online_features(embedded.repo, latest[list(ENTITY_KEYS)], fs_yaml=production)
+    # read at the same instant as above, when the values were fresh: only their absence empties it
+    emptied = fs.online_features(embedded.repo, latest[list(ENTITY_KEYS)], fs_yaml=production, now=now)
     assert emptied.drop(columns=list(ENTITY_KEYS)).isna().all().all()
     with sqlite3.connect(registry_db) as db:
         services = {name for (name,) in db.execute("SELECT feature_service_name FROM feature_services")}

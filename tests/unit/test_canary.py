@@ -43,9 +43,8 @@ def test_histogram_quantile_matches_prometheus_interpolation():
     # one before it (buckets scraped a moment apart) is raised to it
     assert math.isnan(histogram_quantile(0.5, {0.1: 50, 0.2: 100}))
     assert math.isnan(histogram_quantile(0.5, {0.1: float("nan"), 0.2: 100, math.inf: 100}))
-    assert histogram_quantile(0.5, {0.1: 50, 0.2: 40, math.inf: 100}) == histogram_quantile(
-        0.5, {0.1: 50, 0.2: 50, math.inf: 100}
-    )
+    # ranked 60th of 100: in the third bucket, from the second's count raised to 50 (0.2333 unraised)
+    assert histogram_quantile(0.6, {0.1: 50, 0.2: 40, 0.3: 100, math.inf: 100}) == pytest.approx(0.22)
 
 
 def test_two_proportion_test_is_one_sided():

@@ -521,12 +521,18 @@ def test_a_pod_runs_from_its_first_row_until_present_for_min_after_its_latest():
     assert np.flatnonzero(alive).tolist() == list(range(3, 17))  # 6 + 10 = 16 is the last
 
 
-def test_a_day_without_sampling_times_reads_running_pods_off_their_rows(synthetic):
-    day = nb.load_day(synthetic)
+def test_a_day_without_sampling_times_reads_running_pods_off_their_rows(tmp_path):
+    day_folder = write_day(tmp_path)
+    old = day_folder / "metric" / f"{PODS['store']}_metric.csv"
+    pd.read_csv(old).iloc[:100].to_csv(old, index=False)  # the store pod is gone after minute 99
+    day = nb.load_day(day_folder)
     bare = dataclasses.replace(day, sampled={})
     full, from_rows = nb.detect_day(day), nb.detect_day(bare)
     for pod in full.score:
         np.testing.assert_array_equal(full.score[pod], from_rows.score[pod])
+    assert full.score[PODS["store"]][:100].any()  # scored while it ran ...
+    gone = 100 + nb.DEFAULT_SETTINGS.present_for_min
+    assert not from_rows.score[PODS["store"]][gone:].any()  # ... and not after it stopped
 
 
 def test_a_pod_file_without_metric_values_is_a_warning(tmp_path, caplog):

@@ -82,7 +82,8 @@ def test_values_within_schema_bounds_and_limits(telemetry: Telemetry) -> None:
     assert (m["memory_working_set_bytes"] < 0.8 * m["memory_limit_bytes"]).all()
     assert (m["restarts"] == 0).all()
     assert m["cpu_throttled_ratio"].quantile(0.99) < 0.01
-    assert m["error_ratio"].median() == pytest.approx(0.004, abs=0.004)
+    # A small error rate on every row: a simulator without errors (0) or with many must fail here.
+    assert 0.001 < m["error_ratio"].median() < 0.008 and (m["error_ratio"] > 0).mean() > 0.95
     # Errors and drops are rare: mostly zero, never absent.
     assert (m["network_errors_per_s"] == 0).mean() > 0.9
     assert m["network_errors_per_s"].max() > 0
