@@ -453,9 +453,9 @@ def silence_decades(
     return rare_run_decades(quiet, active, window, learn_cutoff, min_history, relearn_after)
 
 
-def alarm_threshold(n_tests: int, settings: NezhaBenchSettings) -> float:
-    """Bonferroni threshold in decades for ``n_tests`` tests per minute."""
-    return -math.log10(settings.false_alarms_per_hour / (60.0 * max(n_tests, 1)))
+def alarm_threshold(n_tests: Any, settings: NezhaBenchSettings) -> Any:
+    """Bonferroni threshold in decades for ``n_tests`` tests per minute (a count, or one per minute)."""
+    return -np.log10(settings.false_alarms_per_hour / (60.0 * np.maximum(n_tests, 1)))
 
 
 def running(recorded: np.ndarray, present_for_min: int) -> np.ndarray:
@@ -722,8 +722,8 @@ def detect_day(day: NezhaDay, settings: NezhaBenchSettings = DEFAULT_SETTINGS) -
         for family, values in evidence[pod].items():
             evidence[pod][family] = np.where(alive[pod], values, 0.0)
     n_tests = np.sum([alive[pod] * len(evidence[pod]) for pod in pods], axis=0) if pods else np.zeros(steps)
-    thresholds = -np.log10(settings.false_alarms_per_hour / (60.0 * np.maximum(n_tests, 1)))
-    threshold = float(thresholds.max()) if steps else alarm_threshold(0, settings)
+    thresholds = alarm_threshold(n_tests, settings)
+    threshold = float(thresholds.max()) if steps else float(alarm_threshold(0, settings))
 
     # 4. Call graph: latency and errors a caller inherits from an anomalous callee are discounted.
     raw = {pod: np.max(np.vstack([*fam.values(), np.zeros(steps)]), axis=0) for pod, fam in evidence.items()}
