@@ -189,15 +189,16 @@ def test_prometheus_without_labels_cannot_pick_a_threshold_from_labels():
     assert result.exit_code == 2 and "Prometheus data carries no labels" in result.output
 
 
-@pytest.mark.parametrize(
-    "command",
-    [
-        ["submit", "training"],
-        ["schedule", "retraining", "--cron", "0 2 * * 0"],
-        ["schedule", "list"],
-        ["schedule", "delete", "rr-1"],
-    ],
-)
+#: Every command that talks to Data Science Pipelines (each is given --host).
+CLUSTER_COMMANDS = [
+    ["submit", "training"],
+    ["schedule", "retraining", "--cron", "0 2 * * 0"],
+    ["schedule", "list"],
+    ["schedule", "delete", "rr-1"],
+]
+
+
+@pytest.mark.parametrize("command", CLUSTER_COMMANDS)
 def test_an_unreachable_cluster_is_a_clear_error_not_a_traceback(command):
     result = CliRunner().invoke(app, [*command, "--host", "http://127.0.0.1:9"])  # nothing listens on 9
     assert result.exit_code == 2, result.output
@@ -222,15 +223,7 @@ class _LoginPage(BaseHTTPRequestHandler):
     do_GET = do_POST = do_DELETE = _page  # noqa: N815 - http.server naming
 
 
-@pytest.mark.parametrize(
-    "command",
-    [
-        ["submit", "training"],
-        ["schedule", "retraining", "--cron", "0 2 * * 0"],
-        ["schedule", "list"],
-        ["schedule", "delete", "rr-1"],
-    ],
-)
+@pytest.mark.parametrize("command", CLUSTER_COMMANDS)
 def test_a_host_that_answers_html_is_an_error_not_a_success(command):
     server = ThreadingHTTPServer(("127.0.0.1", 0), _LoginPage)
     threading.Thread(target=server.serve_forever, daemon=True).start()
