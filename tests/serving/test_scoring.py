@@ -196,6 +196,55 @@ def test_tree_walk_of_a_few_rows_matches_sklearn_and_the_compiled_trees(trained)
         np.testing.assert_array_equal(compiled._walk(x32, None), compiled._leaves_per_tree(x32))
 
 
+def _isolation_bits_by_sklearn(forest_member, x: np.ndarray) -> np.ndarray:
+    """The explanation's definition, from sklearn's own decision paths: per row and forest input,
+    log2(samples at the node / samples on the row's side) summed over the splits on the row's path
+    in every tree, averaged over trees."""
+    forest = forest_member._pipeline.named_steps["forest"]
+    credit = np.zeros_like(x, dtype=np.float64)
+    for estimator, columns in zip(forest.estimators_, forest.estimators_features_, strict=True):
+        tree = estimator.tree_
+        paths = estimator.decision_path(x[:, columns].astype(np.float32)).toarray()
+        for r, on_path in enumerate(paths):
+            nodes = np.flatnonzero(on_path)  # root first: children have larger ids
+            for node, child in zip(nodes[:-1], nodes[1:], strict=True):
+                gained = np.log2(tree.n_node_samples[node] / tree.n_node_samples[child])
+                credit[r, columns[tree.feature[node]]] += gained
+    return credit / len(forest.estimators_)
+
+
+@pytest.mark.parametrize("dense_table", [True, False], ids=["per-node table", "summed along the walk"])
+def test_explanation_credits_the_isolation_bits_of_each_split_on_the_rows_paths(
+    trained, monkeypatch, dense_table
+):
+    """Both ways of crediting (a per-node table for narrow forest views, sums along the walk
+    for wide ones), for a few rows (one walk over all trees) and many (each tree's ``apply``)."""
+    from serving import members
+
+    if not dense_table:
+        monkeypatch.setattr(members, "_DENSE_CREDIT_MAX_FEATURES", 0)
+    forest_member = trained.bundle.detector.members["isolation_forest"]
+    names = trained.bundle.contract.feature_names
+    compiled = CompiledForest(forest_member, {name: i for i, name in enumerate(names)})
+    assert (compiled.leaf_credit is not None) == dense_table
+    frame = trained.split.test.iloc[
+        [5, 400, 777, *range(1000, 1000 + 2 * members._CYTHON_MIN_ROWS, 2)]
+    ].copy()
+    frame.loc[frame.index[1], names[0]] = np.nan  # imputed with the training median first
+    batch = Batch.from_frame(frame, names)
+    x = compiled._inputs(batch)
+    x = np.where(np.isnan(x), compiled.medians, x)
+    expected = np.zeros((len(frame), len(names)))
+    known = compiled.feature_ids >= 0  # a derived input (the stall indicator) has no contract column
+    expected[:, compiled.feature_ids[known]] = _isolation_bits_by_sklearn(forest_member, x)[:, known]
+    credit = compiled.score(batch, explain=True).credit
+    assert credit is not None and (credit.sum(axis=1) > 1.0).all()
+    np.testing.assert_allclose(credit, expected, rtol=1e-12, atol=1e-12)
+    # Among a few rows or many, a row gets the same credit.
+    few = compiled.score(Batch.from_frame(frame.iloc[[2]], names), explain=True).credit
+    np.testing.assert_allclose(few[0], credit[2], rtol=1e-12, atol=1e-12)
+
+
 def test_forecast_memo_is_bounded_and_changes_no_score(trained, monkeypatch):
     from serving import members
 
