@@ -54,6 +54,33 @@ def _parse_params(params: list[str], pipeline: str) -> dict[str, Any]:
     return out
 
 
+#: Pipeline parameters whose command-line option has another name.
+_OPTION_OF_PARAM = {"data_path": "data", "prometheus_catalog": "catalog"}
+
+
+def _fold_params(ctx: typer.Context, extra: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    """The command's options (keyed by pipeline parameter) with ``--param`` values of the same name folded in.
+
+    A pipeline parameter that is also an option of the command may be given either way. Given
+    both ways with different values, one of them would be silently dropped (the run header showing
+    one value, the pipeline getting the other), so that is an error. The folded keys leave ``extra``.
+    """
+    folded = dict(options)
+    for key in [k for k in extra if k in options]:
+        value = extra.pop(key)
+        option = _OPTION_OF_PARAM.get(key, key)
+        # By name: typer 0.29 carries its own copy of click, whose enum is not click's.
+        source = ctx.get_parameter_source(option)
+        given = source is not None and source.name == "COMMANDLINE"
+        if given and str(value) != str(options[key]):
+            _fail(
+                f"{key} is given twice with different values: --{option.replace('_', '-')} "
+                f"{options[key]} and --param {key}={value}; give it once"
+            )
+        folded[key] = value
+    return folded
+
+
 def source_defaults(source: str, n_anomalies: int | None, threshold_policy: str | None) -> tuple[int, str]:
     """Anomalies to inject and the threshold policy, by source, unless given.
 
@@ -142,6 +169,7 @@ def _cast_param(value: str, kind: str) -> Any:
 
 @run_app.command("training")
 def run_training(
+    ctx: typer.Context,
     source: Annotated[
         str,
         typer.Option(help="Telemetry source (explicit, never a fallback): synthetic, nezha or prometheus."),
@@ -197,22 +225,45 @@ def run_training(
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     extra = _parse_params(param or [], "training")  # a bad --param stops here, before anything runs
+    # --param source=... (and the other parameters with an option here) count as those options.
+    given = _fold_params(
+        ctx,
+        extra,
+        {
+            "source": source,
+            "data_path": str(data) if data else "",
+            "prometheus_url": prometheus_url,
+            "prometheus_catalog": str(catalog) if catalog else "",
+            "end": end,
+            "seed": seed,
+            "duration": duration,
+            "n_anomalies": n_anomalies,
+            "model_name": model_name,
+            "threshold_policy": threshold_policy,
+            "deploy": deploy,
+        },
+    )
+    source, prometheus_url, end = given["source"], given["prometheus_url"], given["end"]
+    data = Path(given["data_path"]) if given["data_path"] else None
+    catalog = Path(given["prometheus_catalog"]) if given["prometheus_catalog"] else None
+    seed, duration, model_name, deploy = (
+        given["seed"],
+        given["duration"],
+        given["model_name"],
+        given["deploy"],
+    )
     try:
         check_source(
             source,
             str(data.resolve()) if data else "",
             prometheus_url,
-            end=end or str(extra.get("end", "")),
-            catalog=str(catalog) if catalog else str(extra.get("prometheus_catalog", "")),
+            end=end,
+            catalog=str(catalog) if catalog else "",
         )
     except ValueError as exc:
         _fail(str(exc))
-    # --param n_anomalies=... / threshold_policy=... count as the options of the same name
-    asked = n_anomalies if n_anomalies is not None else extra.pop("n_anomalies", None)
     try:
-        injected, threshold_policy = source_defaults(
-            source, asked, threshold_policy or extra.pop("threshold_policy", None)
-        )
+        injected, threshold_policy = source_defaults(source, given["n_anomalies"], given["threshold_policy"])
     except ValueError as exc:
         _fail(str(exc))
     uri = registry.resolve_tracking_uri(tracking_uri, Path.cwd())
@@ -257,6 +308,7 @@ def run_training(
 
 @run_app.command("retraining")
 def run_retraining(
+    ctx: typer.Context,
     source: Annotated[str, typer.Option(help="Telemetry source of the recent window.")] = "synthetic",
     data: Annotated[Path | None, typer.Option(help="Folder of recorded data (nezha).")] = None,
     prometheus_url: Annotated[str, typer.Option(help="Prometheus/thanos-querier URL.")] = "",
@@ -295,12 +347,41 @@ def run_retraining(
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     extra = _parse_params(param or [], "retraining")  # a bad --param stops here, before anything runs
+    given = _fold_params(
+        ctx,
+        extra,
+        {
+            "source": source,
+            "data_path": str(data) if data else "",
+            "prometheus_url": prometheus_url,
+            "start": start,
+            "end": end,
+            "duration": duration,
+            "concept_drift": concept_drift,
+            "drift_start": drift_start,
+            "drift_window": drift_window,
+            "max_drift_share": max_drift_share,
+            "force": force,
+            "deploy": deploy,
+            "model_name": model_name,
+        },
+    )
+    source, prometheus_url, start, end = (
+        given["source"],
+        given["prometheus_url"],
+        given["start"],
+        given["end"],
+    )
+    data = Path(given["data_path"]) if given["data_path"] else None
+    duration, concept_drift, drift_start = given["duration"], given["concept_drift"], given["drift_start"]
+    drift_window, max_drift_share = given["drift_window"], given["max_drift_share"]
+    force, deploy, model_name = given["force"], given["deploy"], given["model_name"]
     try:
         check_source(
             source,
             str(data.resolve()) if data else "",
             prometheus_url,
-            end=end or str(extra.get("end", "")),
+            end=end,
             catalog=str(extra.get("prometheus_catalog", "")),
         )
     except ValueError as exc:
@@ -530,6 +611,7 @@ def simulate(
 
 @app.command("demo-prometheus")
 def demo_prometheus(
+    ctx: typer.Context,
     duration: Annotated[str, typer.Option(help="Simulated time span served by the local Prometheus.")] = "2D",
     seed: Annotated[int, typer.Option()] = 42,
     n_anomalies: Annotated[int, typer.Option(help="Labelled anomalies injected after reading.")] = 16,
@@ -561,6 +643,7 @@ def demo_prometheus(
             catalog = workdir / "queries.yaml"
             catalog.write_text(f"scrape_interval: {SCRAPE}\n")
             run_training(
+                ctx,  # no --param here: nothing to fold
                 source="prometheus",
                 prometheus_url=url,
                 catalog=catalog,

@@ -157,6 +157,44 @@ def test_a_prometheus_setting_for_a_synthetic_local_run_stops_before_it_starts(p
     assert "Training pipeline" not in result.output and "Retraining pipeline" not in result.output
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["run", "training", "--n-anomalies", "5", "--param", "n_anomalies=7"],
+            "--n-anomalies 5 and --param n_anomalies=7",
+        ),
+        (["run", "training", "--seed", "1", "--param", "seed=3"], "--seed 1 and --param seed=3"),
+        (
+            ["run", "training", "--data", "/a", "--param", "data_path=/b"],
+            "--data /a and --param data_path=/b",
+        ),
+        (
+            ["run", "retraining", "--duration", "2D", "--param", "duration=3D"],
+            "--duration 2D and --param duration=3D",
+        ),
+    ],
+)
+def test_a_local_run_refuses_an_option_given_twice_with_different_values(args, message):
+    """Before, the run header showed the option's value and the pipeline got the --param's."""
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "given twice with different values" in result.output and message in result.output
+    assert "Training pipeline" not in result.output and "Retraining pipeline" not in result.output
+
+
+@pytest.mark.parametrize("pipeline", ["training", "retraining"])
+def test_a_params_source_is_checked_as_the_option_would_be(pipeline):
+    """--param source=prometheus counts as --source prometheus: its missing URL stops the run
+    before it starts (before, the check saw the default source and the pipeline failed later)."""
+    same_twice = ["--deploy", "--param", "deploy=true"]  # one value given both ways is fine
+    result = CliRunner().invoke(app, ["run", pipeline, *same_twice, "--param", "source=prometheus"])
+    assert result.exit_code == 2, result.output
+    assert "source 'prometheus' needs prometheus_url" in result.output
+    assert "given twice" not in result.output
+    assert "Training pipeline" not in result.output and "Retraining pipeline" not in result.output
+
+
 def test_a_bad_param_of_a_local_run_says_so_once():
     result = CliRunner().invoke(app, ["run", "training", "--param", "sead=7"])
     assert result.exit_code == 2 and result.output.count("error:") == 1, result.output
