@@ -51,8 +51,13 @@ def backfill(telemetry: Telemetry, workdir: Path, scrape_interval: str = SCRAPE)
     """Write ``telemetry`` as TSDB blocks under ``workdir/data``; return that folder."""
     _, promtool = binaries()
     workdir.mkdir(parents=True, exist_ok=True)
-    exposition = write_openmetrics(telemetry, workdir / "metrics.om", scrape_interval=scrape_interval)
     data = workdir / "data"
+    if data.exists() and any(data.iterdir()):
+        # promtool adds blocks to what is there: the server would hold the old telemetry too.
+        raise LocalPrometheusError(
+            f"{data} already holds a TSDB; backfill into an empty workdir (or delete {data})"
+        )
+    exposition = write_openmetrics(telemetry, workdir / "metrics.om", scrape_interval=scrape_interval)
     result = subprocess.run(
         [promtool, "tsdb", "create-blocks-from", "openmetrics", "-q", str(exposition), str(data)],
         capture_output=True,

@@ -194,7 +194,11 @@ def _counter(
     before = start + np.cumsum(inc) - inc
     keep = ~missing[scrapes.row]
     values = before[scrapes.row] + inc[scrapes.row] * scrapes.frac
-    return [scrapes.start, *scrapes.times[keep].tolist()], [start, *values[keep].tolist()]
+    # The running sums can round a step after a zero increment one unit in the last place below
+    # the step before it, and Prometheus reads any fall of a counter as a reset (a rate of about
+    # the whole count). A counter never falls: hold each value at least at the one before.
+    series = np.maximum.accumulate(np.concatenate([[start], values[keep]]))
+    return [scrapes.start, *scrapes.times[keep].tolist()], series.tolist()
 
 
 def _bucket_counts(latency_ms: np.ndarray, requests: np.ndarray, bounds: np.ndarray) -> np.ndarray:
@@ -338,6 +342,9 @@ class _PodExport:
             return
         rate = self.col("request_rate")
         errors = self.col("error_ratio") if self.has("error_ratio") else np.zeros(len(rate))
+        # Without requests the error ratio is 0/0 (NaN, as the ingest records it), but both
+        # counters stand still: an idle minute is no missed scrape.
+        errors = np.where((rate == 0) & np.isnan(errors), 0.0, errors)
         istio = {"reporter": "destination"}
         self.counter("istio_requests", {**istio, "response_code": "200"}, rate * (1.0 - errors))
         self.counter("istio_requests", {**istio, "response_code": "503"}, rate * errors)
@@ -361,7 +368,13 @@ def _write_nodes(
     ):
         if column not in metrics.columns:
             continue
-        values = metrics.dropna(subset=[column]).drop_duplicates(["cluster", "node", TIMESTAMP])
+        # In time order whatever the table's order: promtool drops samples older than the
+        # series' latest without a word.
+        values = (
+            metrics.dropna(subset=[column])
+            .sort_values(TIMESTAMP, kind="stable")
+            .drop_duplicates(["cluster", "node", TIMESTAMP])
+        )
         for (cluster, node), rows in values.groupby(["cluster", "node"], sort=True):
             if not node:
                 continue
@@ -386,7 +399,7 @@ def _step_ns(metrics: pd.DataFrame, step: str | None) -> int:
 
 
 def _check_series_unique(metrics: pd.DataFrame, cluster_label: bool) -> None:
-    """Refuse entities whose pod-level series would carry the same labels.
+    """Refuse entities whose pod-level (or node) series would carry the same labels.
 
     Pod-level series are labelled by namespace and pod (and cluster when ``cluster_label``), not
     by node: a pod name on two nodes (a StatefulSet pod rescheduled), or two clusters without
@@ -405,6 +418,17 @@ def _check_series_unique(metrics: pd.DataFrame, cluster_label: bool) -> None:
             f"pod '{first['namespace']}/{first['pod']}' appears on several entities ({where}); its "
             f"series carry no node label, so they would collide: rename one of them{hint}"
         )
+    # Node series are labelled by node (instance) and, with the cluster label, cluster.
+    if not cluster_label and {"node_cpu_utilisation", "node_memory_utilisation"} & set(metrics.columns):
+        nodes = metrics.loc[metrics["node"].astype(str) != "", ["cluster", "node"]].drop_duplicates()
+        clusters = nodes.groupby("node")["cluster"].nunique()
+        if (clusters > 1).any():
+            node = clusters[clusters > 1].index[0]
+            names = ", ".join(sorted(map(str, nodes.loc[nodes["node"] == node, "cluster"])))
+            raise ValueError(
+                f"node '{node}' appears in several clusters ({names}); without the cluster label its "
+                "node series would collide: pass cluster_label=True"
+            )
 
 
 def to_openmetrics(

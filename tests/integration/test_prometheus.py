@@ -28,7 +28,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from aiops.localprom import SCRAPE, binaries, free_port, local_prometheus, serve
+from aiops.localprom import (
+    SCRAPE,
+    LocalPrometheusError,
+    backfill,
+    binaries,
+    free_port,
+    local_prometheus,
+    serve,
+)
 from aiops.prometheus import (
     PrometheusError,
     PrometheusSource,
@@ -114,6 +122,17 @@ def ingested(server: Backfilled) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------- round trip
+
+
+def test_a_backfill_into_a_used_workdir_is_refused(tmp_path: Path) -> None:
+    """promtool adds blocks to what is there: the server would serve the old telemetry as well."""
+    need_binary("promtool", "prometheus")
+    telemetry = simulate_cluster(ClusterSpec(duration="10min", step="1min", seed=1))
+    data = backfill(telemetry, tmp_path)
+    blocks = sorted(p.name for p in data.iterdir())
+    with pytest.raises(LocalPrometheusError, match="already holds a TSDB"):
+        backfill(simulate_cluster(ClusterSpec(duration="10min", step="1min", seed=2)), tmp_path)
+    assert sorted(p.name for p in data.iterdir()) == blocks  # nothing added, nothing lost
 
 
 def test_output_follows_the_canonical_schema(ingested: pd.DataFrame) -> None:
