@@ -131,7 +131,7 @@ class FeatureContract:
         )
 
     def check(self, features: pd.DataFrame) -> None:
-        """Raise :class:`SchemaError` when a feature of the contract is missing from ``features``."""
+        """Raise :class:`SchemaError` when a contract feature, or a row's time or entity, is missing."""
         # Keys travel with the features: sequence and forecasting detectors need the entity and time.
         missing = [c for c in (*KEY_COLUMNS, *self.feature_names) if c not in features.columns]
         if missing:
@@ -141,6 +141,16 @@ class FeatureContract:
                 f"build features with aiops.features.build_features (transform version "
                 f"{self.transform_version})"
             )
+        # A row without its time or entity cannot be placed in its series: the forecaster and the
+        # LSTM fail on it in their own words, the forest would score it as if nothing were wrong.
+        for column in KEY_COLUMNS:
+            empty = features[column].isna().to_numpy()
+            if empty.any():
+                raise SchemaError(
+                    f"key column '{column}' is empty in {int(empty.sum())} row(s), the first at position "
+                    f"{int(np.flatnonzero(empty)[0])}; every row needs its {TIMESTAMP} and entity "
+                    f"({', '.join(ENTITY_KEYS)}; '' for an entity key that does not apply)"
+                )
 
     def matrix(self, features: pd.DataFrame) -> np.ndarray:
         """Return the model input matrix in contract order.

@@ -44,7 +44,8 @@ def time_split(
 
     Raises:
         ValueError: When the fractions do not leave room for training.
-        SchemaError: When a part would be smaller than ``min_rows``, or a row has no timestamp.
+        SchemaError: When ``timestamp`` does not hold datetimes, a row has none, or a part would
+            be smaller than ``min_rows``.
 
     """
     if not (0 < validation_fraction < 1 and 0 < test_fraction < 1):
@@ -55,6 +56,13 @@ def time_split(
         )
     if TIMESTAMP not in frame.columns:
         raise SchemaError(f"split: column '{TIMESTAMP}' missing")
+    if not pd.api.types.is_datetime64_any_dtype(frame[TIMESTAMP]):
+        # Text sorts by its characters and numbers by their value, neither by time: a split on
+        # them can put later rows in training than in test.
+        raise SchemaError(
+            f"split: column '{TIMESTAMP}' holds {frame[TIMESTAMP].dtype}, not datetimes; parse it "
+            f"first (pd.to_datetime(..., utc=True)) so that the parts are cut in time order"
+        )
     missing = int(frame[TIMESTAMP].isna().sum())
     if missing:
         raise SchemaError(f"split: {missing} row(s) without a timestamp would fall in no part")

@@ -116,6 +116,18 @@ def test_contract_roundtrip_and_enforcement(tmp_path):
     np.testing.assert_array_equal(contract.matrix(shuffled), contract.matrix(feats))
 
 
+@pytest.mark.parametrize(("column", "empty"), [("timestamp", pd.NaT), ("pod", None), ("node", np.nan)])
+def test_a_row_without_its_time_or_entity_breaks_the_contract(column, empty):
+    """Before, the forecaster failed on such a row in pandas' words and the forest scored it."""
+    feats = build_features(make_metrics(n_steps=30), CFG)
+    contract = contract_for(feats, CFG)
+    feats.loc[feats.index[7], column] = empty
+    with pytest.raises(
+        SchemaError, match=rf"key column '{column}' is empty in 1 row\(s\), the first at position 7"
+    ):
+        contract.check(feats)
+
+
 def test_save_load_and_step_inference(tmp_path):
     df = make_metrics(n_steps=8, step="5min")
     assert infer_step_seconds(df) == 300.0

@@ -51,3 +51,16 @@ def test_a_row_without_a_timestamp_is_refused_not_dropped():
     df.loc[3, "timestamp"] = pd.NaT
     with pytest.raises(SchemaError, match="1 row"):
         time_split(df)
+
+
+@pytest.mark.parametrize("kind", ["text", "epoch seconds"])
+def test_timestamps_that_are_not_datetimes_are_refused(kind):
+    """Text sorts by its characters: month-first dates put December after January, and a split
+    on them put later rows in training than in test."""
+    df = make_metrics(n_steps=20, start="2025-12-27T00:00:00Z", step="8h")
+    stamps = df["timestamp"]
+    df["timestamp"] = (
+        stamps.dt.strftime("%m/%d/%Y %H:%M") if kind == "text" else stamps.astype("int64") // 10**9
+    )
+    with pytest.raises(SchemaError, match="not datetimes; parse it first"):
+        time_split(df)
