@@ -390,6 +390,11 @@ def register_and_gate(
         champion_version=champion_version,
         champion_error=champion_error,
     )
+    if already_champion and champion_version is None:
+        # A re-run of the first version's step: "no champion yet" would misreport the registry.
+        decision = replace(
+            decision, reason=f"v{version} is already champion (a re-run); no earlier version to compare"
+        )
     if already_champion and not decision.promote:
         # It passed when it was promoted; a retry that cannot judge it again (the previous
         # version fails to load, say) must not brand the serving champion "rejected".

@@ -227,6 +227,12 @@ def test_rerunning_a_pipeline_step_does_not_duplicate_versions(trained, tmp_path
     first = _publish(trained, uri, kfp_run_id="run-123")
     again = _publish(trained, uri, kfp_run_id="run-123")
     assert again.registration.reused and again.registration.version == first.registration.version == "1"
+    assert first.registration.decision.reason.startswith("no champion yet")
+    assert again.registration.decision.promote
+    assert (
+        again.registration.decision.reason
+        == "v1 is already champion (a re-run); no earlier version to compare"
+    )
     assert len(client.search_model_versions("name = 'gate-model'")) == 1
     assert alias_version(client, "champion") == "1"
     other = _publish(trained, uri, kfp_run_id="run-456")
