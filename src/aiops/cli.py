@@ -72,7 +72,11 @@ def _fold_params(ctx: typer.Context, extra: dict[str, Any], options: dict[str, A
         # By name: typer 0.29 carries its own copy of click, whose enum is not click's.
         source = ctx.get_parameter_source(option)
         given = source is not None and source.name == "COMMANDLINE"
-        if given and str(value) != str(options[key]):
+        if key in _OPTION_OF_PARAM:  # paths: the same file however it is written
+            same = Path(str(value)).resolve() == Path(str(options[key])).resolve()
+        else:
+            same = str(value) == str(options[key])
+        if given and not same:
             _fail(
                 f"{key} is given twice with different values: --{option.replace('_', '-')} "
                 f"{options[key]} and --param {key}={value}; give it once"
@@ -262,6 +266,8 @@ def run_training(
         )
     except ValueError as exc:
         _fail(str(exc))
+    if data is not None and not data.is_dir():
+        _fail(f"--data {data}: no such folder")
     try:
         injected, threshold_policy = source_defaults(source, given["n_anomalies"], given["threshold_policy"])
     except ValueError as exc:
@@ -386,6 +392,8 @@ def run_retraining(
         )
     except ValueError as exc:
         _fail(str(exc))
+    if data is not None and not data.is_dir():
+        _fail(f"--data {data}: no such folder")
     uri = registry.resolve_tracking_uri(tracking_uri, Path.cwd())
     try:
         injected, policy = source_defaults(

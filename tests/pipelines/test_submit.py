@@ -183,6 +183,22 @@ def test_a_local_run_refuses_an_option_given_twice_with_different_values(args, m
     assert "Training pipeline" not in result.output and "Retraining pipeline" not in result.output
 
 
+def test_a_path_given_both_ways_is_one_value_however_it_is_written(tmp_path):
+    catalog = tmp_path / "queries.yaml"
+    args = ["--catalog", str(catalog), "--param", f"prometheus_catalog={tmp_path}/./queries.yaml"]
+    result = CliRunner().invoke(app, ["run", "training", *args])
+    assert result.exit_code == 2, result.output  # a catalog for synthetic data: refused, not as given twice
+    assert "applies to the prometheus source only" in result.output and "given twice" not in result.output
+
+
+@pytest.mark.parametrize("pipeline", ["training", "retraining"])
+def test_a_local_run_on_a_data_folder_that_is_not_there_stops_before_it_starts(pipeline, tmp_path):
+    result = CliRunner().invoke(app, ["run", pipeline, "--source", "nezha", "--data", str(tmp_path / "nope")])
+    assert result.exit_code == 2, result.output
+    assert f"{tmp_path / 'nope'}: no such folder" in result.output
+    assert "Training pipeline" not in result.output and "Retraining pipeline" not in result.output
+
+
 @pytest.mark.parametrize("pipeline", ["training", "retraining"])
 def test_a_params_source_is_checked_as_the_option_would_be(pipeline):
     """--param source=prometheus counts as --source prometheus: its missing URL stops the run
