@@ -197,3 +197,22 @@ def test_the_timeline_shades_each_window_where_evaluate_counts_it():
         "c2/shop/api-2": [],
     }
     assert list(shaded)[:2] == ["c2/shop/api-1", "c1/shop/api-2"]  # entities with windows first
+
+
+@pytest.mark.parametrize("minutes", [[0, 1, 3], [0, 5]], ids=["one row missing", "four rows missing"])
+def test_a_hole_ends_an_alarm_event_of_a_short_lived_pod_too(minutes):
+    """A pod's own median spacing misread a pod of a few rows: at 00:00, 00:01 and 00:03 it is
+    1.5 min, and the rows either side of the hole became neighbours (one event instead of two).
+    The grid is the frame's: the spacing of every entity's consecutive rows."""
+    steady = make_metrics(n_steps=30, pods=("api-1",))
+    short = steady.iloc[minutes].assign(pod="job-7")
+    frame = pd.concat([steady, short], ignore_index=True)
+    alarms = np.zeros(len(frame), dtype=bool)
+    alarms[-2:] = True  # the short pod's rows either side of its hole
+    assert len(alarm_events(frame, alarms, merge_gap=0)) == 2
+
+
+def test_a_report_on_no_rows_says_so(tmp_path):
+    empty = make_metrics(n_steps=3).iloc[:0]
+    with pytest.raises(ValueError, match="no rows to report on"):
+        write_report(empty, np.zeros(0), 0.5, labels_frame(), tmp_path)
