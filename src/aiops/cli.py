@@ -72,7 +72,8 @@ def _fold_params(ctx: typer.Context, extra: dict[str, Any], options: dict[str, A
         # By name: typer 0.29 carries its own copy of click, whose enum is not click's.
         source = ctx.get_parameter_source(option)
         given = source is not None and source.name == "COMMANDLINE"
-        if key in _OPTION_OF_PARAM:  # paths: the same file however it is written
+        if key in _OPTION_OF_PARAM and str(value) and str(options[key]):
+            # Paths: the same file however it is written ("" is no path, not the current folder).
             same = Path(str(value)).resolve() == Path(str(options[key])).resolve()
         else:
             same = str(value) == str(options[key])

@@ -419,8 +419,11 @@ def _check_series_unique(metrics: pd.DataFrame, cluster_label: bool) -> None:
             f"series carry no node label, so they would collide: rename one of them{hint}"
         )
     # Node series are labelled by node (instance) and, with the cluster label, cluster.
-    if not cluster_label and {"node_cpu_utilisation", "node_memory_utilisation"} & set(metrics.columns):
-        nodes = metrics.loc[metrics["node"].astype(str) != "", ["cluster", "node"]].drop_duplicates()
+    node_columns = [c for c in ("node_cpu_utilisation", "node_memory_utilisation") if c in metrics.columns]
+    if not cluster_label and node_columns:
+        # Only rows that write a node sample can collide.
+        written = (metrics["node"].astype(str) != "") & metrics[node_columns].notna().any(axis=1)
+        nodes = metrics.loc[written, ["cluster", "node"]].drop_duplicates()
         clusters = nodes.groupby("node")["cluster"].nunique()
         if (clusters > 1).any():
             node = clusters[clusters > 1].index[0]

@@ -191,6 +191,14 @@ def test_a_path_given_both_ways_is_one_value_however_it_is_written(tmp_path):
     assert "applies to the prometheus source only" in result.output and "given twice" not in result.output
 
 
+def test_an_empty_path_param_is_not_the_current_folder(tmp_path):
+    """``Path("")`` resolves to the current folder: ``--data . --param data_path=`` compared equal."""
+    result = CliRunner().invoke(
+        app, ["run", "training", "--source", "nezha", "--data", ".", "--param", "data_path="]
+    )
+    assert result.exit_code == 2 and "given twice with different values" in result.output, result.output
+
+
 @pytest.mark.parametrize("pipeline", ["training", "retraining"])
 def test_a_local_run_on_a_data_folder_that_is_not_there_stops_before_it_starts(pipeline, tmp_path):
     result = CliRunner().invoke(app, ["run", pipeline, "--source", "nezha", "--data", str(tmp_path / "nope")])

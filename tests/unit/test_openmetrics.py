@@ -119,3 +119,7 @@ def test_two_clusters_sharing_a_node_name_need_the_cluster_label():
     assert "# EOF" in to_openmetrics(both)
     with pytest.raises(ValueError, match=r"node 'worker-0' appears in several clusters \(c1, c2\)"):
         to_openmetrics(both, cluster_label=False)
+    # Without node values in one of them, nothing of it is written as a node series: no collision.
+    silent = other.assign(node_cpu_utilisation=np.nan)
+    alone = Telemetry(pd.concat([one, silent], ignore_index=True).assign(cpu_usage_cores=1.0))
+    assert "# EOF" in to_openmetrics(alone, cluster_label=False)
